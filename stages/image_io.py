@@ -1,0 +1,61 @@
+"""Image and label-PNG I/O shared by the stages: RGB photos in, P-mode class-id PNGs out."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import imgviz
+import numpy as np
+from PIL import Image, ImageOps
+
+# labelme/VOC palette: class id i is drawn in colour i, 255 (ignore) in the palette's last colour.
+VOC_PALETTE = imgviz.label_colormap(256).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Any PIL image (RGBA, LA, L, P, I;16, I, F, CMYK...) as an HxWx3 uint8 RGB array, EXIF-oriented.
+
+    Alpha is dropped (labelme shows the colour channels). 16/32-bit greyscale is scaled to 8 bits by
+    its type's range, not clipped, so a 16-bit photo keeps its contrast.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        array = np.asarray(image).astype(np.float64) / 65535.0 * 255.0
+        return np.repeat(np.round(array).astype(np.uint8)[..., None], 3, axis=2)
+    if image.mode in ("I", "F"):
+        array = np.asarray(image).astype(np.float64)
+        top = 65535.0 if array.max(initial=0) > 255 else 255.0
+        array = np.clip(array / top * 255.0, 0, 255)
+        return np.repeat(np.round(array).astype(np.uint8)[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return to_rgb(image)
+
+
+def save_rgb_png(path: str | Path, rgb: np.ndarray) -> None:
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(path)
+
+
+def save_label_png(path: str | Path, label: np.ndarray) -> None:
+    """Save class ids (0..254, 255 = ignore) as a P-mode PNG with the labelme/VOC palette."""
+    label = np.asarray(label)
+    if label.ndim != 2 or label.min(initial=0) < 0 or label.max(initial=0) > 255:
+        raise ValueError(f"label must be 2-D with ids in 0..255, got shape {label.shape}")
+    image = Image.fromarray(label.astype(np.uint8), mode="P")
+    image.putpalette(VOC_PALETTE.flatten().tolist())
+    image.save(path)
+
+
+def read_label_png(path: str | Path) -> np.ndarray:
+    """Class ids of a P- or L-mode label PNG as an HxW uint8 array."""
+    with Image.open(path) as image:
+        if image.mode not in ("P", "L"):
+            raise ValueError(f"{path}: label PNG must be P or L mode, not {image.mode}")
+        return np.asarray(image, dtype=np.uint8)
+
+
+def colorize_label(label: np.ndarray) -> np.ndarray:
+    """Class ids as an RGB picture in the VOC palette (PaddleSeg's pseudo-colour convention)."""
+    return VOC_PALETTE[np.asarray(label, dtype=np.uint8)]
