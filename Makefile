@@ -1,0 +1,41 @@
+# doveseg: `make demo` sets up and runs the whole pipeline; `make test` sets up and runs every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Stages run as `python -m stages.<name>`: put the venv first so dvc's commands find its python.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup demo test test-fast params bench mlflow-ui demo-data clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup            ## run the whole pipeline on the bundled demo doves
+	dvc repro
+	dvc metrics show
+
+test: setup            ## every test, slow ones included (what CI runs)
+	pytest -m "slow or not slow"
+
+test-fast: setup       ## the fast tests only
+	pytest
+
+params: setup          ## recompose params.yaml from conf/, e.g. make params PROFILE=smoke
+	python -m stages.config $(if $(PROFILE),profile=$(PROFILE),)
+
+bench: setup           ## speed benchmarks (print figures and ratios; not tests)
+	python bench/convert.py
+
+mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+demo-data: setup       ## regenerate the bundled demo set (deterministic)
+	python -m stages.demo_doves --out data/raw --count 124 --seed 0
+
+clean:                 ## remove pipeline outputs (not data/raw, not the MLflow store)
+	rm -rf data/processed data/splits models metrics plots predictions reports
