@@ -1,0 +1,114 @@
+"""Benchmark convert_json against labelme's own conversion path, and check both give the same labels.
+
+labelme's path is what a user would otherwise script: labelme.LabelFile, labelme.utils.shapes_to_label,
+labelme.utils.lblsave and a PIL PNG save of the image, one file after another in one process. The
+stage also writes label_viz.png, class_names.txt and the manifest, and validates every file first.
+
+    .venv/bin/python bench/convert.py                 # the demo set, data/raw
+    .venv/bin/python bench/convert.py --workers 2 --repeat 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from stages import convert_json  # noqa: E402
+from stages.config import load_params  # noqa: E402
+from stages.image_io import read_label_png  # noqa: E402
+from stages.labelme_io import find_annotation_files  # noqa: E402
+from stages.labels import IGNORE_INDEX, IGNORE_NAME, read_labels  # noqa: E402
+
+
+def labelme_conversion(json_paths: list[Path], class_ids: dict[str, int], out_dir: Path) -> None:
+    import labelme
+    import labelme.utils
+
+    for json_path in json_paths:
+        label_file = labelme.LabelFile(str(json_path))
+        image = labelme.utils.img_data_to_arr(label_file.image_data)
+        label, _ = labelme.utils.shapes_to_label(image.shape, label_file.shapes, class_ids)
+        sample_dir = out_dir / json_path.stem
+        sample_dir.mkdir(parents=True)
+        Image.fromarray(image).save(sample_dir / "img.png")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # lblsave moved to imgviz; same code
+            labelme.utils.lblsave(str(sample_dir / "label.png"), label.astype(np.uint8))
+
+
+def best_time(function, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--raw", default="data/raw")
+    parser.add_argument("--labels", default="data/labels.txt")
+    parser.add_argument("--workers", type=int, default=0, help="convert_json.workers (0: one per core)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each; the best time counts")
+    args = parser.parse_args()
+
+    json_paths = find_annotation_files(args.raw)
+    if not json_paths:
+        sys.exit(f"no labelme JSON under {args.raw}")
+    labels = read_labels(args.labels)
+    class_ids = {name: index for index, name in enumerate(labels.names)} | {IGNORE_NAME: IGNORE_INDEX}
+    import labelme.utils  # noqa: F401  (imported before timing: PyQt5 and onnxruntime take seconds)
+    from loguru import logger
+    logger.disable("labelme")  # one debug line per image otherwise
+
+    with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
+        tmp = Path(tmp)
+        ours_dir = tmp / "ours"
+        cfg = load_params([f"data.raw_dir={args.raw}", f"data.labels={args.labels}",
+                           f"data.processed_dir={ours_dir}", f"convert_json.workers={args.workers}"], REPO_ROOT)
+
+        def run_labelme():
+            theirs = tmp / "labelme"
+            shutil.rmtree(theirs, ignore_errors=True)
+            labelme_conversion(json_paths, class_ids, theirs)
+
+        result = {}
+
+        def run_ours():
+            result.update(convert_json.run(cfg))
+
+        labelme_seconds = best_time(run_labelme, args.repeat)
+        ours_seconds = best_time(run_ours, args.repeat)
+
+        stems = [path.stem for path in json_paths]
+        same_labels = sum(np.array_equal(read_label_png(ours_dir / s / "label.png"),
+                                         read_label_png(tmp / "labelme" / s / "label.png")) for s in stems)
+        same_images = sum(np.array_equal(np.asarray(Image.open(ours_dir / s / "img.png")),
+                                         np.asarray(Image.open(tmp / "labelme" / s / "img.png"))) for s in stems)
+
+    n = len(json_paths)
+    print(f"{n} annotations in {args.raw}; {os.cpu_count()} CPU cores; convert_json workers={result['workers']}; "
+          f"best of {args.repeat}")
+    print(f"labelme path (1 process):  {labelme_seconds:7.2f} s  {n / labelme_seconds:7.2f} img/s")
+    print(f"convert_json.run:          {ours_seconds:7.2f} s  {n / ours_seconds:7.2f} img/s  "
+          f"(+ label_viz.png, manifest, validation)")
+    print(f"speed-up: {labelme_seconds / ours_seconds:.2f}x")
+    print(f"label PNGs identical: {same_labels}/{n}; img PNGs identical: {same_images}/{n}")
+    if same_labels != n:
+        sys.exit("label PNGs differ from labelme's")
+
+
+if __name__ == "__main__":
+    main()

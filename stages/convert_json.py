@@ -1,0 +1,198 @@
+"""convert_json: labelme JSON + photos -> per-sample image and label PNGs, class_names.txt, manifest.json.
+
+For every annotation under data.raw_dir this writes ``<processed_dir>/<json stem>/img.png`` (RGB,
+EXIF-oriented), ``label.png`` (P-mode class ids, 255 = __ignore__) and ``label_viz.png``. Class ids
+come from the labels file only, so they are the same for every file.
+
+One parallel pass reads, validates and converts each file into a staging folder beside
+processed_dir (each image is decoded once). If any file is bad, the staging folder is discarded and
+the run fails listing every problem in every file; processed_dir is only replaced, in one rename,
+when all files converted.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import multiprocessing
+import os
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import imgviz
+import numpy as np
+from omegaconf import DictConfig
+from PIL import Image
+from tqdm import tqdm
+
+from stages.config import StageError, stage_main
+from stages.image_io import VOC_PALETTE, save_label_png
+from stages.labelme_io import find_annotation_files, read_annotation
+from stages.labelme_shapes import shapes_to_label
+from stages.labels import IGNORE_INDEX, IGNORE_NAME, Labels, read_labels
+from stages.outputs import atomic_dir, write_json_atomic, write_text_atomic
+
+CLASS_NAMES_FILE = "class_names.txt"
+MANIFEST_FILE = "manifest.json"
+# img.png and label_viz.png: after PNG's row filters, LZ77 finds little in camera noise, so Huffman-only
+# coding is both faster and smaller than Pillow's default (level 6). Still lossless.
+PHOTO_PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_HUFFMAN_ONLY}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What each worker needs; small, so it pickles cheaply into the process pool."""
+    raw_dir: Path
+    labels_file: str
+    labels: Labels
+    max_image_pixels: int
+
+
+def run(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    raw_dir, processed_dir = Path(cfg.data.raw_dir), Path(cfg.data.processed_dir)
+    labels = read_labels(cfg.data.labels)
+    if not raw_dir.is_dir():
+        raise StageError(f"{raw_dir}: raw data folder not found (data.raw_dir)")
+    json_paths = find_annotation_files(raw_dir)
+    if not json_paths:
+        raise StageError(f"{raw_dir}: no labelme JSON files found (data.raw_dir), subfolders included")
+    settings = Settings(raw_dir, str(cfg.data.labels), labels, int(cfg.convert_json.max_image_pixels))
+    workers = _worker_count(int(cfg.convert_json.workers), len(json_paths))
+
+    problems = output_folder_problems(json_paths, raw_dir)
+    with atomic_dir(processed_dir) as staging:
+        # Colliding stems would overwrite each other's folder, so then only validate.
+        out_dir = None if problems else staging
+        convert = functools.partial(convert_one, settings=settings, out_dir=out_dir)
+        samples = []
+        for source, sample_problems, sample in _parallel_map(convert, json_paths, workers):
+            problems[source] += sample_problems
+            samples.append(sample)
+        if any(problems.values()):
+            raise StageError(_problems_message(problems, raw_dir, len(json_paths)))
+
+        write_text_atomic(staging / CLASS_NAMES_FILE, "\n".join(labels.names) + "\n")
+        write_json_atomic(staging / MANIFEST_FILE, {
+            "raw_dir": str(raw_dir),
+            "labels": str(cfg.data.labels),
+            "class_names": list(labels.names),
+            "ignore_index": IGNORE_INDEX,
+            "samples": samples,
+        })
+
+    class_pixels = {name: sum(s["class_pixels"][name] for s in samples) for name in _pixel_names(labels)}
+    return {"samples": len(samples), "processed_dir": str(processed_dir), "class_pixels": class_pixels,
+            "workers": workers, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def output_folder_problems(json_paths: list[Path], raw_dir: Path) -> defaultdict[str, list[str]]:
+    """Problems (by JSON source) of annotations whose output folder another one also claims.
+
+    Stems are compared case-insensitively: on Windows and macOS ``A`` and ``a`` are one folder.
+    """
+    problems: defaultdict[str, list[str]] = defaultdict(list)
+    by_folder: defaultdict[str, list[str]] = defaultdict(list)
+    reserved = {CLASS_NAMES_FILE, MANIFEST_FILE}
+    for path in json_paths:
+        source = path.relative_to(raw_dir).as_posix()
+        by_folder[path.stem.casefold()].append(source)
+        if path.stem.casefold() in reserved:
+            problems[source].append(f"its output folder name {path.stem!r} clashes with the stage's "
+                                    f"own {path.stem} file; rename the JSON")
+    for sources in by_folder.values():
+        for source in sources if len(sources) > 1 else ():
+            others = ", ".join(other for other in sources if other != source)
+            problems[source].append(f"writes the same output folder as {others} (same file name, "
+                                    f"compared case-insensitively, in another folder); rename one")
+    return problems
+
+
+def convert_one(json_path: Path, settings: Settings, out_dir: Path | None) -> tuple[str, list[str], dict | None]:
+    """Read, validate and (when out_dir is given) convert one annotation: (source, problems, manifest entry)."""
+    annotation, problems = read_annotation(json_path, settings.raw_dir, settings.labels, settings.labels_file,
+                                           settings.max_image_pixels)
+    source = json_path.relative_to(settings.raw_dir).as_posix()
+    if annotation is None:
+        return source, problems, None
+    try:
+        label = shapes_to_label(annotation.size, annotation.shapes, settings.labels.id_of)
+    except ValueError as err:  # e.g. a mask that does not fit its bounding box
+        return source, [f"cannot rasterise the shapes ({err})"], None
+    if out_dir is None:
+        return source, [], None
+
+    counts = np.bincount(label.ravel(), minlength=IGNORE_INDEX + 1)
+    sample_dir = out_dir / json_path.stem
+    sample_dir.mkdir()
+    Image.fromarray(annotation.rgb).save(sample_dir / "img.png", **PHOTO_PNG_OPTIONS)
+    save_label_png(sample_dir / "label.png", label)
+    viz = label_viz(annotation.rgb, label, settings.labels, present=np.flatnonzero(counts))
+    viz.save(sample_dir / "label_viz.png", **PHOTO_PNG_OPTIONS)
+
+    return source, [], {
+        "stem": json_path.stem,
+        "json": source,
+        "image": annotation.image_source,
+        "size": list(annotation.size),  # height, width
+        "class_pixels": {name: int(counts[_class_id(settings.labels, name)]) for name in _pixel_names(settings.labels)},
+        "label_sha256": hashlib.sha256(label.tobytes()).hexdigest(),
+    }
+
+
+def label_viz(rgb: np.ndarray, label: np.ndarray, labels: Labels, present: Iterable[int] | None = None) -> Image.Image:
+    """labelme2voc's picture: the label's colours over the greyed photo, with a legend of the classes present.
+
+    Pixel for pixel what labelme2voc draws, ``imgviz.label2rgb(label, imgviz.rgb2gray(rgb),
+    label_names=..., font_size=15, loc="rb")``, but blended in integers: imgviz blends in float64,
+    which took as long as everything else here together.
+    """
+    grey = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint16)[..., None]
+    total = grey + VOC_PALETTE[label]
+    half = total >> 1
+    blended = half + (total & half & 1)  # (grey + colour) / 2, rounded half to even as numpy rounds
+    viz = Image.fromarray(blended.astype(np.uint8))
+    present = np.unique(label) if present is None else present
+    names = dict(enumerate(labels.names)) | {IGNORE_INDEX: IGNORE_NAME}
+    imgviz.components.legend_(viz, items=[(names[i], VOC_PALETTE[i]) for i in present], font_size=15, loc="rb")
+    return viz
+
+
+def _pixel_names(labels: Labels) -> list[str]:
+    return [*labels.names, IGNORE_NAME]
+
+
+def _class_id(labels: Labels, name: str) -> int:
+    return IGNORE_INDEX if name == IGNORE_NAME else labels.names.index(name)
+
+
+def _worker_count(configured: int, jobs: int) -> int:
+    workers = configured if configured > 0 else (os.cpu_count() or 1)
+    return max(1, min(workers, jobs))
+
+
+def _parallel_map(func: Callable, items: list, workers: int) -> Iterator:
+    """func over items, in order, on a process pool (in this process when workers == 1), with a progress bar."""
+    progress = functools.partial(tqdm, total=len(items), desc="convert_json", unit="img")
+    if workers == 1:
+        yield from progress(map(func, items))
+        return
+    chunksize = max(1, len(items) // (workers * 8))  # few round trips, still balanced
+    with multiprocessing.Pool(workers) as pool:
+        yield from progress(pool.imap(func, items, chunksize=chunksize))
+
+
+def _problems_message(problems: dict[str, list[str]], raw_dir: Path, total: int) -> str:
+    bad = {source: found for source, found in sorted(problems.items()) if found}
+    count = sum(len(found) for found in bad.values())
+    lines = [f"convert_json: {count} problem(s) in {len(bad)} of {total} annotation file(s); nothing was written"]
+    for source, found in bad.items():
+        lines += [f"  {raw_dir / source}: {problem}" for problem in found]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    stage_main(run)

@@ -1,0 +1,173 @@
+"""Reading and validating labelme annotations: the JSON, its shapes against the labels file, and its image.
+
+Nothing here writes anything. ``read_annotation`` returns either a usable annotation or the list of
+every problem it found in that file, so a stage can report all bad files at once.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import numpy as np
+from PIL import Image
+
+from stages.image_io import to_rgb
+from stages.labelme_shapes import shape_problems
+from stages.labels import Labels
+
+EMBEDDED_IMAGE = "imageData"  # what Annotation.image_source says when the image is embedded in the JSON
+
+
+@dataclass(frozen=True)
+class Annotation:
+    source: str          # the JSON's path relative to raw_dir (POSIX separators)
+    image_source: str    # the image's path relative to raw_dir, or EMBEDDED_IMAGE
+    shapes: list[dict]
+    rgb: np.ndarray      # HxWx3 uint8, EXIF orientation applied
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.shape[0], self.rgb.shape[1]
+
+
+def find_annotation_files(raw_dir: str | Path) -> list[Path]:
+    """Every labelme JSON under raw_dir, subfolders included, in a stable order.
+
+    Hidden files and folders (editor backups, .ipynb_checkpoints...) are skipped.
+    """
+    raw_dir = Path(raw_dir)
+    found = [
+        path for path in raw_dir.rglob("*")
+        if path.suffix.lower() == ".json" and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(raw_dir).parts)
+    ]
+    return sorted(found, key=lambda path: path.relative_to(raw_dir).as_posix())
+
+
+def read_annotation(json_path: str | Path, raw_dir: str | Path, labels: Labels, labels_file: str,
+                    max_image_pixels: int) -> tuple[Annotation | None, list[str]]:
+    """Parse, validate and decode one annotation. Returns (annotation, []) or (None, problems)."""
+    json_path, raw_dir = Path(json_path), Path(raw_dir)
+    source = json_path.relative_to(raw_dir).as_posix()
+    try:
+        document = json.loads(json_path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        return None, [f"invalid JSON ({err})"]
+    except OSError as err:
+        return None, [f"cannot read the file ({err.strerror or err})"]
+    if not isinstance(document, dict):
+        return None, [f"not a labelme annotation: the JSON is a {type(document).__name__}, not an object"]
+
+    problems = _shapes_problems(document, labels, labels_file)
+    image_source, image_bytes, image_problems = _image_bytes(document, json_path, raw_dir)
+    problems += image_problems
+    rgb = None
+    if image_bytes is not None:
+        rgb, decode_problems = _decode_image(image_bytes, image_source, max_image_pixels)
+        problems += decode_problems
+    if rgb is not None:
+        problems += _declared_size_problems(document, rgb.shape[:2])
+    if problems:
+        return None, problems
+    return Annotation(source, image_source, document["shapes"], rgb), []
+
+
+def _shapes_problems(document: dict, labels: Labels, labels_file: str) -> list[str]:
+    if "shapes" not in document:
+        return ["missing the 'shapes' key"]
+    shapes = document["shapes"]
+    if not isinstance(shapes, list):
+        return [f"'shapes' must be a list, not a {type(shapes).__name__}"]
+    problems = []
+    for index, shape in enumerate(shapes):
+        if not isinstance(shape, dict):
+            problems.append(f"shape {index}: not a JSON object")
+            continue
+        label = shape.get("label")
+        where = f"shape {index} ({label!r})" if isinstance(label, str) else f"shape {index}"
+        problems += [f"{where}: {phrase}" for phrase in shape_problems(shape)]
+        if isinstance(label, str) and labels.id_of(label) is None:
+            problems.append(f"{where}: label {label!r} is not in the labels file {labels_file}")
+    return problems
+
+
+def _image_bytes(document: dict, json_path: Path, raw_dir: Path) -> tuple[str, bytes | None, list[str]]:
+    """(image_source, encoded bytes, problems). Embedded imageData wins over imagePath, as in labelme."""
+    image_data = document.get("imageData")
+    if image_data:
+        if not isinstance(image_data, str):
+            return EMBEDDED_IMAGE, None, [f"imageData must be a base64 string, not a {type(image_data).__name__}"]
+        try:
+            return EMBEDDED_IMAGE, base64.b64decode(image_data), []
+        except (binascii.Error, ValueError) as err:
+            return EMBEDDED_IMAGE, None, [f"imageData is not valid base64 ({err})"]
+
+    image_path = document.get("imagePath")
+    if not isinstance(image_path, str) or not image_path.strip():
+        return "", None, ["no image: imageData is empty and imagePath is missing"]
+    path, problem = resolve_image_path(image_path, json_path.parent, raw_dir)
+    if problem:
+        return image_path, None, [problem]
+    image_source = path.relative_to(Path(os.path.abspath(raw_dir))).as_posix()
+    try:
+        return image_source, path.read_bytes(), []
+    except FileNotFoundError:
+        return image_source, None, [f"image file not found: imagePath {image_path!r} -> {raw_dir / image_source}"]
+    except OSError as err:
+        return image_source, None, [f"cannot read image {raw_dir / image_source} ({err.strerror or err})"]
+
+
+def resolve_image_path(image_path: str, json_dir: Path, raw_dir: Path) -> tuple[Path | None, str | None]:
+    """The absolute path of a labelme imagePath, or a problem when it is absolute or leaves raw_dir.
+
+    labelme writes Windows paths with backslashes; like labelme, read them as Windows paths. The
+    containment check is lexical (no symlink resolution) so that DVC's symlinked cache still works.
+    """
+    as_windows = PureWindowsPath(image_path)
+    if as_windows.anchor or PurePosixPath(image_path).is_absolute():
+        return None, f"imagePath {image_path!r} is absolute; it must be relative to the JSON's folder"
+    path = Path(os.path.abspath(json_dir / as_windows.as_posix()))
+    if not path.is_relative_to(os.path.abspath(raw_dir)):
+        return None, f"imagePath {image_path!r} points outside the raw data folder {raw_dir}; refused"
+    return path, None
+
+
+def _decode_image(data: bytes, image_source: str, max_image_pixels: int) -> tuple[np.ndarray | None, list[str]]:
+    """Check the header's size against the pixel limit, then decode once to EXIF-oriented RGB."""
+    what = "imageData" if image_source == EMBEDDED_IMAGE else f"image {image_source}"
+    too_big = f"{what} is too large: {{}} pixels, over convert_json.max_image_pixels={max_image_pixels} " \
+              "(decompression bomb guard)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        return None, [f"{what} refused by Pillow as a decompression bomb ({err})"]
+    except Exception as err:  # Pillow raises many types on garbage (UnidentifiedImageError, SyntaxError...)
+        return None, [f"{what} is not a readable image ({type(err).__name__}: {err})"]
+    with image:
+        width, height = image.size
+        if width * height > max_image_pixels:
+            return None, [too_big.format(width * height)]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                return to_rgb(image), []
+        except Exception as err:  # truncated or corrupt data: OSError, ValueError, SyntaxError...
+            return None, [f"{what} is corrupt ({type(err).__name__}: {err})"]
+
+
+def _declared_size_problems(document: dict, actual: tuple[int, int]) -> list[str]:
+    problems = []
+    for key, value in (("imageHeight", actual[0]), ("imageWidth", actual[1])):
+        declared = document.get(key)
+        if declared is not None and declared != value:
+            problems.append(f"{key} is {declared!r} but the image (EXIF-oriented) is {actual[0]}x{actual[1]} "
+                            f"(height x width)")
+    return problems
