@@ -123,7 +123,7 @@ def _image_bytes(document: dict, json_path: Path, raw_dir: Path) -> tuple[str, b
         return image_source, None, [f"cannot read image {raw_dir / image_source} ({err.strerror or err})"]
 
 
-def resolve_image_path(image_path: str, json_dir: Path, raw_dir: Path) -> tuple[Path | None, str | None]:
+def resolve_image_path(image_path: str, json_dir: str | Path, raw_dir: str | Path) -> tuple[Path | None, str | None]:
     """The absolute path of a labelme imagePath, or a problem when it is absolute or leaves raw_dir.
 
     labelme writes Windows paths with backslashes; like labelme, read them as Windows paths. The
@@ -132,7 +132,7 @@ def resolve_image_path(image_path: str, json_dir: Path, raw_dir: Path) -> tuple[
     as_windows = PureWindowsPath(image_path)
     if as_windows.anchor or PurePosixPath(image_path).is_absolute():
         return None, f"imagePath {image_path!r} is absolute; it must be relative to the JSON's folder"
-    path = Path(os.path.abspath(json_dir / as_windows.as_posix()))
+    path = Path(os.path.abspath(Path(json_dir) / as_windows.as_posix()))
     if not path.is_relative_to(os.path.abspath(raw_dir)):
         return None, f"imagePath {image_path!r} points outside the raw data folder {raw_dir}; refused"
     return path, None
