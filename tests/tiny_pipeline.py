@@ -1,0 +1,129 @@
+"""Tiny inputs for the predict and report tests: a processed dataset, exported models, training outputs.
+
+The "models" are real exported Paddle inference models with set weights: a 1x1 conv that scores "dove"
+by how red a pixel is (optionally average-pooled, so its scores come out coarser than its input). The
+dataset's doves are red boxes, so predictions are good but not perfect at the boundaries.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from stages.config import load_params
+from stages.image_io import save_label_png, save_rgb_png
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLASS_NAMES = ("_background_", "dove")
+# stem -> (height, width); one photo has no dove at all.
+SAMPLE_SIZES = {"dove_a": (30, 40), "dove_b": (47, 33), "dove_c": (64, 48), "dove_d": (21, 26), "empty_e": (36, 36)}
+
+
+def make_photo(rng: np.random.Generator, height: int, width: int, with_dove: bool):
+    """A dull random photo with a red box (the dove), its label, and a 1-pixel ignore ring around the box."""
+    rgb = rng.integers(0, 100, size=(height, width, 3), dtype=np.uint8)
+    rgb[..., 1:] = rng.integers(0, 255, size=(height, width, 2), dtype=np.uint8)
+    label = np.zeros((height, width), np.uint8)
+    if with_dove:
+        top, left = height // 4, width // 3
+        bottom, right = top + height // 2, left + width // 2
+        label[top - 1:bottom + 1, left - 1:right + 1] = 255
+        label[top:bottom, left:right] = 1
+        rgb[top:bottom, left:right] = (230, 40, 40)
+    return rgb, label
+
+
+def make_dataset(root: Path, sizes: dict[str, tuple[int, int]] = SAMPLE_SIZES, seed: int = 0) -> list[str]:
+    """data/labels.txt, data/processed/<stem>/{img,label}.png and data/splits/*.txt under root.
+
+    Returns the overrides that point a cfg at them (and every other output under root).
+    """
+    rng = np.random.default_rng(seed)
+    processed = root / "processed"
+    for stem, (height, width) in sizes.items():
+        rgb, label = make_photo(rng, height, width, with_dove=not stem.startswith("empty"))
+        (processed / stem).mkdir(parents=True, exist_ok=True)
+        save_rgb_png(processed / stem / "img.png", rgb)
+        save_label_png(processed / stem / "label.png", label)
+    splits = root / "splits"
+    splits.mkdir(parents=True, exist_ok=True)
+    lines = "".join(f"{stem}/img.png {stem}/label.png\n" for stem in sizes)
+    for name in ("train", "val", "test"):
+        (splits / f"{name}.txt").write_text(lines)
+    (root / "labels.txt").write_text("__ignore__\n" + "\n".join(CLASS_NAMES) + "\n")
+    return [
+        f"data.labels={root / 'labels.txt'}",
+        f"data.processed_dir={processed}",
+        f"data.splits_dir={splits}",
+        f"paths.models_dir={root / 'models'}",
+        f"paths.metrics_dir={root / 'metrics'}",
+        f"paths.plots_dir={root / 'plots'}",
+        f"paths.predictions_dir={root / 'predictions'}",
+        f"paths.reports_dir={root / 'reports'}",
+        "predict.batch_size=2",
+        "predict.cpu_threads=1",
+    ]
+
+
+def make_cfg(*overrides: str):
+    return load_params(list(overrides), REPO_ROOT)
+
+
+def red_detector(pool: int = 1):
+    """A paddle.nn.Layer scoring "dove" by redness; pool > 1 makes its scores coarser than its input."""
+    import paddle
+    from paddle import nn
+
+    class RedDetector(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.score = nn.Conv2D(3, 2, kernel_size=1)
+            self.score.weight.set_value(np.array([0, 0, 0, 8, 0, 0], np.float32).reshape(2, 3, 1, 1))
+            self.score.bias.set_value(np.array([0, -1], np.float32))
+            self.pool = nn.AvgPool2D(pool) if pool > 1 else None
+
+        def forward(self, x):
+            scores = self.score(x)
+            return self.pool(scores) if self.pool is not None else scores
+
+    paddle.seed(0)
+    return RedDetector()
+
+
+def export_model(model_dir: Path, input_size=(16, 16), pool: int = 1, architecture: str = "RedDetector",
+                 class_names=CLASS_NAMES):
+    from stages.inference_model import ModelMeta, export
+
+    layer = red_detector(pool)
+    export(layer, model_dir, ModelMeta(tuple(input_size), tuple(class_names), (0.5,) * 3, (0.5,) * 3,
+                                       architecture))
+    return layer
+
+
+def export_both_models(models_dir: Path) -> None:
+    """The two model folders predict expects by default, with different input sizes and score sizes."""
+    export_model(models_dir / "paddle", (16, 16), pool=1, architecture="DoveNet")
+    export_model(models_dir / "paddleseg", (24, 20), pool=2, architecture="UNet")
+
+
+def write_training_outputs(cfg, name: str, epochs: int = 4) -> None:
+    """metrics/train_<name>.json and plots/train_<name>.csv as the trainers write them."""
+    metrics_dir, plots_dir = Path(cfg.paths.metrics_dir), Path(cfg.paths.plots_dir)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    (metrics_dir / f"train_{name}.json").write_text(json.dumps(
+        {"best_val_mIoU": 0.7, "train_seconds": 12.5, "num_params": 1234, "epochs": epochs}))
+    with open(plots_dir / f"train_{name}.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "train_loss", "val_mIoU", "val_acc"])
+        for epoch in range(1, epochs + 1):
+            writer.writerow([epoch, 1.0 / epoch, 0.5 + 0.05 * epoch, 0.8 + 0.02 * epoch])
+
+
+def read_image(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return image
