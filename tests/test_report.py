@@ -1,0 +1,160 @@
+import base64
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from stages import predict, report
+from stages.config import StageError
+from stages.tracking import read_run_id, training_run
+from tiny_pipeline import export_both_models, make_cfg, make_dataset, write_training_outputs
+
+MODELS = ("paddle", "paddleseg")
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory):
+    """One SQLite MLflow store for the session (a fresh one costs seconds)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    return [f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}", f"mlflow.artifact_location={root / 'mlruns'}"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, mlflow_store):
+    """Everything report reads, made for real: tiny models, their predictions, training outputs and runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        root = tmp_path_factory.mktemp("report")
+        overrides = [*make_dataset(root), *mlflow_store]
+        export_both_models(root / "models")
+        cfg = make_cfg(*overrides)
+        predict.run(cfg)
+        for name in MODELS:
+            write_training_outputs(cfg, name)
+            with training_run(cfg, f"train_{name}", root / "models" / name / "mlflow_run.json"):
+                pass
+        yield overrides, report.run(cfg)
+
+
+def test_metrics_json_holds_each_models_test_scores(pipeline):
+    overrides, result = pipeline
+    cfg = make_cfg(*overrides)
+    metrics = json.loads((Path(cfg.paths.reports_dir) / "metrics.json").read_text())
+    assert set(metrics) == set(MODELS)
+    for name in MODELS:
+        scored = json.loads((Path(cfg.paths.predictions_dir) / name / "metrics.json").read_text())
+        test = metrics[name]["test"]
+        for key in ("mIoU", "acc", "kappa", "mDice"):
+            assert test[key] == scored["test"][key]
+        assert set(test["IoU"]) == {"_background_", "dove"} and test["IoU"] == scored["test"]["IoU"]
+        assert set(test["precision"]) == set(test["recall"]) == {"_background_", "dove"}
+        assert test["samples"] == 5
+        assert result["models"][name]["mIoU"] == test["mIoU"]
+
+
+def test_report_files_and_figures_exist(pipeline):
+    overrides, result = pipeline
+    out = Path(make_cfg(*overrides).paths.reports_dir)
+    assert (out / "report.md").is_file() and (out / "index.html").is_file()
+    names = {p.name for p in (out / "figures").iterdir()}
+    assert names == {"training_curves.png", "confusion_paddle.png", "confusion_paddleseg.png",
+                     "test_samples.png", "worst_samples.png"}
+    assert set(result["figures"]) == names
+    for path in (out / "figures").iterdir():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".reports")]
+
+
+def test_report_md_compares_the_models_and_links_its_figures(pipeline):
+    overrides, _ = pipeline
+    out = Path(make_cfg(*overrides).paths.reports_dir)
+    text = (out / "report.md").read_text()
+    assert "| metric | paddle (DoveNet) | paddleseg (UNet) |" in text
+    assert "| test mIoU |" in text and "| test IoU: dove |" in text and "| training: train_seconds |" in text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) == 5 and all((out / link).is_file() for link in links)
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs, self.tags = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.refs += [(tag, name, value) for name, value in attrs if name in ("src", "href", "srcset", "data")]
+
+
+def test_index_html_is_self_contained(pipeline):
+    overrides, _ = pipeline
+    page = (Path(make_cfg(*overrides).paths.reports_dir) / "index.html").read_text()
+    parser = _Refs()
+    parser.feed(page)
+    assert parser.refs, "no images at all"
+    assert all(tag == "img" and name == "src" and value.startswith("data:image/png;base64,")
+               for tag, name, value in parser.refs), [r[:2] + (r[2][:40],) for r in parser.refs]
+    assert len(parser.refs) == 5 and "link" not in parser.tags and "script" not in parser.tags
+    png = base64.b64decode(parser.refs[0][2].split(",", 1)[1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "url(" not in page
+
+
+def test_each_training_run_gets_the_test_metrics_and_the_report(pipeline):
+    overrides, _ = pipeline
+    cfg = make_cfg(*overrides)
+    client = MlflowClient(str(cfg.mlflow.tracking_uri))
+    for name in MODELS:
+        run_id = read_run_id(Path(cfg.paths.models_dir) / name / "mlflow_run.json")
+        run = client.get_run(run_id)
+        scored = json.loads((Path(cfg.paths.predictions_dir) / name / "metrics.json").read_text())["test"]
+        assert run.data.metrics["test/mIoU"] == pytest.approx(scored["mIoU"])
+        assert run.data.metrics["test/IoU/dove"] == pytest.approx(scored["IoU"]["dove"])
+        for key in ("test/acc", "test/kappa", "test/mDice", "test/precision/dove", "test/recall/_background_"):
+            assert key in run.data.metrics
+        assert run.info.status == "FINISHED"
+        artifacts = {a.path for a in client.list_artifacts(run_id, "report")}
+        assert {"report/index.html", "report/report.md", "report/metrics.json", "report/figures"} <= artifacts
+        figures = {a.path for a in client.list_artifacts(run_id, "report/figures")}
+        assert "report/figures/training_curves.png" in figures
+
+
+def test_worst_samples_come_lowest_mean_miou_first(pipeline):
+    overrides, result = pipeline
+    cfg = make_cfg(*overrides)
+    per_model = [json.loads((Path(cfg.paths.predictions_dir) / name / "metrics.json").read_text())["samples"]
+                 for name in MODELS]
+    means = {a["stem"]: (a["mIoU"] + b["mIoU"]) / 2 for a, b in zip(*per_model)}
+    assert result["worst_samples"] == sorted(means, key=lambda stem: (means[stem], stem))[:3]
+
+
+def test_model_missing_from_predictions_is_a_clear_error_and_writes_nothing(pipeline, tmp_path):
+    overrides, _ = pipeline
+    cfg = make_cfg(*overrides, f"paths.reports_dir={tmp_path / 'reports'}", "predict.models=[paddle,ghost]")
+    with pytest.raises(StageError, match=r"model 'ghost': missing predictions .*ghost"):
+        report.run(cfg)
+    assert not (tmp_path / "reports").exists()
+
+
+def test_predictions_of_another_test_split_are_refused(pipeline, tmp_path):
+    overrides, _ = pipeline
+    cfg = make_cfg(*overrides)
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "test.txt").write_text("dove_a/img.png dove_a/label.png\n")
+    cfg = make_cfg(*overrides, f"data.splits_dir={splits}", f"paths.reports_dir={tmp_path / 'reports'}")
+    with pytest.raises(StageError, match="rerun predict"):
+        report.run(cfg)
+    assert not (tmp_path / "reports").exists()
+
+
+def test_unreachable_mlflow_store_fails_before_writing(pipeline, tmp_path, monkeypatch):
+    overrides, _ = pipeline
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = make_cfg(*overrides, f"mlflow.tracking_uri=sqlite:///{tmp_path / 'no' / 'such' / 'mlflow.db'}",
+                   f"paths.reports_dir={tmp_path / 'reports'}")
+    with pytest.raises(StageError, match="MLflow"):
+        report.run(cfg)
+    assert not (tmp_path / "reports").exists()
