@@ -37,9 +37,9 @@ from stages.outputs import atomic_dir, write_json_atomic, write_text_atomic
 
 CLASS_NAMES_FILE = "class_names.txt"
 MANIFEST_FILE = "manifest.json"
-# img.png and label_viz.png: after PNG's row filters, LZ77 finds little in camera noise, so Huffman-only
-# coding is both faster and smaller than Pillow's default (level 6). Still lossless.
-PHOTO_PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_HUFFMAN_ONLY}
+# img.png and label_viz.png: after PNG's row filters, LZ77 finds little in photos, so run-length coding
+# is ~5x faster than Pillow's default (level 6) for files 5-15% larger, often smaller. Still lossless.
+PHOTO_PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,8 @@ def output_folder_problems(json_paths: list[Path], raw_dir: Path) -> defaultdict
     for sources in by_folder.values():
         for source in sources if len(sources) > 1 else ():
             others = ", ".join(other for other in sources if other != source)
-            problems[source].append(f"writes the same output folder as {others} (same file name, "
-                                    f"compared case-insensitively, in another folder); rename one")
+            problems[source].append(f"writes the same output folder as {others} (folders are named after "
+                                    f"the JSON file name, compared case-insensitively); rename one")
     return problems
 
 
@@ -147,18 +147,26 @@ def label_viz(rgb: np.ndarray, label: np.ndarray, labels: Labels, present: Itera
     """labelme2voc's picture: the label's colours over the greyed photo, with a legend of the classes present.
 
     Pixel for pixel what labelme2voc draws, ``imgviz.label2rgb(label, imgviz.rgb2gray(rgb),
-    label_names=..., font_size=15, loc="rb")``, but blended in integers: imgviz blends in float64,
+    label_names=..., font_size=15, loc="rb")``, but blended by table lookup: imgviz blends in float64,
     which took as long as everything else here together.
     """
-    grey = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint16)[..., None]
-    total = grey + VOC_PALETTE[label]
-    half = total >> 1
-    blended = half + (total & half & 1)  # (grey + colour) / 2, rounded half to even as numpy rounds
-    viz = Image.fromarray(blended.astype(np.uint8))
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    viz = Image.fromarray(np.take(_VIZ_BLEND, (label.astype(np.intp) << 8) | grey, axis=0))
     present = np.unique(label) if present is None else present
     names = dict(enumerate(labels.names)) | {IGNORE_INDEX: IGNORE_NAME}
     imgviz.components.legend_(viz, items=[(names[i], VOC_PALETTE[i]) for i in present], font_size=15, loc="rb")
     return viz
+
+
+def _viz_blend_table() -> np.ndarray:
+    """Row (class id * 256 + grey): the RGB of half the class colour plus half the grey, rounded half to
+    even as imgviz's float blend rounds."""
+    total = np.arange(256, dtype=np.uint16)[None, :, None] + VOC_PALETTE.astype(np.uint16)[:, None, :]
+    half = total >> 1
+    return (half + (total & half & 1)).astype(np.uint8).reshape(-1, 3)
+
+
+_VIZ_BLEND = _viz_blend_table()
 
 
 def _pixel_names(labels: Labels) -> list[str]:

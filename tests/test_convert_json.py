@@ -394,22 +394,24 @@ def test_bad_input_is_refused_naming_file_and_problem(raw, out, convert, make_ba
 
 
 # Shape problems come from stages.labelme_shapes.shape_problems; here: that they reach the message.
-BAD_SHAPES = {
-    "too_few_points": shape("dove", [(1, 1), (5, 5)], "polygon"),
-    "unknown_shape_type": shape("dove", [(1, 1), (5, 5)], "hexagon"),
-    "non_numeric_points": shape("dove", [(1, 1), ("a", 5), (9, 9)]),
-    "nan_points": shape("dove", [(1, 1), (float("nan"), 5), (9, 9)]),
-    "mask_without_mask": shape("dove", [(1, 1), (5, 5)], "mask"),
+BAD_SHAPES = {  # name: (shape, a word its problem must mention)
+    "too_few_points": (shape("dove", [(1, 1), (5, 5)], "polygon"), "points"),
+    "unknown_shape_type": (shape("dove", [(1, 1), (5, 5)], "hexagon"), "'hexagon'"),
+    "non_numeric_points": (shape("dove", [(1, 1), ("a", 5), (9, 9)]), "numbers"),
+    "nan_points": (shape("dove", [(1, 1), (float("nan"), 5), (9, 9)]), "NaN"),
+    "mask_without_mask": (shape("dove", [(1, 1), (5, 5)], "mask"), "mask"),
 }
 
 
 @pytest.mark.parametrize("name", BAD_SHAPES)
 def test_bad_shape_is_refused(raw, out, convert, name):
+    bad_shape, word = BAD_SHAPES[name]
     annotation(raw, "good")
-    annotation(raw, "bad", [shape("dove"), BAD_SHAPES[name]])
+    annotation(raw, "bad", [shape("dove"), bad_shape])
     message = refused(convert, out)
-    assert "bad.json: shape 1 ('dove'): " in message and "good.json" not in message
-    assert "shape 0" not in message
+    problem = next(line for line in message.splitlines() if "bad.json: shape 1 ('dove'): " in line)
+    assert word in problem.split("shape 1 ('dove'): ")[1]
+    assert "good.json" not in message and "shape 0" not in message
 
 
 def test_pillow_decompression_bomb_guard_is_a_clear_problem(raw, out, convert, monkeypatch):
