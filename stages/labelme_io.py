@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from stages.image_io import to_rgb
 from stages.labelme_shapes import shape_problems
@@ -118,7 +118,7 @@ def _image_bytes(document: dict, json_path: Path, raw_dir: Path) -> tuple[str, b
     try:
         return image_source, path.read_bytes(), []
     except FileNotFoundError:
-        return image_source, None, [f"image file not found: imagePath {image_path!r} -> {raw_dir / image_source}"]
+        return image_source, None, [f"image file not found: imagePath '{image_path}' -> {raw_dir / image_source}"]
     except OSError as err:
         return image_source, None, [f"cannot read image {raw_dir / image_source} ({err.strerror or err})"]
 
@@ -131,10 +131,10 @@ def resolve_image_path(image_path: str, json_dir: str | Path, raw_dir: str | Pat
     """
     as_windows = PureWindowsPath(image_path)
     if as_windows.anchor or PurePosixPath(image_path).is_absolute():
-        return None, f"imagePath {image_path!r} is absolute; it must be relative to the JSON's folder"
+        return None, f"imagePath '{image_path}' is absolute; it must be relative to the JSON's folder"
     path = Path(os.path.abspath(Path(json_dir) / as_windows.as_posix()))
     if not path.is_relative_to(os.path.abspath(raw_dir)):
-        return None, f"imagePath {image_path!r} points outside the raw data folder {raw_dir}; refused"
+        return None, f"imagePath '{image_path}' points outside the raw data folder {raw_dir}; refused"
     return path, None
 
 
@@ -149,7 +149,9 @@ def _decode_image(data: bytes, image_source: str, max_image_pixels: int) -> tupl
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         return None, [f"{what} refused by Pillow as a decompression bomb ({err})"]
-    except Exception as err:  # Pillow raises many types on garbage (UnidentifiedImageError, SyntaxError...)
+    except UnidentifiedImageError:
+        return None, [f"{what} is not a readable image (unknown format, or a cut-short or corrupt header)"]
+    except Exception as err:  # Pillow raises many types on garbage (SyntaxError, struct.error...)
         return None, [f"{what} is not a readable image ({type(err).__name__}: {err})"]
     with image:
         width, height = image.size

@@ -441,7 +441,8 @@ def test_every_problem_in_every_file_is_listed_and_nothing_written(raw, out, con
     assert "in 5 of 9 annotation file(s)" in lines[0]
     body = "\n".join(lines[1:])
     for expected in ["m1.json: shape 0 ('pigeon'): label 'pigeon'", "m1.json: shape 1 ('dove'): ",
-                     "m1.json: imageHeight is 99", "m2.json: invalid JSON", "m3.json: imagePath '../../etc/passwd'",
+                     "m1.json: imageHeight is 99", "m2.json: invalid JSON",
+                     "m3.json: imagePath '../../etc/passwd' points outside",
                      "good.json: writes the same output folder as sub/good.json"]:
         assert expected in body
     assert "fine" not in body

@@ -32,7 +32,7 @@ def test_relative_paths_inside_raw_are_accepted(tmp_path, image_path, expected):
 ])
 def test_absolute_and_escaping_paths_are_refused(tmp_path, image_path, phrase):
     path, problem = resolve_image_path(image_path, tmp_path / "raw" / "sub", tmp_path / "raw")
-    assert path is None and phrase in problem and repr(image_path) in problem
+    assert path is None and phrase in problem and f"'{image_path}'" in problem
 
 
 def test_relative_raw_dir_works_from_the_current_directory(tmp_path, monkeypatch):
