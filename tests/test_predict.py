@@ -111,6 +111,18 @@ def test_scores_to_mask_with_many_classes_equals_resizing_every_score_map():
     assert (scores_to_mask(scores, (23, 17)) == expected).mean() > 0.99
 
 
+@pytest.mark.xfail(strict=True, raises=NotImplementedError,
+                   reason="stages.inference_model.Predictor enables oneDNN placement, which Paddle 3.3.1 "
+                          "cannot run for *_interp ops (ConvertPirAttribute2RuntimeAttribute)")
+def test_a_model_that_upsamples_like_dovenet_and_unet_predicts(tmp_path):
+    from tiny_pipeline import export_model
+
+    overrides = make_dataset(tmp_path)
+    export_model(tmp_path / "models" / "paddle", (16, 16), pool=2, upsample=True)
+    result = run(make_cfg(*overrides, "predict.models=[paddle]"))
+    assert result["models"]["paddle"]["mIoU"] > 0.8
+
+
 def test_missing_model_is_a_clear_error_and_writes_nothing(tmp_path):
     overrides = make_dataset(tmp_path)
     cfg = make_cfg(*overrides)

@@ -72,8 +72,9 @@ def make_cfg(*overrides: str):
     return load_params(list(overrides), REPO_ROOT)
 
 
-def red_detector(pool: int = 1):
-    """A paddle.nn.Layer scoring "dove" by redness; pool > 1 makes its scores coarser than its input."""
+def red_detector(pool: int = 1, upsample: bool = False):
+    """A paddle.nn.Layer scoring "dove" by redness; pool > 1 makes its scores coarser than its input,
+    upsample=True brings them back up with nn.Upsample, as DoveNet's and UNet's decoders do."""
     import paddle
     from paddle import nn
 
@@ -84,20 +85,23 @@ def red_detector(pool: int = 1):
             self.score.weight.set_value(np.array([0, 0, 0, 8, 0, 0], np.float32).reshape(2, 3, 1, 1))
             self.score.bias.set_value(np.array([0, -1], np.float32))
             self.pool = nn.AvgPool2D(pool) if pool > 1 else None
+            self.upsample = nn.Upsample(scale_factor=float(pool), mode="bilinear") if upsample else None
 
         def forward(self, x):
             scores = self.score(x)
-            return self.pool(scores) if self.pool is not None else scores
+            if self.pool is not None:
+                scores = self.pool(scores)
+            return self.upsample(scores) if self.upsample is not None else scores
 
     paddle.seed(0)
     return RedDetector()
 
 
 def export_model(model_dir: Path, input_size=(16, 16), pool: int = 1, architecture: str = "RedDetector",
-                 class_names=CLASS_NAMES):
+                 class_names=CLASS_NAMES, upsample: bool = False):
     from stages.inference_model import ModelMeta, export
 
-    layer = red_detector(pool)
+    layer = red_detector(pool, upsample)
     export(layer, model_dir, ModelMeta(tuple(input_size), tuple(class_names), (0.5,) * 3, (0.5,) * 3,
                                        architecture))
     return layer
