@@ -207,6 +207,15 @@ def test_folder_mode_with_only_unreadable_photos_fails_and_writes_nothing(tmp_pa
     assert not (tmp_path / "out" / "paddle").exists()
 
 
+def test_folder_mode_output_inside_the_input_folder_is_not_read_back(tmp_path, folder_cfg):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    save_rgb_png(photos / "a.png", np.zeros((8, 8, 3), np.uint8))
+    cfg = folder_cfg(photos, f"predict.output_dir={photos / 'predicted'}")
+    run(cfg)
+    assert run(cfg)["predicted"] == ["a"]
+
+
 def test_folder_mode_refuses_names_that_would_overwrite_each_other(tmp_path, folder_cfg):
     (tmp_path / "photos").mkdir()
     save_rgb_png(tmp_path / "photos" / "a.png", np.zeros((8, 8, 3), np.uint8))
