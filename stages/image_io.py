@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 # labelme/VOC palette: class id i is drawn in colour i, 255 (ignore) in the palette's last colour.
-VOC_PALETTE = imgviz.label_colormap(256).astype(np.uint8)
+VOC_PALETTE = imgviz.label_colormap().astype(np.uint8)  # 256 colours (imgviz 1.x and 2.x)
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:

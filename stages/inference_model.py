@@ -95,6 +95,10 @@ class Predictor:
         else:
             config.disable_gpu()
             config.enable_mkldnn()
+            # Paddle 3.3.1's oneDNN placement pass breaks interpolate ops (NotImplementedError:
+            # ConvertPirAttribute2RuntimeAttribute ... ArrayAttribute<DoubleAttribute>); the other
+            # oneDNN kernels still run (~2.8x faster than disable_mkldnn for the UNet).
+            config.delete_pass("onednn_placement_pass")
             if cpu_threads:
                 config.set_cpu_math_library_num_threads(cpu_threads)
         config.disable_glog_info()

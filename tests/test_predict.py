@@ -111,9 +111,6 @@ def test_scores_to_mask_with_many_classes_equals_resizing_every_score_map():
     assert (scores_to_mask(scores, (23, 17)) == expected).mean() > 0.99
 
 
-@pytest.mark.xfail(strict=True, raises=NotImplementedError,
-                   reason="stages.inference_model.Predictor enables oneDNN placement, which Paddle 3.3.1 "
-                          "cannot run for *_interp ops (ConvertPirAttribute2RuntimeAttribute)")
 def test_a_model_that_upsamples_like_dovenet_and_unet_predicts(tmp_path):
     from tiny_pipeline import export_model
 
