@@ -1,0 +1,222 @@
+"""train_paddleseg: PaddleSeg's UNet trained from a PaddleSeg config (the tutorial's second method), resumable.
+
+The PaddleSeg config template (train_paddleseg.config, default conf/paddleseg/unet.yml) is filled from
+params and the labels file, then PaddleSeg builds the model, datasets, transforms, loss and optimizer
+from it; stages.paddleseg_training runs them (validation every eval_interval iterations, the best model
+by val mIoU, iteration checkpoints in checkpoints/paddleseg/). Outputs mirror train_paddle's:
+models/paddleseg/ (best weights, exported inference model, meta.json, the resolved PaddleSeg config,
+mlflow_run.json), metrics/train_paddleseg.json and plots/train_paddleseg.csv. A killed run, rerun with
+the same inputs, continues from its last checkpoint.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import mlflow
+import mlflow.paddle
+import paddle
+from omegaconf import OmegaConf
+from paddle.static import InputSpec
+
+import stages.paddleseg_compat
+import stages.paddleseg_training
+from stages.config import StageError, stage_main
+from stages.inference_model import META_NAME, ModelMeta, export
+from stages.labels import IGNORE_INDEX, read_labels
+from stages.outputs import atomic_dir, write_json_atomic, write_text_atomic
+from stages.paddleseg_training import (BEST_DIR, STATE_NAME, LoopSettings, build, dump_config, latest_state,
+                                       new_state, normalisation, resolve_config, restore, train)
+from stages.split_lists import check_samples, read_split, split_file
+from stages.tracking import log_metrics, training_run
+
+STAGE = "train_paddleseg"
+CONFIG_NAME = "paddleseg.yml"
+# Params that change how fast training runs, not what it computes: a checkpoint stays valid across them.
+RUNTIME_PARAMS = ("num_workers", "num_threads")
+PLOT_COLUMNS = ["epoch", "train_loss", "val_mIoU", "val_acc", "iter"]  # train_paddle's columns, then iter
+
+
+def output_paths(cfg) -> dict[str, Path]:
+    model_dir = Path(cfg.paths.models_dir) / "paddleseg"
+    return {
+        "model_dir": model_dir,
+        "run_id_file": model_dir / "mlflow_run.json",
+        "checkpoint_dir": Path(cfg.paths.checkpoints_dir) / "paddleseg",
+        "metrics": Path(cfg.paths.metrics_dir) / f"{STAGE}.json",
+        "plots": Path(cfg.paths.plots_dir) / f"{STAGE}.csv",
+    }
+
+
+def check_params(params) -> None:
+    for key in ("iters", "batch_size", "eval_interval", "log_interval", "input_size", "crop_size"):
+        if int(params[key]) < 1:
+            raise StageError(f"train_paddleseg.{key} must be >= 1, got {params[key]}")
+
+
+def fingerprint(cfg, resolved_config: str, labels, samples) -> str:
+    """What a checkpoint was made from: the resolved PaddleSeg config, params, labels, data bytes and code."""
+    params = {k: v for k, v in OmegaConf.to_container(cfg.train_paddleseg, resolve=True).items()
+              if k not in RUNTIME_PARAMS}
+    digest = hashlib.sha256(json.dumps({"params": params, "seed": int(cfg.seed), "labels": labels.names,
+                                        "config": resolved_config}, sort_keys=True).encode())
+    for name in ("train", "val"):
+        digest.update(split_file(cfg, name).read_bytes())
+    for sample in samples:
+        digest.update(Path(sample.image).read_bytes())
+        digest.update(Path(sample.label).read_bytes())
+    for module in (stages.paddleseg_compat, stages.paddleseg_training):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def resumable_state(checkpoint_dir: Path, expected_fingerprint: str) -> tuple[Path, dict] | None:
+    """The newest checkpoint when it is unfinished and made from the same inputs; else the folder is cleared."""
+    found = latest_state(checkpoint_dir)
+    if found is not None:
+        folder, state = found
+        if state.get("fingerprint") == expected_fingerprint and not state.get("completed"):
+            return folder, state
+        reason = "finished" if state.get("fingerprint") == expected_fingerprint else \
+            "made from other params/data/code"
+        print(f"{STAGE}: {checkpoint_dir} holds a {reason} run; training from scratch")
+    if checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)  # stale iterations would break keep_checkpoint_max and the best model
+    return None
+
+
+def input_size_of(document: dict, params) -> tuple[int, int]:
+    """(height, width) the model sees at validation and predict time: the val Resize target, else input_size."""
+    for transform in document.get("val_dataset", {}).get("transforms", []):
+        if transform.get("type") == "Resize" and "target_size" in transform:
+            width, height = transform["target_size"]
+            return int(height), int(width)
+    return int(params.input_size), int(params.input_size)
+
+
+def choose_device() -> str:
+    if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        return "gpu"
+    return "cpu"
+
+
+def count_parameters(model) -> dict:
+    total = sum(int(p.numel()) for p in model.parameters())
+    trainable = sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
+    return {"total": total, "trainable": trainable}
+
+
+def run(cfg) -> dict:
+    params = cfg.train_paddleseg
+    check_params(params)
+    labels = read_labels(cfg.data.labels)
+    splits = {name: read_split(cfg, name) for name in ("train", "val")}
+    for name, samples in splits.items():
+        check_samples(samples, labels.num_classes, split_file(cfg, name))
+    batch_size = int(params.batch_size)
+    if len(splits["train"]) < batch_size:
+        raise StageError(f"{split_file(cfg, 'train')}: {len(splits['train'])} training samples, fewer than "
+                         f"train_paddleseg.batch_size={batch_size}; lower the batch size")
+    paths = output_paths(cfg)
+    document = resolve_config(params.config, cfg, {"labels": {"num_classes": labels.num_classes,
+                                                              "names": list(labels.names)}})
+    resolved_text = dump_config(document)
+
+    device = paddle.set_device(choose_device())
+    on_gpu = "gpu" in str(device)
+    if not on_gpu:
+        paddle.base.core.set_num_threads(int(params.num_threads) or len(os.sched_getaffinity(0)))
+
+    run_fingerprint = fingerprint(cfg, resolved_text, labels, splits["train"] + splits["val"])
+    resumed = resumable_state(paths["checkpoint_dir"], run_fingerprint)
+    resume_run_id = resumed[1]["run_id"] if resumed else None
+
+    with training_run(cfg, STAGE, paths["run_id_file"], resume_run_id=resume_run_id) as active:
+        parts = build(document)
+        if resumed:
+            folder, state = resumed
+            restore(parts, folder, state["param_names"])
+            print(f"{STAGE}: resuming after iteration {state['iter']} of {parts.config.iters} from {folder}")
+        else:
+            state = new_state(fingerprint=run_fingerprint)
+            mlflow.log_text(resolved_text, f"config/{CONFIG_NAME}")
+        state["run_id"] = active.info.run_id
+        resumed_from = int(state["iter"])
+        settings = LoopSettings(
+            iters=int(parts.config.iters), batch_size=int(parts.config.batch_size),
+            eval_interval=int(params.eval_interval), log_interval=int(params.log_interval),
+            keep_checkpoint_max=int(params.keep_checkpoint_max), num_workers=int(params.num_workers),
+            seed=int(cfg.seed))
+
+        def on_eval(step: int, scores: dict, row: dict) -> None:
+            log_metrics({"val/mIoU": scores["mIoU"], "val/acc": scores["acc"], "val/kappa": scores["kappa"],
+                         "val/mDice": scores["mDice"],
+                         **{f"val/IoU/{name}": iou for name, iou in zip(labels.names, scores["IoU"])}}, step=step)
+
+        state = train(parts, settings, paths["checkpoint_dir"], state,
+                      on_log=lambda step, values: log_metrics(values, step=step), on_eval=on_eval)
+
+        per_epoch = len(parts.train_dataset) // settings.batch_size
+        best = state["best_scores"]
+        counts = count_parameters(parts.model)
+        input_size = input_size_of(document, params)
+        metrics = {
+            "num_params": counts["total"],
+            "num_trainable_params": counts["trainable"],
+            "best_val_mIoU": state["best_val_mIoU"],
+            "best_epoch": round(state["best_iter"] / per_epoch, 3),
+            "epochs": round(state["iter"] / per_epoch, 3),
+            "resumed_from_epoch": round(resumed_from / per_epoch, 3),
+            "train_seconds": round(state["train_seconds"], 2),
+            "train_images_per_second": round(state["train_images"] / max(state["train_step_seconds"], 1e-9), 3),
+            "input_size": input_size[0],
+            "batch_size": settings.batch_size,
+            "device": "gpu" if on_gpu else "cpu",
+            "iters": state["iter"],
+            "best_iter": state["best_iter"],
+            "resumed_from_iter": resumed_from,
+            "crop_size": int(params.crop_size),
+            "best_val_acc": best["acc"],
+            "best_val_kappa": best["kappa"],
+            "best_val_mDice": best["mDice"],
+            "best_val_IoU": dict(zip(labels.names, best["IoU"])),
+        }
+        architecture = str(document["model"]["type"])
+        mean, std = normalisation(document)
+        meta = ModelMeta(input_size, labels.names, mean, std, architecture)
+
+        with atomic_dir(paths["model_dir"]) as tmp:
+            best_file = paths["checkpoint_dir"] / BEST_DIR / "model.pdparams"
+            parts.model.set_state_dict(paddle.load(str(best_file)))
+            shutil.copyfile(best_file, tmp / "model.pdparams")  # PaddleSeg's name: load_entire_model reads it
+            write_text_atomic(tmp / CONFIG_NAME, resolved_text)
+            export(parts.model, tmp, meta)
+            # MLflow gets the same files before they go live, so a logging failure leaves no new outputs.
+            log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            mlflow.log_artifact(str(tmp / META_NAME), "model")
+            mlflow.paddle.log_model(parts.model, name="paddleseg_model", input_spec=[
+                InputSpec([None, 3, *input_size], "float32", "image")])
+        write_plots(paths["plots"], state["history"])
+        write_json_atomic(paths["metrics"], metrics)
+        state["completed"] = True  # a rerun now trains afresh instead of "resuming" a finished run
+        write_json_atomic(paths["checkpoint_dir"] / f"iter_{state['iter']}" / STATE_NAME, state)
+
+    return {"model_dir": str(paths["model_dir"]), "run_id": active.info.run_id, **metrics}
+
+
+def write_plots(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PLOT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+    write_text_atomic(path, buffer.getvalue())
+
+
+if __name__ == "__main__":
+    stage_main(run)
