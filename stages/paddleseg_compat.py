@@ -1,8 +1,10 @@
-"""PaddleSeg 2.8.0 on Paddle 3.x: three small fixes, in one place.
+"""PaddleSeg 2.8.0 on Paddle 3.x: four small fixes, in one place.
 
 PaddleSeg 2.8.0 (2023) is the newest release on PyPI; it was written for Paddle 2.4, where reductions
 returned 1-element tensors and int64 * float32 promoted silently. Paddle >= 2.5 returns 0-d tensors and
-Paddle 3 refuses mixed int/float arithmetic, which breaks PaddleSeg in three places. ``apply()`` patches
+Paddle 3 refuses mixed int/float arithmetic and checks in-place edits of tensors that autograd still
+needs, which breaks PaddleSeg in three places on its default path (cross-entropy training, evaluation)
+and a fourth when a config picks DiceLoss (e.g. in MixedLoss). ``apply()`` patches
 each of them (idempotently); tests/test_paddleseg_compat.py checks that every original still fails on the
 installed Paddle (so a fix is removed as soon as it is no longer needed) and that every patch works.
 
@@ -13,7 +15,9 @@ from __future__ import annotations
 import importlib
 
 import paddle
+import paddle.nn.functional as F
 from paddleseg.models.losses.cross_entropy_loss import CrossEntropyLoss
+from paddleseg.models.losses.dice_loss import DiceLoss
 
 # Modules, not the same-named functions that paddleseg.core and paddleseg.utils re-export.
 paddleseg_train = importlib.import_module("paddleseg.core.train")
@@ -24,6 +28,7 @@ ORIGINALS = {
     "cross_entropy_post_process": CrossEntropyLoss._post_process_loss,
     "train_loss_computation": paddleseg_train.loss_computation,
     "calculate_area": paddleseg_metrics.calculate_area,
+    "dice_loss_forward": DiceLoss.forward,
 }
 
 
@@ -99,8 +104,36 @@ def calculate_area(pred, label, num_classes, ignore_index=255):
     return intersect_area, pred_area, label_area
 
 
+def dice_loss_forward(self, logits, labels):
+    """Fix 4. Symptom: ``RuntimeError: (PermissionDenied) Tensor '' used in gradient computation has been
+    modified by an inplace operation`` at backward() when DiceLoss follows CrossEntropyLoss (MixedLoss, or
+    two losses on one output): DiceLoss sets the caller's ignored labels to 0 in place, and cross-entropy
+    kept that label tensor for its backward. (It also wrongly changes the labels the next loss sees.)
+
+    PaddleSeg's soft Dice: per image and class, 1 - (2 * sum(p * y) + smooth) / (sum(p + y) + smooth),
+    over non-ignored pixels; averaged over the batch, weighted per class, averaged over the classes.
+    """
+    num_classes = logits.shape[1]
+    if self.weight is not None and len(self.weight) != num_classes:
+        raise ValueError(f"DiceLoss has {len(self.weight)} class weights for {num_classes} classes")
+    valid = labels != self.ignore_index
+    mask = valid.astype(logits.dtype).unsqueeze(1)
+    safe_labels = paddle.where(valid, labels, paddle.zeros_like(labels))
+    target = F.one_hot(safe_labels, num_classes).transpose([0, 3, 1, 2]) * mask
+    probs = F.softmax(logits, axis=1) * mask
+    batch = logits.shape[0]
+    probs, target = probs.reshape([batch, num_classes, -1]), target.reshape([batch, num_classes, -1])
+    overlap = (probs * target).sum(axis=-1)
+    total = (probs + target).sum(axis=-1)
+    per_class = (1 - (2 * overlap + self.smooth) / (total + self.smooth + self.eps)).mean(axis=0)
+    if self.weight is not None:
+        per_class = per_class * paddle.to_tensor(self.weight, dtype=per_class.dtype)
+    return per_class.sum() / num_classes
+
+
 def apply() -> None:
     """Patch PaddleSeg in place; safe to call more than once."""
     CrossEntropyLoss._post_process_loss = cross_entropy_post_process
     paddleseg_train.loss_computation = train_loss_computation
     paddleseg_metrics.calculate_area = calculate_area
+    DiceLoss.forward = dice_loss_forward
