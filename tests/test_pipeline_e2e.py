@@ -77,11 +77,11 @@ def test_mlflow_server_holds_both_training_runs_with_the_same_metric_names(team_
 
 def test_dag_shows_every_stage(team_repo):
     repo, _ = team_repo
-    dag = dvc(repo, "dag", "--md").stdout
-    for stage in ("convert_json", "build_splits", *TRAINERS, "predict", "report"):
-        assert stage in dag
-    assert "train_paddle --> predict" in dag and "train_paddleseg --> predict" in dag
-    assert "predict --> report" in dag
+    edges = {tuple(line.split()) for line in dvc(repo, "dag", "--dot").stdout.replace('"', "").replace(";", "")
+             .splitlines() if "->" in line}
+    edges = {(edge[0], edge[2]) for edge in edges}
+    assert {("convert_json", "build_splits"), ("build_splits", "train_paddle"), ("build_splits", "train_paddleseg"),
+            ("train_paddle", "predict"), ("train_paddleseg", "predict"), ("predict", "report")} <= edges
 
 
 def changed_stages(repo, edit) -> set[str]:
