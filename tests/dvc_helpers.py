@@ -37,8 +37,10 @@ def git(repo: Path, *args: str) -> str:
                           check=True).stdout
 
 
-def dvc(repo: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env(),
+def dvc(repo: Path, *args: str, check: bool = True, timeout: float = 1800,
+        extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo,
+                            env={**env(), **(extra_env or {})},
                             capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
