@@ -156,26 +156,24 @@ def save_checkpoint(checkpoint_dir: Path, model: paddle.Model, best_weights: dic
         write_json_atomic(tmp / "state.json", state)
 
 
+OPTIMIZERS = ("adamw", "rmsprop", "momentum")
+LR_SCHEDULES = ("cosine", "constant")
+
+
 def build_optimizer(params, parameters, total_steps: int):
     lr = float(params.lr)
-    if params.lr_schedule == "cosine":
+    schedule = lr  # constant
+    if params.lr_schedule == "cosine":  # stepped every batch, down to lr / 100
         schedule = paddle.optimizer.lr.CosineAnnealingDecay(lr, T_max=max(1, total_steps), eta_min=lr * 0.01)
-    elif params.lr_schedule == "constant":
-        schedule = paddle.optimizer.lr.LambdaDecay(lr, lambda step: 1.0)
-    else:
-        raise StageError(f"train_paddle.lr_schedule must be cosine or constant, not {params.lr_schedule!r}")
     if params.warmup_steps:
         schedule = paddle.optimizer.lr.LinearWarmup(schedule, int(params.warmup_steps), 0.0, lr)
-    decay = float(params.weight_decay)
+    decay = float(params.weight_decay) or None
     if params.optimizer == "adamw":
-        return paddle.optimizer.AdamW(schedule, parameters=parameters, weight_decay=decay)
+        return paddle.optimizer.AdamW(schedule, parameters=parameters, weight_decay=decay or 0.0)
     if params.optimizer == "rmsprop":  # the tutorial's choice
         return paddle.optimizer.RMSProp(schedule, rho=0.9, epsilon=1e-7, parameters=parameters,
-                                        weight_decay=decay or None)
-    if params.optimizer == "momentum":
-        return paddle.optimizer.Momentum(schedule, momentum=0.9, parameters=parameters,
-                                         weight_decay=decay or None)
-    raise StageError(f"train_paddle.optimizer must be adamw, rmsprop or momentum, not {params.optimizer!r}")
+                                        weight_decay=decay)
+    return paddle.optimizer.Momentum(schedule, momentum=0.9, parameters=parameters, weight_decay=decay)
 
 
 class EpochTracker(paddle.callbacks.Callback):
@@ -228,6 +226,10 @@ class EpochTracker(paddle.callbacks.Callback):
 
 
 def check_params(params) -> None:
+    if params.optimizer not in OPTIMIZERS:
+        raise StageError(f"train_paddle.optimizer must be one of {OPTIMIZERS}, not {params.optimizer!r}")
+    if params.lr_schedule not in LR_SCHEDULES:
+        raise StageError(f"train_paddle.lr_schedule must be one of {LR_SCHEDULES}, not {params.lr_schedule!r}")
     for key in ("input_size", "crop_size"):
         size = int(params[key])
         if size <= 0 or size % SIZE_MULTIPLE:
@@ -280,6 +282,10 @@ def train(cfg, labels, splits, state: dict, checkpoint_dir: Path, on_gpu: bool, 
     val_loader = make_loader(val_set, batch_size, train=False, num_workers=int(params.num_workers))
 
     net = DoveNet(labels.num_classes)
+    # The output conv reads the decoders' un-normalised residual sums (std ~20): a plain Adam step there
+    # moves the class scores ~100x more than elsewhere, which makes the loss jump. Damp its steps.
+    for param in net.output_conv.parameters():
+        param.optimize_attr["learning_rate"] = float(params.head_lr_scale)
     optimizer = build_optimizer(params, net.parameters(), total_epochs * len(train_loader))
     done = len(state["history"])
     if done:

@@ -18,7 +18,8 @@ from stages.image_io import save_label_png
 from stages.labels import read_labels
 from stages.seg_dataset import Augment, EpochSampler, SegDataset, hflip, normalize, random_crop, resize_pair
 from stages.split_lists import read_split
-from stages.train_paddle import STAGE, SegLoss, SegMetric, fingerprint, load_checkpoint, output_paths, run
+from stages.train_paddle import (STAGE, SegLoss, SegMetric, build_optimizer, fingerprint, load_checkpoint,
+                                 output_paths, run)
 from tiny_pipeline import make_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -184,6 +185,26 @@ def test_metric_adapter_scores_argmax_predictions():
     assert acc == pytest.approx(11 / 15) and miou == pytest.approx((3 / 7 + 8 / 12) / 2)
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "rmsprop", "momentum"])
+@pytest.mark.parametrize("schedule,warmup", [("cosine", 0), ("constant", 2)])
+def test_every_optimizer_and_schedule_steps_and_round_trips(cfg_for, optimizer, schedule, warmup):
+    params = cfg_for(f"train_paddle.optimizer={optimizer}", f"train_paddle.lr_schedule={schedule}",
+                     f"train_paddle.warmup_steps={warmup}", "train_paddle.lr=0.1").train_paddle
+    layer = paddle.nn.Linear(2, 1)
+    opt = build_optimizer(params, layer.parameters(), total_steps=10)
+    before = layer.weight.numpy().copy()
+    for _ in range(2):  # warm-up starts from a learning rate of 0
+        layer(paddle.ones([1, 2])).sum().backward()
+        opt.step()
+        opt.clear_grad()
+        if isinstance(opt._learning_rate, paddle.optimizer.lr.LRScheduler):
+            opt._learning_rate.step()  # what paddle.Model.fit's LRScheduler callback does each batch
+    assert not np.array_equal(layer.weight.numpy(), before)
+    restored = build_optimizer(params, layer.parameters(), total_steps=10)
+    restored.set_state_dict(opt.state_dict())
+    assert restored.get_lr() == pytest.approx(opt.get_lr())
+
+
 # --- input checks: clear errors, before anything is written --------------------------------------------
 
 def test_empty_train_split_is_refused(cfg_for):
@@ -217,6 +238,8 @@ def test_label_size_mismatch_is_refused(cfg_for):
     ("train_paddle.input_size=40", "input_size must be a positive multiple of 16"),
     ("train_paddle.crop_size=24", "crop_size must be a positive multiple of 16"),
     ("train_paddle.crop_size=64", "crop_size must fit"),
+    ("train_paddle.optimizer=adam", "optimizer must be one of"),
+    ("train_paddle.lr_schedule=step", "lr_schedule must be one of"),
 ])
 def test_sizes_are_checked(cfg_for, override, message):
     cfg = cfg_for(override)
