@@ -32,6 +32,17 @@ def tracking_uri(cfg) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.mlflow.tracking_uri)
 
 
+def _use_tracking_uri(uri: str) -> None:
+    """mlflow.set_tracking_uri, without its side effect of exporting MLFLOW_TRACKING_URI: that would turn
+    one stage's store into every later stage's override in the same process (tests, notebooks)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def ensure_reachable(uri: str, timeout_s: float = 5) -> None:
     """Raise StageError within about ``timeout_s`` when the tracking store cannot be used."""
     parsed = urlparse(uri)
@@ -84,7 +95,7 @@ def _use_experiment(cfg, uri: str) -> str:
 def _start(cfg, **start_kwargs):
     uri = tracking_uri(cfg)
     ensure_reachable(uri, float(cfg.mlflow.connect_timeout_s))
-    mlflow.set_tracking_uri(uri)
+    _use_tracking_uri(uri)
     try:
         experiment_id = _use_experiment(cfg, uri)
         return mlflow.start_run(experiment_id=experiment_id, **start_kwargs)
@@ -128,7 +139,7 @@ def training_run(cfg, stage: str, run_id_file: str | Path,
 def _run_exists(cfg, run_id: str) -> bool:
     uri = tracking_uri(cfg)
     ensure_reachable(uri, float(cfg.mlflow.connect_timeout_s))
-    mlflow.set_tracking_uri(uri)
+    _use_tracking_uri(uri)
     try:
         mlflow.get_run(run_id)
         return True
