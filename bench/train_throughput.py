@@ -2,8 +2,6 @@
 
     .venv/bin/python bench/train_throughput.py [--size 128] [--batch 8] [--batches 8] [key=value ...]
 
-Measured figures and the settings tried are in the module's closing comment.
-
 "Stage path" is what train_paddle runs: stages.train_paddle.build_model (paddle.Model.prepare, to_static
 on CPU, the CrossEntropy loss and the confusion-matrix metric) fed by the stage's SegDataset/DataLoader
 with augmentation over PNG files (the demo's processed data when present, else synthetic photos in a
@@ -14,6 +12,19 @@ arguments override params.yaml (e.g. train_paddle.to_static=false train_paddle.n
 References on this 2-core machine: bare Paddle 3.3.1 dygraph ~4 img/s at 128x128, batch 8; the same net in
 PyTorch ~16 img/s. The machine is shared: the CPU-time column (images per CPU-second of this process)
 is less sensitive to other people's jobs than wall time; the load average is printed too.
+
+Measured 2026-11-25 on the shared 2-core machine (load average 5-10 from other jobs, so wall figures are
+pessimistic), 128x128, batch 8:
+  2 threads, to_static (the stage's default)   stage 2.32 img/s, bare dygraph 1.21 img/s   (1.92x)
+  2 threads, to_static=false                    stage 1.22 img/s, bare dygraph 1.36 img/s   (0.90x)
+  1 thread,  to_static                          stage 2.67 img/s, bare dygraph 2.20 img/s   (1.21x)
+  per CPU-second, 1 thread: stage 3.8-3.9, bare dygraph 4.0-4.1 img/CPU-s (to_static saves no CPU work
+  on one thread; with two it avoids most of dygraph's idle-thread overhead: 2.65 vs 1.85 img/CPU-s).
+Tried and not adopted: oneDNN (FLAGS_use_mkldnn) breaks to_static training in Paddle 3.3.1
+("ConvertPirAttribute2RuntimeAttribute not support ArrayAttribute<DoubleAttribute>", the upsample op);
+NHWC layout: ~10% more img/CPU-s (4.5 vs 4.1) but needs a second layout through model, data and export;
+DataLoader workers: num_workers=1 gave the same rate (decoding + augmenting costs ~6 ms/image vs ~250 ms
+of training compute per image), so 0 is the default.
 """
 from __future__ import annotations
 
