@@ -223,7 +223,7 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
     from stages.inference_model import Predictor
     logits = Predictor(model_dir, use_gpu=False, cpu_threads=1).logits(batch.numpy())
     assert logits.shape == (2, 2, 32, 32)
-    np.testing.assert_allclose(logits, parts.model(batch)[0].numpy(), atol=1e-3)
+    np.testing.assert_allclose(logits, parts.model(batch)[0].numpy(), rtol=1e-3, atol=1e-3)  # oneDNN vs dygraph float32 sums
 
     # MLflow: one run with the loss per log interval and the scores per evaluation, params, tags, artifacts.
     run_info = json.loads(paths["run_id_file"].read_text())
