@@ -47,3 +47,15 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def trainer_output_paths(cfg, model: str) -> dict[str, Path]:
+    """Where the trainer of ``model`` ("paddle", "paddleseg") writes; predict and report read the same layout."""
+    model_dir = Path(cfg.paths.models_dir) / model
+    return {
+        "model_dir": model_dir,
+        "run_id_file": model_dir / "mlflow_run.json",
+        "checkpoint_dir": Path(cfg.paths.checkpoints_dir) / model,
+        "metrics": Path(cfg.paths.metrics_dir) / f"train_{model}.json",
+        "plots": Path(cfg.paths.plots_dir) / f"train_{model}.csv",
+    }

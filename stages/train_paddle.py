@@ -32,7 +32,7 @@ from stages.dovenet import DoveNet, count_parameters
 from stages.inference_model import META_NAME, ModelMeta, export
 from stages.labels import IGNORE_INDEX, read_labels
 from stages.metrics import ConfusionMatrix
-from stages.outputs import atomic_dir, write_json_atomic, write_text_atomic
+from stages.outputs import atomic_dir, trainer_output_paths, write_json_atomic, write_text_atomic
 from stages.seg_dataset import Augment, SegDataset, make_loader
 from stages.split_lists import check_samples, read_split, split_file
 from stages.tracking import log_metrics, training_run
@@ -103,14 +103,7 @@ def configure_device(params) -> bool:
 
 
 def output_paths(cfg) -> dict[str, Path]:
-    model_dir = Path(cfg.paths.models_dir) / "paddle"
-    return {
-        "model_dir": model_dir,
-        "run_id_file": model_dir / "mlflow_run.json",
-        "checkpoint_dir": Path(cfg.paths.checkpoints_dir) / "paddle",
-        "metrics": Path(cfg.paths.metrics_dir) / f"{STAGE}.json",
-        "plots": Path(cfg.paths.plots_dir) / f"{STAGE}.csv",
-    }
+    return trainer_output_paths(cfg, "paddle")
 
 
 def fingerprint(cfg, labels, samples) -> str:

@@ -29,7 +29,7 @@ import stages.paddleseg_training
 from stages.config import StageError, stage_main
 from stages.inference_model import META_NAME, ModelMeta, export
 from stages.labels import IGNORE_INDEX, read_labels
-from stages.outputs import atomic_dir, write_json_atomic, write_text_atomic
+from stages.outputs import atomic_dir, trainer_output_paths, write_json_atomic, write_text_atomic
 from stages.paddleseg_training import (BEST_DIR, STATE_NAME, LoopSettings, build, dump_config, latest_state,
                                        new_state, normalisation, resolve_config, restore, train)
 from stages.split_lists import check_samples, read_split, split_file
@@ -43,14 +43,7 @@ PLOT_COLUMNS = ["epoch", "train_loss", "val_mIoU", "val_acc", "iter"]  # train_p
 
 
 def output_paths(cfg) -> dict[str, Path]:
-    model_dir = Path(cfg.paths.models_dir) / "paddleseg"
-    return {
-        "model_dir": model_dir,
-        "run_id_file": model_dir / "mlflow_run.json",
-        "checkpoint_dir": Path(cfg.paths.checkpoints_dir) / "paddleseg",
-        "metrics": Path(cfg.paths.metrics_dir) / f"{STAGE}.json",
-        "plots": Path(cfg.paths.plots_dir) / f"{STAGE}.csv",
-    }
+    return trainer_output_paths(cfg, "paddleseg")
 
 
 def check_params(params) -> None:
