@@ -3,12 +3,17 @@
 Both build their model, datasets, loss and optimizer from the same resolved PaddleSeg config (the stage's
 template filled from params.yaml), with the same seed, and train the same number of iterations with one
 validation and one checkpoint at the end (core.train: save_interval = iters). core.train runs with the
-three fixes of stages.paddleseg_compat, without which it cannot run at all on Paddle 3. Figures are
-training images per wall-clock second of the whole call, and per CPU second; the runs alternate
-(stage, PaddleSeg, PaddleSeg, stage, ...) so a busy machine hurts both alike. The best of the repeats counts.
+fixes of stages.paddleseg_compat, without which it cannot run at all on Paddle 3, in one process (as
+PaddleSeg's train.py runs on a CPU machine). The stage's loop runs in one process, and with
+``train_paddleseg.distributed.nproc`` > 1 also data parallel under Paddle's launcher, as the stage does
+then (each process trains its share of every global batch, one CPU thread each on a 2-core machine).
 
-    .venv/bin/python bench/train_paddleseg_throughput.py                  # the demo data, demo params
-    .venv/bin/python bench/train_paddleseg_throughput.py --iters 20 --repeat 2 train_paddleseg.crop_size=64
+Figures: training images per wall-clock second of the training call (building the parts is not timed),
+and per CPU second. Runs alternate (stage, PaddleSeg, PaddleSeg, stage, ...) so a busy machine hurts
+both alike; the best of the repeats counts.
+
+    .venv/bin/python bench/train_paddleseg_throughput.py                   # demo data and params
+    .venv/bin/python bench/train_paddleseg_throughput.py --iters 40 --repeat 3 train_paddleseg.batch_size=4
 """
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,9 +34,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import paddle  # noqa: E402
 
+from stages import distributed  # noqa: E402
 from stages.config import load_params  # noqa: E402
 from stages.labels import read_labels  # noqa: E402
 from stages.paddleseg_training import LoopSettings, build, new_state, resolve_config, seed_everything, train  # noqa: E402
+
+STAGE, PADDLESEG = "stage", "paddleseg.core.train"
 
 
 def cpu_seconds() -> float:
@@ -51,54 +61,89 @@ def paddleseg_path(parts, document: dict, iters: int, seed: int, work: Path) -> 
                     save_interval=iters, log_iters=max(1, iters // 2), losses=parts.losses, keep_checkpoint_max=1)
 
 
-def timed(function, document: dict, *args) -> tuple[float, float]:
+def timed(function, document: dict, iters: int, seed: int, work: Path) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one training call on freshly built parts, its console chatter swallowed."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        seed_everything(args[1])
+        seed_everything(seed)
         parts = build(document)  # not timed: the same for both
+        distributed.barrier()
         wall, cpu = time.perf_counter(), cpu_seconds()
-        function(parts, document, *args)
+        function(parts, document, iters, seed, work)
     return time.perf_counter() - wall, cpu_seconds() - cpu
+
+
+def resolved_document(overrides: list[str], iters: int) -> tuple[dict, object]:
+    cfg = load_params(overrides, REPO_ROOT)
+    labels = read_labels(cfg.data.labels)
+    document = resolve_config(cfg.train_paddleseg.config, cfg, {"labels": {"num_classes": labels.num_classes,
+                                                                          "names": list(labels.names)}})
+    document["iters"] = iters
+    return document, cfg
+
+
+def data_parallel_run(args, nproc: int, work: Path) -> tuple[float, float]:
+    """The stage's loop in ``nproc`` processes under Paddle's launcher: (rank 0's wall s, CPU s of all)."""
+    results = work / "dp-results"
+    results.mkdir(parents=True, exist_ok=True)
+    command = distributed.launch_command("-", nproc, log_dir=str(work / "dp-logs"))
+    # launch_command ends with `python -u -m <module>`: this script in worker mode instead
+    command = command[:command.index("-u") + 1] + [str(Path(__file__).resolve()), "--worker", str(results),
+                                                   "--iters", str(args.iters), *args.overrides]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"data-parallel run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    runs = [json.loads(path.read_text()) for path in sorted(results.glob("rank*.json"))]
+    return runs[0]["wall"], sum(run["cpu"] for run in runs)
+
+
+def worker(args) -> None:
+    """One process of data_parallel_run (started by Paddle's launcher)."""
+    paddle.base.core.set_num_threads(distributed.cpu_threads(0))
+    document, cfg = resolved_document(args.overrides, args.iters)
+    with tempfile.TemporaryDirectory(prefix="bench-paddleseg-dp-") as folder:
+        wall, cpu = timed(stage_path, document, args.iters, int(cfg.seed), Path(folder))
+    Path(args.worker, f"rank{distributed.rank()}.json").write_text(json.dumps({"wall": wall, "cpu": cpu}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=20, help="training iterations per run")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each path (best counts)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU math threads (0: all cores)")
-    parser.add_argument("overrides", nargs="*", help="params overrides, e.g. train_paddleseg.batch_size=2")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="params overrides, e.g. train_paddleseg.batch_size=4")
     args = parser.parse_args()
+    if args.worker:
+        return worker(args)
 
-    cfg = load_params(args.overrides, REPO_ROOT)
-    labels = read_labels(cfg.data.labels)
-    document = resolve_config(cfg.train_paddleseg.config, cfg, {"labels": {"num_classes": labels.num_classes,
-                                                                          "names": list(labels.names)}})
-    document["iters"] = args.iters
-    if args.threads:
-        paddle.base.core.set_num_threads(args.threads)
-    batch = int(document["batch_size"])
-    seed = int(cfg.seed)
-    paths = {"stage": stage_path, "paddleseg.core.train": paddleseg_path}
-    results = {name: [] for name in paths}
-    order = ["stage", "paddleseg.core.train"]
+    document, cfg = resolved_document(args.overrides, args.iters)
+    nproc = int(cfg.train_paddleseg.get("distributed", {}).get("nproc", 1))
+    paddle.base.core.set_num_threads(len(os.sched_getaffinity(0)))
+    batch, seed = int(document["batch_size"]), int(cfg.seed)
+    paths = {STAGE: stage_path, PADDLESEG: paddleseg_path}
+    names = [STAGE, PADDLESEG] + ([f"stage, {nproc} processes"] if nproc > 1 else [])
+    results = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="bench-paddleseg-") as folder:
         for round_number in range(args.repeat):
-            for name in order if round_number % 2 == 0 else order[::-1]:
-                work = Path(folder) / f"{name}-{round_number}"
-                wall, cpu = timed(paths[name], document, args.iters, seed, work)
+            for name in names if round_number % 2 == 0 else names[::-1]:
+                work = Path(folder) / f"{name}-{round_number}".replace(" ", "_").replace(",", "")
+                if name in paths:
+                    wall, cpu = timed(paths[name], document, args.iters, seed, work)
+                else:
+                    wall, cpu = data_parallel_run(args, nproc, work)
                 results[name].append((wall, cpu))
-                print(f"{name:22s} run {round_number + 1}: {args.iters * batch / wall:6.3f} img/s "
+                print(f"{name:24s} run {round_number + 1}: {args.iters * batch / wall:6.3f} img/s "
                       f"({wall:.1f} s wall, {cpu:.1f} s CPU)", flush=True)
 
     best = {name: min(runs) for name, runs in results.items()}
+    reference = best[PADDLESEG][0]
     summary = {
         "iters": args.iters, "batch_size": batch,
         "crop_size": int(cfg.train_paddleseg.crop_size), "input_size": int(cfg.train_paddleseg.input_size),
-        "model": document["model"]["type"], "device": str(paddle.get_device()),
+        "model": document["model"]["type"], "device": str(paddle.get_device()), "cores": os.cpu_count(),
         **{f"{name} img/s": round(args.iters * batch / wall, 3) for name, (wall, _) in best.items()},
         **{f"{name} img/CPU-s": round(args.iters * batch / min(cpu for _, cpu in results[name]), 3)
            for name in results},
-        "ratio (stage / paddleseg.core.train)": round(best["paddleseg.core.train"][0] / best["stage"][0], 3),
+        **{f"ratio ({name} / {PADDLESEG})": round(reference / best[name][0], 3) for name in names if name != PADDLESEG},
     }
     print(json.dumps(summary, indent=2))
 

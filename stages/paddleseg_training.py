@@ -30,7 +30,7 @@ import yaml
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from stages import paddleseg_compat
+from stages import distributed, paddleseg_compat
 from stages.config import StageError
 from stages.metrics import ConfusionMatrix
 from stages.outputs import atomic_dir, write_json_atomic
@@ -142,10 +142,12 @@ def collate(items: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 # --- training -------------------------------------------------------------------------------------
 
 def train_step(parts: Parts, images: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
-    """One optimisation step as PaddleSeg's train does it; returns the (detached) loss, unsynced."""
+    """One optimisation step as PaddleSeg's train does it; returns the (detached) loss, unsynced.
+    ``parts.model`` may be wrapped in paddle.DataParallel (its gradients are averaged in backward())."""
     logits = parts.model(images)
-    if hasattr(parts.model, "loss_computation"):  # models that combine their own losses
-        loss_list = parts.model.loss_computation(logits, parts.losses, {"img": images, "label": labels})
+    network = getattr(parts.model, "_layers", parts.model)
+    if hasattr(network, "loss_computation"):  # models that combine their own losses
+        loss_list = network.loss_computation(logits, parts.losses, {"img": images, "label": labels})
     else:
         loss_list = paddleseg_train.loss_computation(logits, labels, None, parts.losses)
     loss = sum(loss_list)
@@ -277,20 +279,30 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
           on_eval: Callable[[int, dict, dict], None] = lambda step, scores, row: None) -> dict:
     """Train from ``state['iter']`` to ``settings.iters``: validate, keep the best model and checkpoint every
     ``eval_interval`` iterations and at the end. ``on_log(iter, {"train/loss", "train/lr"})`` runs every
-    ``log_interval``; ``on_eval(iter, scores, history_row)`` after each validation. Returns the state."""
+    ``log_interval``; ``on_eval(iter, scores, history_row)`` after each validation. Returns the state.
+
+    Under Paddle's launcher (stages.distributed) every process runs this: each trains on its share of
+    every global batch of ``settings.batch_size`` and DataParallel averages the gradients; only the main
+    process validates, checkpoints and calls back (the others wait for it on the launcher's store, and
+    return right after the last step)."""
     start = int(state["iter"])
     if start >= settings.iters:
         return state
     num_classes = parts.train_dataset.num_classes
     per_epoch = len(parts.train_dataset) // settings.batch_size
-    seed_everything(settings.seed + start)  # the augmentations of a resumed run differ, its batches do not
-    sampler = IterationBatches(len(parts.train_dataset), settings.batch_size, settings.iters, start, settings.seed)
+    main = distributed.is_main_process()
+    # the augmentations of a resumed run (and of each process) differ, its batches do not
+    seed_everything(settings.seed + start + 100_003 * distributed.rank())
+    sampler = distributed.RankBatches(
+        IterationBatches(len(parts.train_dataset), settings.batch_size, settings.iters, start, settings.seed))
     loader = paddle.io.DataLoader(parts.train_dataset, batch_sampler=sampler, collate_fn=collate,
                                   num_workers=settings.num_workers, return_list=True,
                                   use_shared_memory=settings.num_workers > 0)
     model = parts.model
     if parts.config.to_static_training:
         model = paddle.jit.to_static(model)
+    distributed.barrier()  # every process built and restored its parts before DataParallel syncs them
+    model = distributed.data_parallel(model)
     train_parts = Parts(parts.config, model, parts.train_dataset, parts.val_dataset, parts.optimizer, parts.losses)
     model.train()
 
@@ -299,7 +311,7 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
     step_seconds, images = 0.0, 0
     started = time.perf_counter()
     iteration = start
-    bar = tqdm(total=settings.iters, initial=start, desc="train_paddleseg", unit="iter")
+    bar = tqdm(total=settings.iters, initial=start, desc="train_paddleseg", unit="iter", disable=not main)
     for images_np, labels_np in loader:
         step_started = time.perf_counter()
         loss = train_step(train_parts, images_np, labels_np)
@@ -309,6 +321,11 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
         step_seconds += time.perf_counter() - step_started
         images += settings.batch_size
         bar.update(1)
+
+        if not main:
+            if iteration % settings.eval_interval == 0 and iteration < settings.iters:
+                distributed.barrier()  # while the main process validates and checkpoints
+            continue
 
         if iteration % settings.log_interval == 0 or iteration == settings.iters:
             mean_loss = float(log_sum) / log_count
@@ -333,5 +350,7 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
             on_eval(iteration, scores, row)
             save_checkpoint(checkpoint_dir, parts, state, settings.keep_checkpoint_max)
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_mIoU=f"{scores['mIoU']:.4f}")
+            if iteration < settings.iters:
+                distributed.barrier()
     bar.close()
     return state

@@ -14,6 +14,7 @@ import numpy as np
 import paddle
 from PIL import Image
 
+from stages.distributed import RankBatches, world_size
 from stages.image_io import read_label_png, read_rgb
 
 
@@ -143,8 +144,15 @@ class EpochSampler(paddle.io.Sampler):
 
 def make_loader(dataset: SegDataset, batch_size: int, train: bool, num_workers: int, seed: int = 0,
                 max_samples: int | None = None) -> paddle.io.DataLoader:
-    """A DataLoader over ``dataset``; for training shuffled per epoch (and capped to ``max_samples``)."""
+    """A DataLoader over ``dataset``; for training shuffled per epoch (and capped to ``max_samples``).
+
+    ``batch_size`` is the global batch: under Paddle's launcher each process loads its share of it
+    (stages.distributed.RankBatches). Evaluation batches are rounded up to a multiple of the processes, so
+    only the last one is padded: the one paddle.Model trims after gathering the predictions.
+    """
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, max_samples=max_samples if train else None)
-    batches = paddle.io.BatchSampler(sampler=sampler, batch_size=batch_size)
+    if not train:
+        batch_size = -(-batch_size // world_size()) * world_size()
+    batches = RankBatches(paddle.io.BatchSampler(sampler=sampler, batch_size=batch_size))
     return paddle.io.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                                 use_shared_memory=num_workers > 0, return_list=True)

@@ -12,7 +12,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 import stages.dovenet
 import stages.seg_dataset
+from stages import distributed
 from stages.config import StageError, stage_main
 from stages.dovenet import DoveNet, count_parameters
 from stages.inference_model import META_NAME, ModelMeta, export
@@ -39,7 +39,7 @@ from stages.tracking import log_metrics, training_run
 
 STAGE = "train_paddle"
 # Params that change how fast training runs, not what it computes: a checkpoint stays valid across them.
-RUNTIME_PARAMS = ("num_workers", "num_threads")
+RUNTIME_PARAMS = ("num_workers", "num_threads", "distributed")
 SIZE_MULTIPLE = 16  # four 2x downsamplings (stem + three encoders)
 
 
@@ -97,8 +97,8 @@ def configure_device(params) -> bool:
     """GPU when Paddle has CUDA and sees a GPU, else CPU with ``params.num_threads`` threads. True on GPU."""
     on_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
     paddle.set_device("gpu" if on_gpu else "cpu")
-    if not on_gpu:
-        paddle.base.core.set_num_threads(int(params.num_threads) or len(os.sched_getaffinity(0)))
+    if not on_gpu:  # several processes on one machine share its cores
+        paddle.base.core.set_num_threads(distributed.cpu_threads(int(params.num_threads)))
     return on_gpu
 
 
@@ -172,7 +172,8 @@ def build_optimizer(params, parameters, total_steps: int):
 class EpochTracker(paddle.callbacks.Callback):
     """Per epoch: reseeds the data order, averages the train loss, then after validation records history,
     logs to MLflow, keeps the best weights and writes the checkpoint. ``first_epoch`` offsets fit's count
-    (fit always counts from 0) when resuming."""
+    (fit always counts from 0) when resuming. Under Paddle's launcher only the main process (rank 0)
+    records, logs and checkpoints; the others just follow the epochs."""
 
     def __init__(self, datasets, samplers, state: dict, checkpoint_dir: Path, total_epochs: int):
         super().__init__()
@@ -181,9 +182,11 @@ class EpochTracker(paddle.callbacks.Callback):
         self.first_epoch = len(state["history"])
         self.best_weights = state.pop("_best_weights", None)
         self.total_epochs = total_epochs
+        self.main = distributed.is_main_process()
 
     def on_train_begin(self, logs=None):
-        self.bar = tqdm(total=self.total_epochs, initial=self.first_epoch, desc=STAGE, unit="epoch")
+        self.bar = tqdm(total=self.total_epochs, initial=self.first_epoch, desc=STAGE, unit="epoch",
+                        disable=not self.main)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = self.first_epoch + epoch + 1  # 1-based, the MLflow step
@@ -197,9 +200,11 @@ class EpochTracker(paddle.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.state["train_step_seconds"] += time.perf_counter() - self.started
-        self.state["train_images"] += self.images
+        self.state["train_images"] += self.images * distributed.world_size()  # each process: its share
 
     def on_eval_end(self, logs=None):
+        if not self.main:
+            return
         train_loss = self.loss_sum / max(1, self.images)
         row = {"epoch": self.epoch, "train_loss": train_loss,
                "val_mIoU": float(logs["mIoU"]), "val_acc": float(logs["acc"])}
@@ -287,6 +292,7 @@ def train(cfg, labels, splits, state: dict, checkpoint_dir: Path, on_gpu: bool, 
         state["_best_weights"] = paddle.load(str(checkpoint_dir / "best.pdparams"))
         print(f"{STAGE}: resuming after epoch {done} of {total_epochs} from {checkpoint_dir}")
 
+    distributed.barrier()  # paddle.Model wraps the net in DataParallel (a collective) when launched
     model = build_model(net, optimizer, params, labels.num_classes, on_gpu)
     tracker = EpochTracker([train_set], [train_loader.batch_sampler.sampler], state, checkpoint_dir,
                            total_epochs)
@@ -316,6 +322,11 @@ def run(cfg, callbacks=()) -> dict:
     data_fingerprint = fingerprint(cfg, labels, splits["train"] + splits["val"])
     state = load_checkpoint(paths["checkpoint_dir"], data_fingerprint)
     resumed_from = len(state["history"]) if state else 0
+    if not distributed.is_main_process():  # launched with others: train my share, rank 0 writes
+        with paddle.utils.unique_name.guard():
+            train(cfg, labels, splits, state or new_state(data_fingerprint, ""), paths["checkpoint_dir"], on_gpu,
+                  callbacks)
+        return {"rank": distributed.rank(), "outputs": "written by the main process (rank 0)"}
 
     with training_run(cfg, STAGE, paths["run_id_file"], resume_run_id=state and state["run_id"]) as active:
         state = state or new_state(data_fingerprint, active.info.run_id)
@@ -376,4 +387,5 @@ def _plain(node) -> dict:
 
 
 if __name__ == "__main__":
+    distributed.relaunch_if_configured(STAGE)  # train_paddle.distributed.nproc > 1: under Paddle's launcher
     stage_main(run)

@@ -14,7 +14,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from paddle.static import InputSpec
 
 import stages.paddleseg_compat
 import stages.paddleseg_training
+from stages import distributed
 from stages.config import StageError, stage_main
 from stages.inference_model import META_NAME, ModelMeta, export
 from stages.labels import IGNORE_INDEX, read_labels
@@ -68,19 +68,32 @@ def fingerprint(cfg, resolved_config: str, labels, samples) -> str:
     return digest.hexdigest()
 
 
-def resumable_state(checkpoint_dir: Path, expected_fingerprint: str) -> tuple[Path, dict] | None:
-    """The newest checkpoint when it is unfinished and made from the same inputs; else the folder is cleared."""
+def resumable_state(checkpoint_dir: Path, expected_fingerprint: str,
+                    clear: bool = True) -> tuple[Path, dict] | None:
+    """The newest checkpoint when it is unfinished and made from the same inputs; else None, and with
+    ``clear`` the folder is emptied (stale iterations would break keep_checkpoint_max and the best model)."""
     found = latest_state(checkpoint_dir)
     if found is not None:
         folder, state = found
         if state.get("fingerprint") == expected_fingerprint and not state.get("completed"):
             return folder, state
-        reason = "finished" if state.get("fingerprint") == expected_fingerprint else \
-            "made from other params/data/code"
-        print(f"{STAGE}: {checkpoint_dir} holds a {reason} run; training from scratch")
-    if checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir)  # stale iterations would break keep_checkpoint_max and the best model
+        if clear:
+            reason = "finished" if state.get("fingerprint") == expected_fingerprint else \
+                "made from other params/data/code"
+            print(f"{STAGE}: {checkpoint_dir} holds a {reason} run; training from scratch")
+    if clear and checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)
     return None
+
+
+def prepare(document: dict, resumed: tuple[Path, dict] | None):
+    """PaddleSeg's parts built from the config, with the checkpoint's weights and optimizer state if resuming."""
+    parts = build(document)
+    if resumed:
+        folder, state = resumed
+        restore(parts, folder, state["param_names"])
+        print(f"{STAGE}: resuming after iteration {state['iter']} of {parts.config.iters} from {folder}")
+    return parts
 
 
 def input_size_of(document: dict, params) -> tuple[int, int]:
@@ -122,29 +135,34 @@ def run(cfg) -> dict:
 
     device = paddle.set_device(choose_device())
     on_gpu = "gpu" in str(device)
-    if not on_gpu:
-        paddle.base.core.set_num_threads(int(params.num_threads) or len(os.sched_getaffinity(0)))
+    if not on_gpu:  # several processes on one machine share its cores
+        paddle.base.core.set_num_threads(distributed.cpu_threads(int(params.num_threads)))
 
     run_fingerprint = fingerprint(cfg, resolved_text, labels, splits["train"] + splits["val"])
+    settings = LoopSettings(
+        iters=int(document["iters"]), batch_size=int(document["batch_size"]),
+        eval_interval=int(params.eval_interval), log_interval=int(params.log_interval),
+        keep_checkpoint_max=int(params.keep_checkpoint_max), num_workers=int(params.num_workers),
+        seed=int(cfg.seed))
+    if not distributed.is_main_process():  # launched with others: train my share, the main process writes
+        distributed.barrier()  # the main process has cleared stale checkpoints
+        resumed = resumable_state(paths["checkpoint_dir"], run_fingerprint, clear=False)
+        parts = prepare(document, resumed)
+        train(parts, settings, paths["checkpoint_dir"], resumed[1] if resumed else new_state())
+        return {"rank": distributed.rank(), "outputs": "written by the main process (rank 0)"}
     resumed = resumable_state(paths["checkpoint_dir"], run_fingerprint)
+    distributed.barrier()
     resume_run_id = resumed[1]["run_id"] if resumed else None
 
     with training_run(cfg, STAGE, paths["run_id_file"], resume_run_id=resume_run_id) as active:
-        parts = build(document)
+        parts = prepare(document, resumed)
         if resumed:
-            folder, state = resumed
-            restore(parts, folder, state["param_names"])
-            print(f"{STAGE}: resuming after iteration {state['iter']} of {parts.config.iters} from {folder}")
+            state = resumed[1]
         else:
             state = new_state(fingerprint=run_fingerprint)
             mlflow.log_text(resolved_text, f"config/{CONFIG_NAME}")
         state["run_id"] = active.info.run_id
         resumed_from = int(state["iter"])
-        settings = LoopSettings(
-            iters=int(parts.config.iters), batch_size=int(parts.config.batch_size),
-            eval_interval=int(params.eval_interval), log_interval=int(params.log_interval),
-            keep_checkpoint_max=int(params.keep_checkpoint_max), num_workers=int(params.num_workers),
-            seed=int(cfg.seed))
 
         def on_eval(step: int, scores: dict, row: dict) -> None:
             log_metrics({"val/mIoU": scores["mIoU"], "val/acc": scores["acc"], "val/kappa": scores["kappa"],
@@ -212,4 +230,5 @@ def write_plots(path: Path, history: list[dict]) -> None:
 
 
 if __name__ == "__main__":
+    distributed.relaunch_if_configured(STAGE)  # train_paddleseg.distributed.nproc > 1: under Paddle's launcher
     stage_main(run)

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import paddle
 import paddle.distributed as dist
@@ -304,3 +305,51 @@ def test_two_cpu_processes_train_as_one_under_the_launcher(tmp_path):
     # Only the main process wrote the output.
     assert json.loads((results[2] / "model.json").read_text()) == {"world_size": 2}
     assert sorted(p.name for p in results[2].iterdir()) == ["model.json", "rank0.json", "rank1.json"]
+
+
+# --- both trainers under the launcher -------------------------------------------------------------
+
+# Per trainer: tiny settings, and how many validations (MLflow val/mIoU steps) they give.
+TRAINERS = {
+    "train_paddle": (["train_paddle.input_size=32", "train_paddle.crop_size=32", "train_paddle.epochs=2",
+                      "train_paddle.batch_size=4"], [1, 2]),
+    "train_paddleseg": (["train_paddleseg.input_size=32", "train_paddleseg.crop_size=32", "train_paddleseg.iters=4",
+                         "train_paddleseg.batch_size=4", "train_paddleseg.eval_interval=2",
+                         "train_paddleseg.log_interval=1"], [2, 4]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", sorted(TRAINERS))
+def test_trainer_with_nproc_2_runs_under_the_launcher_and_only_rank_0_writes(stage, tmp_path):
+    """`<stage>.distributed.nproc=2`: the unchanged stage command relaunches itself under Paddle's launcher
+    (2 CPU processes, gloo); both train, one MLflow run holds each validation once, rank 0 writes outputs."""
+    from tiny_pipeline import make_dataset  # noqa: PLC0415  (tests/ is on sys.path under pytest)
+
+    settings, eval_steps = TRAINERS[stage]
+    store = tmp_path / "mlflow"
+    store.mkdir()
+    log_dir = tmp_path / "launcher-logs"
+    overrides = [*make_dataset(tmp_path / "data"), f"paths.checkpoints_dir={tmp_path / 'checkpoints'}",
+                 f"mlflow.tracking_uri=sqlite:///{store / 'mlflow.db'}", f"mlflow.artifact_location={store / 'mlruns'}",
+                 *settings, f"{stage}.distributed.nproc=2", f"{stage}.distributed.log_dir={log_dir}"]
+    env = {k: v for k, v in os.environ.items() if k not in (*LAUNCHER_ENV, "MLFLOW_TRACKING_URI")}
+    done = subprocess.run([sys.executable, "-m", f"stages.{stage}", *overrides], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + _worker_logs(log_dir)
+    assert "paddle.distributed.launch --nproc_per_node 2" in done.stdout
+    # Both processes ran the stage to its end; only rank 0 got the outputs' summary.
+    logs = {p.name: p.read_text() for p in log_dir.glob("workerlog.*")}
+    assert sorted(logs) == ["workerlog.0", "workerlog.1"]
+    assert "written by the main process (rank 0)" in logs["workerlog.1"]
+    assert "written by the main process" not in logs["workerlog.0"]
+
+    model = stage.removeprefix("train_")
+    metrics = json.loads((tmp_path / "data" / "metrics" / f"{stage}.json").read_text())
+    assert metrics["train_images_per_second"] > 0 and 0 <= metrics["best_val_mIoU"] <= 1
+    run_id = json.loads((tmp_path / "data" / "models" / model / "mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    [only_run] = client.search_runs([client.get_run(run_id).info.experiment_id])  # one run, not one per process
+    assert only_run.info.run_id == run_id and only_run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "val/mIoU")] == eval_steps  # each logged once
+    assert only_run.data.params[f"{stage}.distributed.nproc"] == "2"
