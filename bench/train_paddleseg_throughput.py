@@ -117,7 +117,7 @@ def main() -> None:
 
     document, cfg = resolved_document(args.overrides, args.iters)
     nproc = int(cfg.train_paddleseg.get("distributed", {}).get("nproc", 1))
-    paddle.base.core.set_num_threads(len(os.sched_getaffinity(0)))
+    paddle.base.core.set_num_threads(distributed.cpu_threads(int(cfg.train_paddleseg.num_threads)))
     batch, seed = int(document["batch_size"]), int(cfg.seed)
     paths = {STAGE: stage_path, PADDLESEG: paddleseg_path}
     names = [STAGE, PADDLESEG] + ([f"stage, {nproc} processes"] if nproc > 1 else [])

@@ -45,7 +45,7 @@ from stages.dovenet import DoveNet  # noqa: E402
 from stages.image_io import save_label_png, save_rgb_png  # noqa: E402
 from stages.seg_dataset import Augment, SegDataset, make_loader  # noqa: E402
 from stages.split_lists import Sample, read_split  # noqa: E402
-from stages.train_paddle import build_model, build_optimizer, configure_device  # noqa: E402
+from stages.train_paddle import build_model, build_optimizer, configure_device, math_threads  # noqa: E402
 
 REFERENCE_PADDLE, REFERENCE_TORCH = 4.0, 16.0
 WARMUP_BATCHES = 2
@@ -151,7 +151,7 @@ def main() -> None:
         stage_wall, stage_cpu = stage_path(cfg, samples, args.batches)
         bare_wall, bare_cpu = bare_dygraph(int(params.input_size), int(params.batch_size), args.batches)
 
-    threads = int(params.num_threads) or len(os.sched_getaffinity(0))
+    threads = math_threads(params)
     print(f"DoveNet training at {params.input_size}x{params.input_size}, batch {params.batch_size}, "
           f"{'GPU' if on_gpu else f'CPU, {threads} thread(s)'}, to_static={params.to_static}, "
           f"num_workers={params.num_workers}; data: {source}; load average {os.getloadavg()[0]:.1f}")

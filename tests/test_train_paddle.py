@@ -19,7 +19,7 @@ from stages.labels import read_labels
 from stages.seg_dataset import Augment, EpochSampler, SegDataset, hflip, normalize, random_crop, resize_pair
 from stages.split_lists import read_split
 from stages.train_paddle import (STAGE, SegLoss, SegMetric, build_optimizer, fingerprint, load_checkpoint,
-                                 output_paths, run)
+                                 math_threads, output_paths, run)
 from tiny_pipeline import make_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -261,6 +261,17 @@ def test_unreachable_tracking_server_fails_fast(cfg_for, monkeypatch):
     assert nothing_written(cfg)
 
 
+def test_math_threads_halve_the_cores_under_to_static_only(cfg_for, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    for name in ("PADDLE_TRAINERS_NUM", "PADDLE_TRAINER_ID", "PADDLE_LOCAL_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert math_threads(cfg_for("train_paddle.num_threads=0").train_paddle) == 4
+    assert math_threads(cfg_for("train_paddle.num_threads=0", "train_paddle.to_static=false").train_paddle) == 8
+    assert math_threads(cfg_for("train_paddle.num_threads=3").train_paddle) == 3
+    monkeypatch.setenv("PADDLE_LOCAL_SIZE", "2")  # two processes on this machine share its cores
+    assert math_threads(cfg_for("train_paddle.num_threads=0").train_paddle) == 2
+
+
 # --- checkpoint fingerprint ------------------------------------------------------------------------------
 
 def test_fingerprint_follows_training_inputs_only(cfg_for):
@@ -268,8 +279,8 @@ def test_fingerprint_follows_training_inputs_only(cfg_for):
     labels = read_labels(cfg.data.labels)
     samples = read_split(cfg, "train") + read_split(cfg, "val")
     base = fingerprint(cfg, labels, samples)
-    assert fingerprint(cfg_for("train_paddle.num_workers=2", "train_paddle.num_threads=2"), labels,
-                       samples) == base
+    assert fingerprint(cfg_for("train_paddle.num_workers=2", "train_paddle.num_threads=2",
+                               "train_paddle.distributed.nproc=2"), labels, samples) == base
     assert fingerprint(cfg_for("train_paddle.lr=0.5"), labels, samples) != base
     assert fingerprint(cfg_for("seed=1"), labels, samples) != base
     image = Path(cfg.data.processed_dir) / "dove_a" / "img.png"
