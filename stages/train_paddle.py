@@ -149,14 +149,51 @@ def load_checkpoint(checkpoint_dir: Path, expected_fingerprint: str) -> dict | N
     return state
 
 
-def save_checkpoint(checkpoint_dir: Path, model: paddle.Model, best_weights: dict | None, state: dict) -> None:
+def save_checkpoint(checkpoint_dir: Path, weights: dict, optimizer, best_weights: dict | None,
+                    average: dict | None, state: dict) -> None:
     """Everything needed to continue, replaced in one rename so a kill never leaves half a checkpoint."""
     with atomic_dir(checkpoint_dir) as tmp:
-        paddle.save(model.network.state_dict(), str(tmp / "model.pdparams"))
-        paddle.save(model._optimizer.state_dict(), str(tmp / "optimizer.pdopt"))  # includes the LR schedule
-        if best_weights is not None:
-            paddle.save(best_weights, str(tmp / "best.pdparams"))
+        paddle.save(weights, str(tmp / "model.pdparams"))
+        paddle.save(optimizer.state_dict(), str(tmp / "optimizer.pdopt"))  # includes the LR schedule
+        for name, saved in (("best", best_weights), ("average", average)):
+            if saved is not None:
+                paddle.save(saved, str(tmp / f"{name}.pdparams"))
         write_json_atomic(tmp / "state.json", state)
+
+
+class WeightAverage:
+    """An exponential moving average of the network's weights (and BatchNorm statistics), validated and
+    kept instead of the raw weights when ``decay`` > 0: it smooths out the last steps' noise, which on a
+    small data set moves the val mIoU by several points from one epoch to the next. The decay ramps up
+    as (1 + n) / (10 + n) over the first steps, so early averages do not drag in the initial weights."""
+
+    def __init__(self, decay: float, average: dict | None = None, steps: int = 0):
+        self.decay, self.average, self.steps = decay, average, steps
+        self.live = None  # the raw weights while the average is swapped in
+
+    def update(self, network) -> None:
+        weights = network.state_dict()
+        rate = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        self.steps += 1
+        with paddle.no_grad():
+            if self.average is None:
+                self.average = {k: v.clone() for k, v in weights.items()}
+            for key, value in weights.items():
+                kept = self.average[key]
+                self.average[key] = kept * rate + value * (1 - rate) if value.is_floating_point() else value.clone()
+
+    def swap_in(self, network) -> None:
+        if self.decay and self.average is not None:
+            self.live = {k: v.clone() for k, v in network.state_dict().items()}
+            network.set_state_dict(self.average)
+
+    def swap_out(self, network) -> None:
+        if self.live is not None:
+            network.set_state_dict(self.live)
+            self.live = None
+
+    def raw_weights(self, network) -> dict:
+        return self.live if self.live is not None else network.state_dict()
 
 
 OPTIMIZERS = ("adamw", "rmsprop", "momentum")
@@ -185,8 +222,10 @@ class EpochTracker(paddle.callbacks.Callback):
     (fit always counts from 0) when resuming. Under Paddle's launcher only the main process (rank 0)
     records, logs and checkpoints; the others just follow the epochs."""
 
-    def __init__(self, datasets, samplers, state: dict, checkpoint_dir: Path, total_epochs: int):
+    def __init__(self, datasets, samplers, state: dict, checkpoint_dir: Path, total_epochs: int,
+                 average: WeightAverage):
         super().__init__()
+        self.average = average
         self.datasets, self.samplers = datasets, samplers
         self.state, self.checkpoint_dir = state, checkpoint_dir
         self.first_epoch = len(state["history"])
@@ -207,14 +246,22 @@ class EpochTracker(paddle.callbacks.Callback):
     def on_train_batch_end(self, step, logs=None):
         self.loss_sum += float(logs["loss"][0]) * logs["batch_size"]
         self.images += logs["batch_size"]
+        if self.average.decay:
+            self.average.update(self.model.network)
 
     def on_epoch_end(self, epoch, logs=None):
         self.state["train_step_seconds"] += time.perf_counter() - self.started
         self.state["train_images"] += self.images * distributed.world_size()  # each process: its share
 
+    def on_eval_begin(self, logs=None):
+        self.average.swap_in(self.model.network)  # every process: distributed evaluation gathers them all
+
     def on_eval_end(self, logs=None):
-        if not self.main:
-            return
+        if self.main:
+            self.record(logs)
+        self.average.swap_out(self.model.network)
+
+    def record(self, logs) -> None:
         train_loss = self.loss_sum / max(1, self.images)
         row = {"epoch": self.epoch, "train_loss": train_loss,
                "val_mIoU": float(logs["mIoU"]), "val_acc": float(logs["acc"])}
@@ -225,7 +272,9 @@ class EpochTracker(paddle.callbacks.Callback):
             self.state.update(best_val_mIoU=row["val_mIoU"], best_epoch=self.epoch)
             self.best_weights = {k: v.clone() for k, v in self.model.network.state_dict().items()}
         self.state["train_seconds"] += time.perf_counter() - self.started
-        save_checkpoint(self.checkpoint_dir, self.model, self.best_weights, self.state)
+        self.state["average_steps"] = self.average.steps
+        save_checkpoint(self.checkpoint_dir, self.average.raw_weights(self.model.network), self.model._optimizer,
+                        self.best_weights, self.average.average, self.state)
         self.bar.set_postfix(loss=f"{train_loss:.3f}", val_mIoU=f"{row['val_mIoU']:.3f}")
         self.bar.update(1)
 
@@ -296,16 +345,20 @@ def train(cfg, labels, splits, state: dict, checkpoint_dir: Path, on_gpu: bool, 
         param.optimize_attr["learning_rate"] = float(params.head_lr_scale)
     optimizer = build_optimizer(params, net.parameters(), total_epochs * len(train_loader))
     done = len(state["history"])
+    average = WeightAverage(float(params.weight_average))
     if done:
         net.set_state_dict(paddle.load(str(checkpoint_dir / "model.pdparams")))
         optimizer.set_state_dict(paddle.load(str(checkpoint_dir / "optimizer.pdopt")))
         state["_best_weights"] = paddle.load(str(checkpoint_dir / "best.pdparams"))
+        if (checkpoint_dir / "average.pdparams").is_file():
+            average = WeightAverage(average.decay, paddle.load(str(checkpoint_dir / "average.pdparams")),
+                                    int(state.get("average_steps", 0)))
         print(f"{STAGE}: resuming after epoch {done} of {total_epochs} from {checkpoint_dir}")
 
     distributed.barrier()  # paddle.Model wraps the net in DataParallel (a collective) when launched
     model = build_model(net, optimizer, params, labels.num_classes, on_gpu)
     tracker = EpochTracker([train_set], [train_loader.batch_sampler.sampler], state, checkpoint_dir,
-                           total_epochs)
+                           total_epochs, average)
     if total_epochs > done:
         model.fit(train_loader, val_loader, epochs=total_epochs - done, eval_freq=1, verbose=0,
                   callbacks=[tracker, *callbacks])

@@ -19,7 +19,7 @@ from stages.labels import read_labels
 from stages.seg_dataset import Augment, EpochSampler, SegDataset, hflip, normalize, random_crop, resize_pair
 from stages.split_lists import read_split
 from stages.train_paddle import (STAGE, SegLoss, SegMetric, build_optimizer, fingerprint, load_checkpoint,
-                                 math_threads, output_paths, run)
+                                 WeightAverage, math_threads, output_paths, run)
 from tiny_pipeline import make_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -261,6 +261,26 @@ def test_unreachable_tracking_server_fails_fast(cfg_for, monkeypatch):
     assert nothing_written(cfg)
 
 
+def test_weight_average_follows_the_weights_and_swaps_in_and_out():
+    net = paddle.nn.Sequential(paddle.nn.Linear(2, 2), paddle.nn.BatchNorm1D(2))
+    weight = net[0].weight
+    average = WeightAverage(0.5)
+    weight.set_value(paddle.ones([2, 2]))
+    average.update(net)  # the first step copies (ramp (1 + 0) / 10 -> but no average yet)
+    weight.set_value(paddle.full([2, 2], 3.0))
+    average.update(net)  # rate min(0.5, 2 / 11) = 0.18: 1 * 0.18 + 3 * 0.82
+    expected = 1 * (2 / 11) + 3 * (9 / 11)
+    np.testing.assert_allclose(average.average["0.weight"].numpy(), expected, rtol=1e-6)
+    average.swap_in(net)
+    np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(average.raw_weights(net)["0.weight"].numpy(), 3.0)
+    average.swap_out(net)
+    np.testing.assert_allclose(weight.numpy(), 3.0)
+    off = WeightAverage(0.0, average.average)
+    off.swap_in(net)  # decay 0: the raw weights are validated
+    np.testing.assert_allclose(weight.numpy(), 3.0)
+
+
 def test_math_threads_halve_the_cores_under_to_static_only(cfg_for, monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
     for name in ("PADDLE_TRAINERS_NUM", "PADDLE_TRAINER_ID", "PADDLE_LOCAL_SIZE"):
@@ -370,12 +390,16 @@ class StopAfterEpoch(paddle.callbacks.Callback):
 
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint(cfg_for):
-    cfg = cfg_for("train_paddle.epochs=3", "train_paddle.to_static=false")
+    cfg = cfg_for("train_paddle.epochs=3", "train_paddle.to_static=false", "train_paddle.weight_average=0.9")
     paths = output_paths(cfg)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, callbacks=[StopAfterEpoch()])
     state = json.loads((paths["checkpoint_dir"] / "state.json").read_text())
     assert [row["epoch"] for row in state["history"]] == [1] and not state["completed"]
+    # The checkpoint holds the raw weights to continue from, and the weight average beside them.
+    raw, average = (paddle.load(str(paths["checkpoint_dir"] / f"{name}.pdparams")) for name in ("model", "average"))
+    assert state["average_steps"] == 2 and raw.keys() == average.keys()
+    assert not np.allclose(raw["output_conv.weight"].numpy(), average["output_conv.weight"].numpy())
     assert not paths["model_dir"].exists() and not paths["metrics"].exists()  # nothing half-done
     optimizer_state = paddle.load(str(paths["checkpoint_dir"] / "optimizer.pdopt"))
     steps_per_epoch = 2  # 6 images, batch 4
@@ -383,6 +407,7 @@ def test_killed_run_resumes_from_its_checkpoint(cfg_for):
 
     result = run(cfg)
     assert result["resumed_from_epoch"] == 1 and result["epochs"] == 3
+    assert json.loads((paths["checkpoint_dir"] / "state.json").read_text())["average_steps"] == 6
     assert [row["epoch"] for row in read_csv(paths["plots"])] == ["1", "2", "3"]
     assert result["run_id"] == state["run_id"]  # the same MLflow run, continued
     client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
