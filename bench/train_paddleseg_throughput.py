@@ -14,6 +14,12 @@ both alike; the best of the repeats counts.
 
     .venv/bin/python bench/train_paddleseg_throughput.py                   # demo data and params
     .venv/bin/python bench/train_paddleseg_throughput.py --iters 40 --repeat 3 train_paddleseg.batch_size=4
+
+Measured 2026-11-25, 2 cores, nothing else running, demo params (64x64, batch 4, UNet), 20 iters, best of 2:
+stage 2.501 img/s, paddleseg.core.train 2.488 img/s: ratio 1.005 (per CPU-second 1.265 vs 1.293). The two
+run the same PaddleSeg model, loss and optimizer, so parity is expected; the run-to-run spread (2.24-2.50 img/s)
+is larger than the difference. Tried: 1 math thread 2.04 vs 2 threads 2.22 img/s (kept 2: unlike DoveNet's
+to_static path, dygraph runs one op at a time); to_static_training: 1.99 img/s, no gain.
 """
 from __future__ import annotations
 

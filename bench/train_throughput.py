@@ -13,13 +13,15 @@ References on this 2-core machine: bare Paddle 3.3.1 dygraph ~4 img/s at 128x128
 PyTorch ~16 img/s. The machine is shared: the CPU-time column (images per CPU-second of this process)
 is less sensitive to other people's jobs than wall time; the load average is printed too.
 
-Measured 2026-11-25 on the shared 2-core machine (load average 5-10 from other jobs, so wall figures are
-pessimistic), 128x128, batch 8:
-  2 threads, to_static (the stage's default)   stage 2.32 img/s, bare dygraph 1.21 img/s   (1.92x)
-  2 threads, to_static=false                    stage 1.22 img/s, bare dygraph 1.36 img/s   (0.90x)
-  1 thread,  to_static                          stage 2.67 img/s, bare dygraph 2.20 img/s   (1.21x)
-  per CPU-second, 1 thread: stage 3.8-3.9, bare dygraph 4.0-4.1 img/CPU-s (to_static saves no CPU work
-  on one thread; with two it avoids most of dygraph's idle-thread overhead: 2.65 vs 1.85 img/CPU-s).
+Measured 2026-11-25 on this 2-core machine with nothing else running (load 0.7), 128x128, batch 8:
+  defaults (to_static, num_threads 0 -> 1 math thread)  stage 5.85 img/s, bare dygraph 4.14 img/s  (1.41x wall)
+  train_paddle.num_threads=2                            stage 4.80 img/s, bare dygraph 2.32 img/s  (2.07x wall)
+  against the references: 1.46x Paddle dygraph (4 img/s), 0.37x PyTorch (16 img/s).
+  The static executor runs independent ops on two threads itself; two math threads on top oversubscribe
+  the cores (a 6-minute demo run spent 223 s in the kernel with 2 math threads, 15 s with 1), hence the
+  default of half the cores under to_static (stages.train_paddle.math_threads). FLAGS_new_executor_serial_run=1
+  brings the stage down to the bare loop's speed: that parallelism is to_static's gain on CPU.
+  Earlier, on the machine loaded by 5-10 other jobs: 2 threads stage 2.32 vs bare 1.21 img/s (1.92x).
 Tried and not adopted: oneDNN (FLAGS_use_mkldnn) breaks to_static training in Paddle 3.3.1
 ("ConvertPirAttribute2RuntimeAttribute not support ArrayAttribute<DoubleAttribute>", the upsample op);
 NHWC layout: ~10% more img/CPU-s (4.5 vs 4.1) but needs a second layout through model, data and export;
