@@ -184,7 +184,7 @@ class RankBatches(paddle.io.BatchSampler):
 @dataclass(frozen=True)
 class LaunchSettings:
     """A trainer's ``distributed`` params block (absent keys take these defaults)."""
-    nproc: int = 1               # processes on this machine: one per GPU, or CPU processes
+    nproc: int = 1               # processes on this machine: one per GPU, or CPU processes ("auto": see auto_nproc)
     devices: str | None = None   # GPU ids for them, e.g. "0,1" (GPU builds only); None: the launcher's choice
     nnodes: int = 1              # machines taking part; run the same command on each
     master: str | None = None    # "host:port" of the rendezvous on the first machine, when nnodes > 1
@@ -196,13 +196,34 @@ class LaunchSettings:
         return self.nproc > 1 or self.nnodes > 1
 
 
+AUTO = "auto"
+CPU_AUTO_NPROC = 2
+
+
+def auto_nproc(devices: str | None = None) -> int:
+    """``nproc: auto``: one process per GPU (``devices``, else every visible one); on CPU, two processes
+    when there are two cores or more. Measured on 2 cores with PaddleSeg's UNet: 2 processes x 1 math
+    thread train 1.4x the images per second of 1 process x 2 threads (dygraph's ops barely use a second
+    thread). More CPU processes were not measured: each adds a gradient all-reduce per step, and shrinks
+    the per-process batch that BatchNorm sees."""
+    if devices:
+        return len(str(devices).split(","))
+    gpus = paddle.device.cuda.device_count() if paddle.is_compiled_with_cuda() else 0
+    return gpus or max(1, min(CPU_AUTO_NPROC, len(os.sched_getaffinity(0))))
+
+
 def launch_settings(node, where: str = "distributed") -> LaunchSettings:
-    """LaunchSettings from a config node or dict (None: one process); bad values raise StageError."""
+    """LaunchSettings from a config node or dict (None: one process; ``nproc: auto`` resolved to a
+    number); bad values raise StageError."""
     values = dict(node or {})
     unknown = set(values) - set(LaunchSettings.__dataclass_fields__)
     if unknown:
         raise StageError(f"{where}: unknown keys {sorted(unknown)}; known: "
                          f"{sorted(LaunchSettings.__dataclass_fields__)}")
+    if values.get("nproc") == AUTO:
+        values["nproc"] = auto_nproc(values.get("devices"))
+    if not isinstance(values.get("nproc", 1), int):
+        raise StageError(f"{where}.nproc: a number of processes or {AUTO!r}, got {values['nproc']!r}")
     settings = LaunchSettings(**values)
     if int(settings.nproc) < 1 or int(settings.nnodes) < 1:
         raise StageError(f"{where}: nproc and nnodes must be >= 1, got {settings.nproc} and {settings.nnodes}")

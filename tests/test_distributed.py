@@ -133,9 +133,23 @@ def test_launch_settings_default_to_one_process():
     assert launch_settings({"nnodes": 2, "master": "10.0.0.1:8090"}).needs_launcher
 
 
+@pytest.mark.skipif(paddle.is_compiled_with_cuda(), reason="checks the CPU rule of nproc: auto")
+@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 2), (16, 2)])
+def test_auto_nproc_on_cpu_is_two_processes_when_there_are_two_cores(monkeypatch, cores, expected):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    settings = launch_settings({"nproc": "auto"})
+    assert settings.nproc == expected
+    assert settings.needs_launcher == (expected > 1)
+
+
+def test_auto_nproc_with_devices_is_one_process_per_device():
+    assert distributed.auto_nproc("0,1,2") == 3
+
+
 @pytest.mark.parametrize("values, message", [
     ({"nprocs": 2}, "unknown keys"),
     ({"nproc": 0}, "must be >= 1"),
+    ({"nproc": "many"}, "a number of processes or 'auto'"),
     ({"nnodes": 2}, "needs master"),
     ({"nnodes": 2, "master": "h:1", "node_rank": 2}, "not in 0..1"),
 ])
