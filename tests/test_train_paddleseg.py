@@ -32,7 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Tiny, fast settings (the smoke profile's spirit, explicit so the test does not depend on it).
 TINY = ["train_paddleseg.input_size=32", "train_paddleseg.crop_size=32", "train_paddleseg.iters=4",
         "train_paddleseg.batch_size=2", "train_paddleseg.eval_interval=2", "train_paddleseg.log_interval=1",
-        "train_paddleseg.keep_checkpoint_max=1", "train_paddleseg.num_threads=1"]
+        "train_paddleseg.keep_checkpoint_max=1", "train_paddleseg.num_threads=1",
+        "train_paddleseg.distributed.nproc=1"]  # one process, whatever the profile says
 SIZES = {"dove_a": (30, 40), "dove_b": (47, 33), "dove_c": (64, 48), "dove_d": (21, 26), "empty_e": (36, 36)}
 TRAIN_PADDLE_METRIC_KEYS = {"num_params", "num_trainable_params", "best_val_mIoU", "best_epoch", "epochs",
                             "resumed_from_epoch", "train_seconds", "train_images_per_second", "input_size",
