@@ -224,7 +224,10 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
     from stages.inference_model import Predictor
     logits = Predictor(model_dir, use_gpu=False, cpu_threads=1).logits(batch.numpy())
     assert logits.shape == (2, 2, 32, 32)
-    np.testing.assert_allclose(logits, parts.model(batch)[0].numpy(), rtol=1e-3, atol=1e-3)  # oneDNN vs dygraph float32 sums
+    expected = parts.model(batch)[0].numpy()
+    # oneDNN vs dygraph: float32 sums in another order, whose error grows with the logits (after 4 iterations
+    # the eval-mode BatchNorm can leave them in the thousands); a wrong export is off by far more
+    np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
     # MLflow: one run with the loss per log interval and the scores per evaluation, params, tags, artifacts.
     run_info = json.loads(paths["run_id_file"].read_text())
