@@ -26,7 +26,7 @@ test-fast: setup       ## the fast tests only
 	pytest
 
 params: setup          ## recompose params.yaml from conf/, e.g. make params PROFILE=smoke
-	python -m stages.config $(if $(PROFILE),profile=$(PROFILE),)
+	python -m stages.common.config $(if $(PROFILE),profile=$(PROFILE),)
 
 bench: setup           ## speed benchmarks (print figures and ratios; not tests)
 	python bench/convert.py
@@ -35,7 +35,7 @@ mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 demo-data: setup       ## regenerate the bundled demo set (deterministic)
-	python -m stages.demo_doves --out data/raw --count 124 --seed 0
+	python -m stages.demo_data.doves --out data/raw --count 124 --seed 0
 
 clean:                 ## remove pipeline outputs (not data/raw, not the MLflow store)
 	rm -rf data/processed data/splits models metrics plots predictions reports

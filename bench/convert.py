@@ -26,10 +26,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from stages import convert_json  # noqa: E402
-from stages.config import load_params  # noqa: E402
-from stages.image_io import read_label_png  # noqa: E402
-from stages.labelme_io import find_annotation_files  # noqa: E402
-from stages.labels import IGNORE_INDEX, IGNORE_NAME, read_labels  # noqa: E402
+from stages.common.config import load_params  # noqa: E402
+from stages.data.images import read_label_png  # noqa: E402
+from stages.data.labels import IGNORE_INDEX, IGNORE_NAME, read_labels  # noqa: E402
+from stages.labelme.annotations import find_annotation_files  # noqa: E402
 
 
 def labelme_conversion(json_paths: list[Path], class_ids: dict[str, int], out_dir: Path) -> None:

@@ -2,7 +2,7 @@
 
 Both predict the same photos with the same random-init PaddleSeg UNet (2 classes): PaddleSeg from the
 weights saved as a state dict (dygraph, one photo at a time), the stage from the same weights exported
-with stages.inference_model.export (Paddle Inference, batched). Both resize to the model's input size,
+with stages.models.inference_model.export (Paddle Inference, batched). Both resize to the model's input size,
 normalise with mean = std = 0.5, resize the scores back bilinearly, take the argmax, and write a
 pseudo-colour PNG and an overlay per photo (the stage also writes the class-id PNG). Times are wall
 clock of the whole call, model loading included; each side runs --repeat times, the best counts.
@@ -28,10 +28,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from stages import predict  # noqa: E402
-from stages.config import load_params  # noqa: E402
-from stages.image_io import read_label_png  # noqa: E402
-from stages.inference_model import ModelMeta, export  # noqa: E402
-from stages.split_lists import read_split  # noqa: E402
+from stages.prediction.files import CLASS_ID_DIR  # noqa: E402
+from stages.common.config import load_params  # noqa: E402
+from stages.data.images import read_label_png  # noqa: E402
+from stages.data.split_lists import read_split  # noqa: E402
+from stages.models.inference_model import ModelMeta, export  # noqa: E402
 
 MEAN = STD = (0.5, 0.5, 0.5)
 
@@ -145,7 +146,7 @@ def main() -> None:
         agree = total = 0
         for photo in photos:
             theirs = read_label_png(work / "paddleseg_0" / "pseudo_color_prediction" / f"{photo.stem}.png")
-            mine = read_label_png(work / "stage_0" / "unet" / predict.CLASS_ID_DIR / f"{photo.stem}.png")
+            mine = read_label_png(work / "stage_0" / "unet" / CLASS_ID_DIR / f"{photo.stem}.png")
             agree += int((theirs == mine).sum())
             total += mine.size
 

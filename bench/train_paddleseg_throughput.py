@@ -3,7 +3,7 @@
 Both build their model, datasets, loss and optimizer from the same resolved PaddleSeg config (the stage's
 template filled from params.yaml), with the same seed, and train the same number of iterations with one
 validation and one checkpoint at the end (core.train: save_interval = iters). core.train runs with the
-fixes of stages.paddleseg_compat, without which it cannot run at all on Paddle 3, in one process (as
+fixes of stages.training.paddleseg_compat, without which it cannot run at all on Paddle 3, in one process (as
 PaddleSeg's train.py runs on a CPU machine). The stage's loop runs in one process, and with
 ``train_paddleseg.distributed.nproc`` > 1 also data parallel under Paddle's launcher, as the stage does
 then (each process trains its share of every global batch, one CPU thread each on a 2-core machine).
@@ -44,10 +44,10 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import paddle  # noqa: E402
 
-from stages import distributed  # noqa: E402
-from stages.config import load_params  # noqa: E402
-from stages.labels import read_labels  # noqa: E402
-from stages.paddleseg_training import LoopSettings, build, new_state, resolve_config, seed_everything, train  # noqa: E402
+from stages.common.config import load_params  # noqa: E402
+from stages.data.labels import read_labels  # noqa: E402
+from stages.training import distributed  # noqa: E402
+from stages.training.paddleseg_loop import LoopSettings, build, new_state, resolve_config, seed_everything, train  # noqa: E402
 
 STAGE, PADDLESEG = "stage", "paddleseg.core.train"
 
@@ -64,7 +64,7 @@ def stage_path(parts, document: dict, iters: int, seed: int, work: Path) -> None
 
 
 def paddleseg_path(parts, document: dict, iters: int, seed: int, work: Path) -> None:
-    from paddleseg.core import train as paddleseg_train  # patched by stages.paddleseg_compat on import above
+    from paddleseg.core import train as paddleseg_train  # patched by stages.training.paddleseg_compat on import above
 
     paddleseg_train(parts.model, parts.train_dataset, val_dataset=parts.val_dataset, optimizer=parts.optimizer,
                     save_dir=str(work / "paddleseg"), iters=iters, batch_size=int(document["batch_size"]),

@@ -42,12 +42,12 @@ import paddle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.config import StageError, load_params  # noqa: E402
-from stages.dovenet import DoveNet  # noqa: E402
-from stages.image_io import save_label_png, save_rgb_png  # noqa: E402
-from stages.seg_dataset import Augment, SegDataset, make_loader  # noqa: E402
-from stages.split_lists import Sample, read_split  # noqa: E402
+from stages.common.config import StageError, load_params  # noqa: E402
+from stages.data.images import save_label_png, save_rgb_png  # noqa: E402
+from stages.data.split_lists import Sample, read_split  # noqa: E402
+from stages.models.dovenet import DoveNet  # noqa: E402
 from stages.train_paddle import build_model, build_optimizer, configure_device, math_threads  # noqa: E402
+from stages.training.dataset import Augment, SegDataset, make_loader  # noqa: E402
 
 REFERENCE_PADDLE, REFERENCE_TORCH = 4.0, 16.0
 WARMUP_BATCHES = 2

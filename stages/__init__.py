@@ -1,5 +1,19 @@
 """doveseg: labelme annotations to trained, compared PaddlePaddle segmentation models, as DVC stages.
 
-Each pipeline stage is a module here with a pure ``run(cfg) -> dict`` and a short Hydra main
-(``python -m stages.<name>``). Code that several stages share lives in the other modules.
+This folder's top level holds the pipeline stages and nothing else: each is a module with a pure
+``run(cfg) -> dict`` and a short Hydra main, run as ``python -m stages.<name>``. Code that several stages
+share lives one level down, in subpackages named by what they hold.
+
+Import rule (tests/test_layout.py enforces it): stage modules may import any subpackage; subpackages never
+import stage modules, and import each other only downward in this order, lowest first:
+
+    common      Hydra config plumbing, StageError, atomic outputs
+    data        labels file, image and label-PNG I/O, split lists
+    labelme     reading labelme annotations, the shape rasteriser
+    evaluation  confusion-matrix metrics, the report's figures
+    models      DoveNet, exported inference models
+    prediction  masks from an exported model, prediction files
+    training    MLflow tracking, data-parallel launch, the training dataset, PaddleSeg's loop and fixes
+
+``demo_data`` is a tool, not a layer: it renders the bundled demo set and nothing in the pipeline imports it.
 """

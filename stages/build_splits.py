@@ -9,10 +9,10 @@ import json
 import random
 from pathlib import Path
 
-from stages.config import StageError, stage_main
-from stages.labels import BACKGROUND_NAME, IGNORE_NAME
-from stages.outputs import atomic_dir
-from stages.split_lists import SPLIT_NAMES, format_line
+from stages.common.config import StageError, stage_main
+from stages.common.outputs import atomic_dir
+from stages.data.labels import BACKGROUND_NAME, IGNORE_NAME
+from stages.data.split_lists import SPLIT_NAMES, format_line
 
 MANIFEST_NAME = "manifest.json"
 

@@ -28,12 +28,12 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from stages.config import StageError, stage_main
-from stages.image_io import VOC_PALETTE, save_label_png
-from stages.labelme_io import find_annotation_files, read_annotation
-from stages.labelme_shapes import shapes_to_label
-from stages.labels import IGNORE_INDEX, IGNORE_NAME, Labels, read_labels
-from stages.outputs import atomic_dir, write_json_atomic, write_text_atomic
+from stages.common.config import StageError, stage_main
+from stages.common.outputs import atomic_dir, write_json_atomic, write_text_atomic
+from stages.data.images import VOC_PALETTE, save_label_png
+from stages.data.labels import IGNORE_INDEX, IGNORE_NAME, Labels, read_labels
+from stages.labelme.annotations import find_annotation_files, read_annotation
+from stages.labelme.shapes import shapes_to_label
 
 CLASS_NAMES_FILE = "class_names.txt"
 MANIFEST_FILE = "manifest.json"

@@ -1,6 +1,6 @@
 """predict: every trained model on the test split, scored at full resolution; or on any folder of photos.
 
-Each model is loaded from its exported inference model (models/<name>/, see stages.inference_model) and
+Each model is loaded from its exported inference model (models/<name>/, see stages.models.inference_model) and
 predicts in batches at its own input size. Masks go back to each photo's original size by resizing the
 class *scores* bilinearly and taking the argmax there (PaddleSeg's own order in core.infer): boundaries
 follow the scores between the coarse pixels instead of the staircase of nearest-neighbour class ids.
@@ -21,24 +21,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from stages.config import StageError, stage_main
-from stages.image_io import colorize_label, read_label_png, read_rgb, save_label_png, save_rgb_png
-from stages.inference_model import META_NAME, MODEL_PREFIX, Predictor, preprocess
-from stages.labels import read_labels
-from stages.metrics import ConfusionMatrix
-from stages.outputs import atomic_dir, write_json_atomic
-from stages.split_lists import check_samples, read_split, split_file
-
-CLASS_ID_DIR = "class_id"
-PSEUDO_COLOR_DIR = "pseudo_color_prediction"
-OVERLAY_DIR = "added_prediction"
-METRICS_NAME = "metrics.json"
-SUMMARY_NAME = "summary.json"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-RESIZE_METHOD = "bilinear logits, then argmax"
+from stages.common.config import StageError, stage_main
+from stages.common.outputs import atomic_dir, write_json_atomic
+from stages.data.images import read_label_png, read_rgb
+from stages.data.labels import read_labels
+from stages.data.split_lists import check_samples, read_split, split_file
+from stages.evaluation.metrics import ConfusionMatrix
+from stages.models.inference_model import META_NAME, MODEL_PREFIX, Predictor
+from stages.prediction.files import (IMAGE_SUFFIXES, METRICS_NAME, SUMMARY_NAME, list_images, output_names,
+                                     read_photo, write_prediction)
+from stages.prediction.masks import RESIZE_METHOD, batches, predict_masks
 
 
 def run(cfg) -> dict:
@@ -47,7 +41,7 @@ def run(cfg) -> dict:
     return predict_test_split(cfg)
 
 
-# --- models and masks ---------------------------------------------------------------------------
+# --- models ---------------------------------------------------------------------------------------
 
 def load_models(cfg) -> dict[str, Predictor]:
     """One Predictor per name in predict.models; one StageError naming every missing model folder."""
@@ -67,57 +61,6 @@ def load_models(cfg) -> dict[str, Predictor]:
         raise StageError("no exported model to predict with (train it first):\n  " + "\n  ".join(problems))
     threads = int(cfg.predict.cpu_threads) or os.cpu_count() or 1
     return {name: Predictor(Path(cfg.paths.models_dir) / name, cpu_threads=threads) for name in names}
-
-
-def predict_masks(predictor: Predictor, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Class-id masks (uint8, each at its image's own size) for a batch of HxWx3 uint8 RGB images."""
-    batch = np.stack([preprocess(image, predictor.meta) for image in images])
-    logits = predictor.logits(batch)
-    return [scores_to_mask(scores, image.shape[:2]) for scores, image in zip(logits, images)]
-
-
-def scores_to_mask(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """C x h x w class scores -> H x W class ids: bilinear resize of the scores, then argmax."""
-    height, width = size
-    if scores.shape[1:] == (height, width):
-        return scores.argmax(axis=0).astype(np.uint8)
-    # Bilinear resizing is linear, so each class's margin over class 0, resized, ranks the classes as the
-    # resized scores would: one resize fewer, and for two classes just a sign test.
-    margins = [_resize_bilinear(channel - scores[0], width, height) for channel in scores[1:]]
-    if len(margins) == 1:
-        return (margins[0] > 0).astype(np.uint8)
-    return np.stack([np.zeros_like(margins[0]), *margins]).argmax(axis=0).astype(np.uint8)
-
-
-def _resize_bilinear(channel: np.ndarray, width: int, height: int) -> np.ndarray:
-    # Pillow's float ("F") bilinear uses pixel centres, like Paddle's interpolate(align_corners=False).
-    image = Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32), mode="F")
-    return np.asarray(image.resize((width, height), Image.BILINEAR))
-
-
-def overlay(rgb: np.ndarray, colour: np.ndarray, alpha: float) -> np.ndarray:
-    """PaddleSeg's added_prediction: the photo weighted 1-alpha plus the class colours weighted alpha."""
-    blended = rgb.astype(np.float32) * (1.0 - alpha) + colour.astype(np.float32) * alpha
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-
-
-def write_prediction(out_dir: Path, name: str, rgb: np.ndarray, mask: np.ndarray, alpha: float) -> None:
-    class_id_path = out_dir / CLASS_ID_DIR / f"{name}.png"
-    colour_path = out_dir / PSEUDO_COLOR_DIR / f"{name}.png"
-    overlay_path = out_dir / OVERLAY_DIR / f"{name}.jpg"
-    for path in (class_id_path, colour_path, overlay_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    save_label_png(class_id_path, mask)
-    colour = colorize_label(mask)
-    save_rgb_png(colour_path, colour)
-    # Overlays are only for looking at: as JPEG they take a fraction of a PNG's size on photos.
-    Image.fromarray(overlay(rgb, colour, alpha)).save(overlay_path, quality=90)
-
-
-def batches(items: list, size: int):
-    size = max(1, int(size))
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 # --- the test split, scored ---------------------------------------------------------------------
@@ -202,44 +145,6 @@ def predict_test_split(cfg) -> dict:
 
 
 # --- any folder of photos -----------------------------------------------------------------------
-
-def list_images(input_dir: Path, skip_dir: Path | None = None) -> list[Path]:
-    """Image files under input_dir (recursively, hidden ones left out), sorted; skip_dir's files excluded."""
-    skip = skip_dir.resolve() if skip_dir is not None else None
-    found = []
-    for path in sorted(input_dir.rglob("*")):
-        relative = path.relative_to(input_dir)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if skip is not None and path.resolve().is_relative_to(skip):
-            continue
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            found.append(path)
-    return found
-
-
-def output_names(input_dir: Path, files: list[Path]) -> list[str]:
-    """Each file's output name: its path under input_dir without the suffix (refusing two that clash)."""
-    names = [path.relative_to(input_dir).with_suffix("").as_posix() for path in files]
-    seen: dict[str, Path] = {}
-    clashes = []
-    for name, path in zip(names, files):
-        if name in seen:
-            clashes.append(f"{seen[name].name} and {path.name}")
-        seen.setdefault(name, path)
-    if clashes:
-        raise StageError(f"{input_dir}: photos whose names differ only by suffix would overwrite each "
-                         f"other's predictions: {'; '.join(clashes)}; rename one of each pair")
-    return names
-
-
-def read_photo(path: Path) -> np.ndarray | str:
-    """The photo as RGB (EXIF orientation applied), or the reason it cannot be read."""
-    try:
-        return read_rgb(path)
-    except Exception as err:  # noqa: BLE001 - any decoder failure means "skip this one photo"
-        return f"{type(err).__name__}: {err}"
-
 
 def predict_folder(cfg) -> dict:
     input_dir = Path(cfg.predict.input_dir)

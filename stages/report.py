@@ -26,13 +26,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from stages import figures
-from stages.config import StageError, stage_main
-from stages.image_io import read_label_png, read_rgb
-from stages.outputs import atomic_dir, write_json_atomic, write_text_atomic
-from stages.predict import CLASS_ID_DIR, METRICS_NAME
-from stages.split_lists import Sample, read_split, split_file
-from stages.tracking import ensure_reachable, log_metrics, reopen_run, tracking_uri
+from stages.common.config import StageError, stage_main
+from stages.common.outputs import atomic_dir, write_json_atomic, write_text_atomic
+from stages.data.images import read_label_png, read_rgb
+from stages.data.split_lists import Sample, read_split, split_file
+from stages.evaluation import figures
+from stages.prediction.files import CLASS_ID_DIR, METRICS_NAME
+from stages.training.tracking import ensure_reachable, log_metrics, reopen_run, tracking_uri
 
 FIGURES_DIR = "figures"
 RUN_ID_FILE = "mlflow_run.json"

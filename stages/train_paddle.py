@@ -24,18 +24,18 @@ from omegaconf import OmegaConf
 from paddle.static import InputSpec
 from tqdm import tqdm
 
-import stages.dovenet
-import stages.seg_dataset
-from stages import distributed
-from stages.config import StageError, stage_main
-from stages.dovenet import DoveNet, count_parameters
-from stages.inference_model import META_NAME, ModelMeta, export
-from stages.labels import IGNORE_INDEX, read_labels
-from stages.metrics import ConfusionMatrix
-from stages.outputs import atomic_dir, trainer_output_paths, write_json_atomic, write_text_atomic
-from stages.seg_dataset import Augment, SegDataset, make_loader
-from stages.split_lists import check_samples, read_split, split_file
-from stages.tracking import log_metrics, training_run
+import stages.models.dovenet
+import stages.training.dataset
+from stages.common.config import StageError, stage_main
+from stages.common.outputs import atomic_dir, trainer_output_paths, write_json_atomic, write_text_atomic
+from stages.data.labels import IGNORE_INDEX, read_labels
+from stages.data.split_lists import check_samples, read_split, split_file
+from stages.evaluation.metrics import ConfusionMatrix
+from stages.models.dovenet import DoveNet, count_parameters
+from stages.models.inference_model import META_NAME, ModelMeta, export
+from stages.training import distributed
+from stages.training.dataset import Augment, SegDataset, make_loader
+from stages.training.tracking import log_metrics, training_run
 
 STAGE = "train_paddle"
 # Params that change how fast training runs, not what it computes: a checkpoint stays valid across them.
@@ -126,7 +126,7 @@ def fingerprint(cfg, labels, samples) -> str:
     for sample in samples:
         digest.update(Path(sample.image).read_bytes())
         digest.update(Path(sample.label).read_bytes())
-    for module in (stages.dovenet, stages.seg_dataset):
+    for module in (stages.models.dovenet, stages.training.dataset):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 

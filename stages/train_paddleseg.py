@@ -2,7 +2,7 @@
 
 The PaddleSeg config template (train_paddleseg.config, default conf/paddleseg/unet.yml) is filled from
 params and the labels file, then PaddleSeg builds the model, datasets, transforms, loss and optimizer
-from it; stages.paddleseg_training runs them (validation every eval_interval iterations, the best model
+from it; stages.training.paddleseg_loop runs them (validation every eval_interval iterations, the best model
 by val mIoU, iteration checkpoints in checkpoints/paddleseg/). Outputs mirror train_paddle's:
 models/paddleseg/ (best weights, exported inference model, meta.json, the resolved PaddleSeg config,
 mlflow_run.json), metrics/train_paddleseg.json and plots/train_paddleseg.csv. A killed run, rerun with
@@ -23,17 +23,17 @@ import paddle
 from omegaconf import OmegaConf
 from paddle.static import InputSpec
 
-import stages.paddleseg_compat
-import stages.paddleseg_training
-from stages import distributed
-from stages.config import StageError, stage_main
-from stages.inference_model import META_NAME, ModelMeta, export
-from stages.labels import IGNORE_INDEX, read_labels
-from stages.outputs import atomic_dir, trainer_output_paths, write_json_atomic, write_text_atomic
-from stages.paddleseg_training import (BEST_DIR, STATE_NAME, LoopSettings, build, dump_config, latest_state,
-                                       new_state, normalisation, resolve_config, restore, train)
-from stages.split_lists import check_samples, read_split, split_file
-from stages.tracking import log_metrics, training_run
+import stages.training.paddleseg_compat
+import stages.training.paddleseg_loop
+from stages.common.config import StageError, stage_main
+from stages.common.outputs import atomic_dir, trainer_output_paths, write_json_atomic, write_text_atomic
+from stages.data.labels import read_labels
+from stages.data.split_lists import check_samples, read_split, split_file
+from stages.models.inference_model import META_NAME, ModelMeta, export
+from stages.training import distributed
+from stages.training.paddleseg_loop import (BEST_DIR, STATE_NAME, LoopSettings, build, dump_config, latest_state,
+                                            new_state, normalisation, resolve_config, restore, train)
+from stages.training.tracking import log_metrics, training_run
 
 STAGE = "train_paddleseg"
 CONFIG_NAME = "paddleseg.yml"
@@ -63,7 +63,7 @@ def fingerprint(cfg, resolved_config: str, labels, samples) -> str:
     for sample in samples:
         digest.update(Path(sample.image).read_bytes())
         digest.update(Path(sample.label).read_bytes())
-    for module in (stages.paddleseg_compat, stages.paddleseg_training):
+    for module in (stages.training.paddleseg_compat, stages.training.paddleseg_loop):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 

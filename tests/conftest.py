@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.config import load_params
+from stages.common.config import load_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

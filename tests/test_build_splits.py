@@ -3,8 +3,8 @@ import json
 import pytest
 
 from stages.build_splits import assign_splits, run
-from stages.config import StageError
-from stages.split_lists import data_version, read_split
+from stages.common.config import StageError
+from stages.data.split_lists import data_version, read_split
 
 
 def write_manifest(processed, class_pixels: dict[str, dict[str, int]]):

@@ -7,14 +7,15 @@ import sys
 import yaml
 from omegaconf import OmegaConf
 
-from stages.config import compose_config
+from stages.common.config import compose_config
+
 from conftest import REPO_ROOT
 
 
 def test_params_yaml_equals_the_composed_defaults_of_conf():
     composed = OmegaConf.to_container(compose_config(conf_dir=REPO_ROOT / "conf"), resolve=True)
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    assert params == composed, "params.yaml is stale: run `make params` (python -m stages.config)"
+    assert params == composed, "params.yaml is stale: run `make params` (python -m stages.common.config)"
 
 
 def test_required_data_keys_exist(make_cfg):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.config import StageError
+from stages.common.config import StageError
 from stages.convert_json import run
-from stages.image_io import read_label_png, to_rgb
+from stages.data.images import read_label_png, to_rgb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["__ignore__", "_background_", "dove", "cat"]  # dove -> 1, cat -> 2, __ignore__ -> 255
@@ -393,7 +393,7 @@ def test_bad_input_is_refused_naming_file_and_problem(raw, out, convert, make_ba
     assert "bad.json" in message and "good.json" not in message
 
 
-# Shape problems come from stages.labelme_shapes.shape_problems; here: that they reach the message.
+# Shape problems come from stages.labelme.shapes.shape_problems; here: that they reach the message.
 BAD_SHAPES = {  # name: (shape, a word its problem must mention)
     "too_few_points": (shape("dove", [(1, 1), (5, 5)], "polygon"), "points"),
     "unknown_shape_type": (shape("dove", [(1, 1), (5, 5)], "hexagon"), "'hexagon'"),

@@ -1,4 +1,4 @@
-"""stages.distributed: single-process behaviour, batch sharding, launch commands, and (slow) a real
+"""stages.training.distributed: single-process behaviour, batch sharding, launch commands, and (slow) a real
 2-process CPU training under `python -m paddle.distributed.launch`."""
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stages import distributed
-from stages.config import StageError
-from stages.distributed import LaunchSettings, RankBatches, launch_command, launch_settings
+from stages.common.config import StageError
+from stages.training import distributed
+from stages.training.distributed import LaunchSettings, RankBatches, launch_command, launch_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER_ENV = ("PADDLE_TRAINERS_NUM", "PADDLE_TRAINER_ID", "PADDLE_LOCAL_SIZE")
@@ -229,7 +229,7 @@ TINY_TRAINING = textwrap.dedent('''
     import numpy as np
     import paddle
     from paddle.static import InputSpec
-    from stages import distributed
+    from stages.training import distributed
 
     out = Path(sys.argv[1])
     paddle.set_device("cpu")

@@ -7,7 +7,7 @@ import io
 import paddle
 import pytest
 
-from stages.dovenet import DECODER_CHANNELS, ENCODER_CHANNELS, DoveNet, SeparableConv2D, count_parameters
+from stages.models.dovenet import DECODER_CHANNELS, ENCODER_CHANNELS, DoveNet, SeparableConv2D, count_parameters
 
 # What the tutorial's paddle.summary printed for 2 classes at 224x224.
 TUTORIAL_TOTAL, TUTORIAL_TRAINABLE, TUTORIAL_NON_TRAINABLE = 2_058_690, 2_051_138, 7_552

@@ -1,11 +1,11 @@
-"""labelme_io's pure parts: which files are annotations, and where an imagePath may point."""
+"""stages.labelme.annotations' pure parts: which files are annotations, and where an imagePath may point."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from stages.labelme_io import find_annotation_files, resolve_image_path
+from stages.labelme.annotations import find_annotation_files, resolve_image_path
 
 
 @pytest.mark.parametrize("image_path, expected", [

@@ -1,4 +1,4 @@
-"""stages.labelme_shapes against labelme 6's own rasteriser (labelme.utils.shapes_to_label), pixel for pixel.
+"""stages.labelme.shapes against labelme 6's own rasteriser (labelme.utils.shapes_to_label), pixel for pixel.
 
 labelme is the oracle only: random shapes of every type (hypothesis), labelme's example annotations from
 its sdist, then unit tests for what labelme cannot do (bad shapes, clipped masks).
@@ -17,9 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from stages.labelme_shapes import (
-    MAX_COORDINATE, SHAPE_TYPES, shape_problems, shape_to_mask, shapes_to_label,
-)
+from stages.labelme.shapes import MAX_COORDINATE, SHAPE_TYPES, shape_problems, shape_to_mask, shapes_to_label
 
 CLASS_IDS = {"_background_": 0, "a": 1, "b": 2, "c": 3, "__ignore__": 255}
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

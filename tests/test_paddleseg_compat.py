@@ -7,8 +7,8 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from stages import paddleseg_compat
-from stages.metrics import ConfusionMatrix
+from stages.evaluation.metrics import ConfusionMatrix
+from stages.training import paddleseg_compat
 
 paddleseg_compat.apply()
 from paddleseg.models.losses import CrossEntropyLoss, DiceLoss, MixedLoss  # noqa: E402
@@ -48,7 +48,7 @@ def reference_loss(logits, label, weight=None, top_k=1.0, avg_non_ignore=True):
 # --- fix 1: CrossEntropyLoss dtype promotion ------------------------------------------------------
 
 def test_original_cross_entropy_still_fails_on_this_paddle():
-    """If this fails, Paddle promotes int64 * float32 again: remove fix 1 from stages/paddleseg_compat.py."""
+    """If this fails, Paddle promotes int64 * float32 again: remove fix 1 from stages/training/paddleseg_compat.py."""
     logits, label = logits_and_label()
     loss_layer = CrossEntropyLoss()
     logit = paddle.to_tensor(logits).transpose([0, 2, 3, 1])
@@ -147,7 +147,7 @@ def reference_dice(logits, label, weight=None, smooth=1.0):
 
 
 def test_original_dice_loss_still_fails_on_this_paddle():
-    """If this fails, Paddle allows the in-place edit again: remove fix 4 from stages/paddleseg_compat.py."""
+    """If this fails, Paddle allows the in-place edit again: remove fix 4 from stages/training/paddleseg_compat.py."""
     logits, label = logits_and_label()
     logit, label_t = paddle.to_tensor(logits, stop_gradient=False), paddle.to_tensor(label, "int64")
     cross_entropy = CrossEntropyLoss()(logit, label_t)  # keeps label_t for its backward
@@ -224,10 +224,11 @@ def test_confusion_matrix_equals_paddleseg_metrics(seed):
 
 @pytest.mark.slow
 def test_paddleseg_core_train_evaluate_and_predict_run(tmp_path):
-    from tiny_pipeline import make_dataset
+    import paddleseg.transforms as T
     from paddleseg.core import evaluate, predict, train
     from paddleseg.cvlibs import Config, SegBuilder
-    import paddleseg.transforms as T
+
+    from tiny_pipeline import make_dataset
 
     make_dataset(tmp_path / "data")
     config_file = tmp_path / "unet.yml"

@@ -26,7 +26,7 @@ MODELS = ("paddle", "paddleseg")
 def team_repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     repo = copy_repo(root / "repo")
-    subprocess.run([sys.executable, "-m", "stages.config", "profile=smoke"], cwd=repo, env=env(), check=True)
+    subprocess.run([sys.executable, "-m", "stages.common.config", "profile=smoke"], cwd=repo, env=env(), check=True)
     git(repo, "rm", "-r", "-q", "--cached", "data/raw")
     dvc(repo, "add", "data/raw")
     git(repo, "add", "-A")

@@ -5,12 +5,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.config import StageError
-from stages.image_io import VOC_PALETTE, colorize_label, read_label_png, read_rgb, save_rgb_png
-from stages.inference_model import preprocess, read_meta
-from stages.metrics import ConfusionMatrix
-from stages.predict import CLASS_ID_DIR, OVERLAY_DIR, PSEUDO_COLOR_DIR, run, scores_to_mask
-from stages.split_lists import read_split
+from stages.common.config import StageError
+from stages.data.images import VOC_PALETTE, colorize_label, read_label_png, read_rgb, save_rgb_png
+from stages.data.split_lists import read_split
+from stages.evaluation.metrics import ConfusionMatrix
+from stages.models.inference_model import preprocess, read_meta
+from stages.predict import run
+from stages.prediction.files import CLASS_ID_DIR, OVERLAY_DIR, PSEUDO_COLOR_DIR
+from stages.prediction.masks import scores_to_mask
+
 from tiny_pipeline import SAMPLE_SIZES, export_both_models, make_cfg, make_dataset, read_image
 
 

@@ -8,8 +8,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stages import predict, report
-from stages.config import StageError
-from stages.tracking import read_run_id, training_run
+from stages.common.config import StageError
+from stages.training.tracking import read_run_id, training_run
+
 from tiny_pipeline import export_both_models, make_cfg, make_dataset, write_training_outputs
 
 MODELS = ("paddle", "paddleseg")

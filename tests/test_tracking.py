@@ -1,6 +1,6 @@
 import mlflow
 
-from stages import tracking
+from stages.training import tracking
 
 
 def test_a_second_store_in_the_same_process_gets_its_own_runs(tmp_path, make_cfg, monkeypatch):

@@ -13,13 +13,14 @@ import paddle
 import pytest
 from PIL import Image
 
-from stages.config import StageError, load_params
-from stages.image_io import save_label_png
-from stages.labels import read_labels
-from stages.seg_dataset import Augment, EpochSampler, SegDataset, hflip, normalize, random_crop, resize_pair
-from stages.split_lists import read_split
-from stages.train_paddle import (STAGE, SegLoss, SegMetric, build_optimizer, fingerprint, load_checkpoint,
-                                 WeightAverage, math_threads, output_paths, run)
+from stages.common.config import StageError, load_params
+from stages.data.images import save_label_png
+from stages.data.labels import read_labels
+from stages.data.split_lists import read_split
+from stages.train_paddle import (STAGE, SegLoss, SegMetric, WeightAverage, build_optimizer, fingerprint,
+                                 load_checkpoint, math_threads, output_paths, run)
+from stages.training.dataset import Augment, EpochSampler, SegDataset, hflip, normalize, random_crop, resize_pair
+
 from tiny_pipeline import make_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

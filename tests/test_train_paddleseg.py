@@ -19,13 +19,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages.config import StageError, load_params
-from stages.image_io import save_label_png
-from stages.labels import read_labels
-from stages.paddleseg_training import (IterationBatches, checkpoint_iters, rename_optimizer_state,
-                                      resolve_config)
-from stages.split_lists import read_split
+from stages.common.config import StageError, load_params
+from stages.data.images import save_label_png
+from stages.data.labels import read_labels
+from stages.data.split_lists import read_split
 from stages.train_paddleseg import STAGE, fingerprint, output_paths, run
+from stages.training.paddleseg_loop import IterationBatches, checkpoint_iters, rename_optimizer_state, resolve_config
+
 from tiny_pipeline import make_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -213,7 +213,7 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
     meta = json.loads((model_dir / "meta.json").read_text())
     assert meta["input_size"] == [32, 32] and meta["class_names"] == ["_background_", "dove"]
     assert meta["mean"] == [0.5] * 3 and meta["std"] == [0.5] * 3 and meta["architecture"] == "UNet"
-    from stages.paddleseg_training import build
+    from stages.training.paddleseg_loop import build
     parts = build(resolved)
     parts.model.set_state_dict(paddle.load(str(model_dir / "model.pdparams")))
     parts.model.eval()
@@ -221,7 +221,7 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
     loaded = paddle.jit.load(str(model_dir / "inference"))
     loaded.eval()
     np.testing.assert_allclose(loaded(batch).numpy(), parts.model(batch)[0].numpy(), atol=1e-4)
-    from stages.inference_model import Predictor
+    from stages.models.inference_model import Predictor
     logits = Predictor(model_dir, use_gpu=False, cpu_threads=1).logits(batch.numpy())
     assert logits.shape == (2, 2, 32, 32)
     expected = parts.model(batch)[0].numpy()

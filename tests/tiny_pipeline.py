@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stages.config import load_params
-from stages.image_io import save_label_png, save_rgb_png
+from stages.common.config import load_params
+from stages.data.images import save_label_png, save_rgb_png
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ("_background_", "dove")
@@ -99,7 +99,7 @@ def red_detector(pool: int = 1, upsample: bool = False):
 
 def export_model(model_dir: Path, input_size=(16, 16), pool: int = 1, architecture: str = "RedDetector",
                  class_names=CLASS_NAMES, upsample: bool = False):
-    from stages.inference_model import ModelMeta, export
+    from stages.models.inference_model import ModelMeta, export
 
     layer = red_detector(pool, upsample)
     export(layer, model_dir, ModelMeta(tuple(input_size), tuple(class_names), (0.5,) * 3, (0.5,) * 3,

@@ -1,6 +1,6 @@
 """Deterministic generator of the bundled demo data set: procedurally drawn doves, annotated as labelme 5 JSON.
 
-    .venv/bin/python -m stages.demo_doves --out data/raw --count 124 --seed 0
+    .venv/bin/python -m stages.demo_data.doves --out data/raw --count 124 --seed 0
 
 Each sample depends only on (seed, index), so any subset can be regenerated and compared byte for byte.
 For that, per-pixel work uses only numpy's exactly rounded operations (+ - * / sqrt, no SIMD-dispatched
@@ -1092,7 +1092,7 @@ def write_sample(out_dir: Path, index: int, seed: int = DEFAULT_SEED) -> Scene:
 
 def write_dataset(out_dir: Path, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED) -> list[dict]:
     """Generate samples 0..count-1 into a fresh `out_dir`, replacing it whole (atomically)."""
-    from stages.outputs import atomic_dir
+    from stages.common.outputs import atomic_dir
 
     out_dir = Path(out_dir)
     if out_dir.exists():

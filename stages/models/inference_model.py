@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stages.config import StageError
-from stages.outputs import write_json_atomic
+from stages.common.config import StageError
+from stages.common.outputs import write_json_atomic
 
 MODEL_PREFIX = "inference"
 META_NAME = "meta.json"

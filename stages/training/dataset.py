@@ -14,8 +14,8 @@ import numpy as np
 import paddle
 from PIL import Image
 
-from stages.distributed import RankBatches, world_size
-from stages.image_io import read_label_png, read_rgb
+from stages.data.images import read_label_png, read_rgb
+from stages.training.distributed import RankBatches, world_size
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
 class SegDataset(paddle.io.Dataset):
     """Samples (image CHW float32, label 1xHxW int64).
 
-    ``samples`` are stages.split_lists.Sample-like objects with ``image`` and ``label`` paths.
+    ``samples`` are stages.data.split_lists.Sample-like objects with ``image`` and ``label`` paths.
     Without ``augment``: the whole image resized to input_size x input_size (validation, and what predict
     does). With it (training): the whole image resized to input_size x a random scale, a random
     crop_size x crop_size window of that, flipped and colour-jittered. Objects thus keep about the size
@@ -147,7 +147,7 @@ def make_loader(dataset: SegDataset, batch_size: int, train: bool, num_workers: 
     """A DataLoader over ``dataset``; for training shuffled per epoch (and capped to ``max_samples``).
 
     ``batch_size`` is the global batch: under Paddle's launcher each process loads its share of it
-    (stages.distributed.RankBatches). Evaluation batches are rounded up to a multiple of the processes, so
+    (stages.training.distributed.RankBatches). Evaluation batches are rounded up to a multiple of the processes, so
     only the last one is padded: the one paddle.Model trims after gathering the predictions.
     """
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, max_samples=max_samples if train else None)

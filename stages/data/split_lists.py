@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stages.config import StageError
-from stages.labels import IGNORE_INDEX
+from stages.common.config import StageError
+from stages.data.labels import IGNORE_INDEX
 
 SPLIT_NAMES = ("train", "val", "test")
 IMAGE_NAME = "img.png"

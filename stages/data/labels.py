@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.config import StageError
+from stages.common.config import StageError
 
 IGNORE_NAME = "__ignore__"
 BACKGROUND_NAME = "_background_"

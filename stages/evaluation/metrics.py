@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.labels import IGNORE_INDEX
+from stages.data.labels import IGNORE_INDEX
 
 
 class ConfusionMatrix:

@@ -32,7 +32,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from stages.config import StageError
+from stages.common.config import StageError
 
 # Set by the launcher (and by paddle.distributed.spawn) in each process it starts; paddle.Model reads them too.
 WORLD_SIZE_ENV = "PADDLE_TRAINERS_NUM"
@@ -269,7 +269,7 @@ def relaunch_if_configured(stage: str, argv: Sequence[str] | None = None) -> Non
     Otherwise return, and the stage runs in this process as usual."""
     if launched():
         return
-    from stages.config import load_params  # Hydra's compose, only needed here
+    from stages.common.config import load_params  # Hydra's compose, only needed here
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -19,9 +19,9 @@ from urllib.parse import urlparse
 import mlflow
 from omegaconf import OmegaConf
 
-from stages.config import StageError
-from stages.outputs import write_json_atomic
-from stages.split_lists import data_version
+from stages.common.config import StageError
+from stages.common.outputs import write_json_atomic
+from stages.data.split_lists import data_version
 
 # MLflow retries an unreachable server for minutes by default; fail in seconds instead.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

@@ -17,9 +17,9 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from stages.image_io import to_rgb
-from stages.labelme_shapes import shape_problems
-from stages.labels import Labels
+from stages.data.images import to_rgb
+from stages.data.labels import Labels
+from stages.labelme.shapes import shape_problems
 
 EMBEDDED_IMAGE = "imageData"  # what Annotation.image_source says when the image is embedded in the JSON
 

@@ -30,10 +30,10 @@ import yaml
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from stages import distributed, paddleseg_compat
-from stages.config import StageError
-from stages.metrics import ConfusionMatrix
-from stages.outputs import atomic_dir, write_json_atomic
+from stages.common.config import StageError
+from stages.common.outputs import atomic_dir, write_json_atomic
+from stages.evaluation.metrics import ConfusionMatrix
+from stages.training import distributed, paddleseg_compat
 
 paddleseg_compat.apply()
 from paddleseg.core import infer  # noqa: E402  (after the compatibility fixes)
@@ -281,7 +281,7 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
     ``eval_interval`` iterations and at the end. ``on_log(iter, {"train/loss", "train/lr"})`` runs every
     ``log_interval``; ``on_eval(iter, scores, history_row)`` after each validation. Returns the state.
 
-    Under Paddle's launcher (stages.distributed) every process runs this: each trains on its share of
+    Under Paddle's launcher (stages.training.distributed) every process runs this: each trains on its share of
     every global batch of ``settings.batch_size`` and DataParallel averages the gradients; only the main
     process validates, checkpoints and calls back (the others wait for it on the launcher's store, and
     return right after the last step)."""

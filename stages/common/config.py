@@ -59,7 +59,7 @@ def load_params(overrides: Sequence[str] = (), repo_root: str | Path = ".") -> D
 
 def write_params(overrides: Sequence[str] = (), conf_dir: str | Path = "conf",
                  out: str | Path = "params.yaml") -> None:
-    """Compose conf/ into params.yaml, e.g. ``python -m stages.config profile=smoke``."""
+    """Compose conf/ into params.yaml, e.g. ``python -m stages.common.config profile=smoke``."""
     cfg = OmegaConf.to_container(compose_config(overrides, conf_dir), resolve=True)
     Path(out).write_text(yaml.safe_dump(cfg, sort_keys=False))
 

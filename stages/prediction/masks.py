@@ -1,0 +1,48 @@
+"""Class-id masks from an exported model, at each photo's own size.
+
+Masks go back to a photo's original size by resizing the class *scores* bilinearly and taking the argmax
+there (PaddleSeg's own order in core.infer): boundaries follow the scores between the coarse pixels instead
+of the staircase of nearest-neighbour class ids.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from stages.models.inference_model import Predictor, preprocess
+
+RESIZE_METHOD = "bilinear logits, then argmax"
+
+
+def predict_masks(predictor: Predictor, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Class-id masks (uint8, each at its image's own size) for a batch of HxWx3 uint8 RGB images."""
+    batch = np.stack([preprocess(image, predictor.meta) for image in images])
+    logits = predictor.logits(batch)
+    return [scores_to_mask(scores, image.shape[:2]) for scores, image in zip(logits, images)]
+
+
+def scores_to_mask(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """C x h x w class scores -> H x W class ids: bilinear resize of the scores, then argmax."""
+    height, width = size
+    if scores.shape[1:] == (height, width):
+        return scores.argmax(axis=0).astype(np.uint8)
+    # Bilinear resizing is linear, so each class's margin over class 0, resized, ranks the classes as the
+    # resized scores would: one resize fewer, and for two classes just a sign test.
+    margins = [_resize_bilinear(channel - scores[0], width, height) for channel in scores[1:]]
+    if len(margins) == 1:
+        return (margins[0] > 0).astype(np.uint8)
+    return np.stack([np.zeros_like(margins[0]), *margins]).argmax(axis=0).astype(np.uint8)
+
+
+def _resize_bilinear(channel: np.ndarray, width: int, height: int) -> np.ndarray:
+    # Pillow's float ("F") bilinear uses pixel centres, like Paddle's interpolate(align_corners=False).
+    image = Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.BILINEAR))
+
+
+def batches(items: list, size: int):
+    size = max(1, int(size))
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+

@@ -1,0 +1,93 @@
+"""The import graph of the stages package, read from the source (ast), for the layout and dvc.yaml tests."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+# Subpackages, lowest layer first: each may import only those before it (the order in stages/__init__.py).
+LAYERS = ("common", "data", "labelme", "evaluation", "models", "prediction", "training")
+TOOLS = ("demo_data",)  # may import any layer; nothing in the pipeline imports them
+
+
+def module_name(path: Path, package_dir: Path) -> str:
+    """stages/data/labels.py -> "stages.data.labels"; a package's __init__.py -> the package's name."""
+    parts = path.relative_to(package_dir.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules(package_dir: Path) -> dict[str, Path]:
+    return {module_name(path, package_dir): path for path in sorted(package_dir.rglob("*.py"))}
+
+
+def imported_modules(path: Path, known: dict[str, Path]) -> set[str]:
+    """The stages.* modules a file imports (``from stages.x import y`` counts y when y is a module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] != "stages":
+                continue
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names
+                         if f"{node.module}.{alias.name}" in known)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "stages")
+    return {name for name in found if name in known and known[name].name != "__init__.py"}
+
+
+def closure(module: str, known: dict[str, Path]) -> set[str]:
+    """``module`` and every stages module it imports, directly or not."""
+    seen, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo.extend(imported_modules(known[current], known))
+    return seen
+
+
+def layer_of(module: str) -> str | None:
+    """The subpackage of a module ("data" for stages.data.labels), None for a top-level stage module."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 else None
+
+
+def layering_violations(package_dir: Path) -> list[str]:
+    """Every import that breaks the rule of stages/__init__.py, as 'importer -> imported: why'."""
+    known = modules(package_dir)
+    problems = []
+    for importer, path in known.items():
+        importer_layer = layer_of(importer)
+        if importer_layer is None:
+            continue  # stage modules may import any subpackage
+        for imported in sorted(imported_modules(path, known)):
+            imported_layer = layer_of(imported)
+            if imported_layer is None:
+                problems.append(f"{importer} -> {imported}: a subpackage imports a stage module")
+            elif imported_layer in TOOLS and importer_layer not in TOOLS:
+                problems.append(f"{importer} -> {imported}: the pipeline imports a tool")
+            elif importer_layer in TOOLS or imported_layer == importer_layer:
+                continue
+            elif imported_layer not in LAYERS or importer_layer not in LAYERS:
+                problems.append(f"{importer} -> {imported}: {imported_layer or importer_layer} is not a known layer")
+            elif LAYERS.index(imported_layer) > LAYERS.index(importer_layer):
+                problems.append(f"{importer} -> {imported}: imports upward ({importer_layer} is below {imported_layer})")
+    return problems
+
+
+def stage_deps(stage: str, package_dir: Path) -> list[str]:
+    """The stages/ files a stage imports, as dvc.yaml lists them: the stage, then the layers top down."""
+    known = modules(package_dir)
+
+    def order(name: str):
+        layer = layer_of(name)
+        return (0, 0, name) if layer is None else (1, -LAYERS.index(layer), name)
+
+    return [known[name].relative_to(package_dir.parent).as_posix()
+            for name in sorted(closure(f"stages.{stage}", known), key=order)]
+
+
+if __name__ == "__main__":  # python tests/import_graph.py predict: the deps lines for dvc.yaml
+    import sys
+
+    for dep in stage_deps(sys.argv[1], Path(__file__).resolve().parents[1] / "stages"):
+        print(f"      - {dep}")
