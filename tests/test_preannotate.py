@@ -246,6 +246,37 @@ def test_overwrite_replaces_only_untouched_drafts(workspace, tmp_path):
         assert (path.read_bytes(), path.stat().st_mtime_ns) == untouched[path]
 
 
+def labelme_saves(json_path: Path, move_first_point: bool) -> None:
+    """What labelme 6's save does with a file it loaded (app.save_labels / _shape_to_dict)."""
+    from labelme import LabelFile
+    from labelme._label_file import write_label_file
+
+    loaded = LabelFile(str(json_path))
+    shapes = [{**shape["other_data"], "label": shape["label"], "points": [(float(x), float(y)) for x, y in
+               shape["points"]], "group_id": shape["group_id"], "description": shape["description"],
+               "shape_type": shape["shape_type"], "flags": shape["flags"], "mask": None} for shape in loaded.shapes]
+    if move_first_point:
+        shapes[0]["points"][0] = (shapes[0]["points"][0][0] + 3.0, shapes[0]["points"][0][1])
+    document = json.loads(json_path.read_text())
+    write_label_file(str(json_path), shapes=shapes, image_path=document["imagePath"], image_data=None,
+                     image_height=document["imageHeight"], image_width=document["imageWidth"],
+                     other_data=loaded.other_data, flags={})
+
+
+def test_labelme_keeps_the_marker_but_a_correction_makes_the_draft_a_persons(drafted, tmp_path):
+    from stages.labelme.drafts import JsonState, json_state
+
+    _, _, photos, _, _ = drafted
+    for move, expected in ((False, JsonState.DRAFT), (True, JsonState.PERSON)):
+        copy = tmp_path / f"moved_{move}" / "shapes_0.json"
+        copy.parent.mkdir()
+        shutil.copy(photos / "shapes_0.json", copy)
+        shutil.copy(photos / "shapes_0.png", copy.parent)
+        labelme_saves(copy, move_first_point=move)
+        assert MARKER_KEY in json.loads(copy.read_text())
+        assert json_state(copy) is expected
+
+
 def test_model_null_picks_the_best_test_miou_with_a_model_folder(workspace, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
