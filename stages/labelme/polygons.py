@@ -50,16 +50,19 @@ def trace_mask(mask: np.ndarray, tolerance_px: float = 0.5, min_area_px: int = 0
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     weights = None if weights is None else np.asarray(weights, np.float64).ravel()
     exact: list[Polygon] = []
+    dropped = 0
     classes = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
     for class_id in classes[classes != 0]:
         region = (mask == class_id).view(np.uint8)
-        exact += _component_polygons(region, int(class_id), min_area_px, weights)
-        exact += _component_polygons(region ^ 1, HOLE, min_area_px, weights)
+        for binary, paints in ((region, int(class_id)), (region ^ 1, HOLE)):
+            polygons, small = _component_polygons(binary, paints, min_area_px, weights)
+            exact += polygons
+            dropped += small
     # Larger outlines first; at equal area a hole before a region (a region can exactly fill a hole).
     exact.sort(key=lambda polygon: (-polygon.area, polygon.class_id != HOLE))
     polygons = simplify(exact, tolerance_px)
     if min_iou > 0 and polygons is not exact:
-        reference = paint(exact, mask.shape)
+        reference = paint(exact, mask.shape) if dropped else mask  # unsimplified, they paint the mask exactly
         while polygons is not exact and worst_iou(paint(polygons, mask.shape), reference) < min_iou:
             tolerance_px = tolerance_px * 0.7 if tolerance_px > 0.2 else 0.0
             polygons = simplify(exact, tolerance_px)
@@ -86,30 +89,35 @@ def paint(polygons: list[Polygon], size: tuple[int, int]) -> np.ndarray:
 
 def worst_iou(painted: np.ndarray, reference: np.ndarray) -> float:
     """The lowest IoU of any class but 0 present in either; 1.0 when there is none."""
-    pairs = painted.astype(np.int32) * 256 + reference
-    counts = np.bincount(pairs.ravel(), minlength=256 * 256).reshape(256, 256)  # [painted, reference]
-    intersection = np.diag(counts)
-    union = counts.sum(axis=0) + counts.sum(axis=1) - intersection
+    differ = painted != reference
+    if not differ.any():
+        return 1.0
+    extra = np.bincount(painted[differ], minlength=256)      # painted c where the reference is not c
+    missed = np.bincount(reference[differ], minlength=256)   # the reference is c where c was not painted
+    intersection = np.bincount(reference.ravel(), minlength=256) - missed
+    union = intersection + extra + missed
     present = union > 0
     present[0] = False
     return float((intersection[present] / union[present]).min()) if present.any() else 1.0
 
 
 def _component_polygons(binary: np.ndarray, class_id: int, min_area_px: int,
-                        weights: np.ndarray | None) -> list[Polygon]:
-    """One polygon per 4-connected component of ``binary`` (for holes: those off the image edge)."""
+                        weights: np.ndarray | None) -> tuple[list[Polygon], int]:
+    """One polygon per 4-connected component of ``binary`` (for holes: those off the image edge), and how
+    many were dropped for their size."""
     count, components, stats, _ = _components(binary)
     left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
     right, bottom = left + stats[:, cv2.CC_STAT_WIDTH], top + stats[:, cv2.CC_STAT_HEIGHT]
     pixels = stats[:, cv2.CC_STAT_AREA]
-    keep = pixels >= min_area_px
+    keep = np.ones(count, bool)
     keep[0] = False  # label 0: where binary is 0
     if class_id == HOLE:  # a hole is enclosed: off the image edge
         height, width = binary.shape
         keep &= (left > 0) & (top > 0) & (right < width) & (bottom < height)
-    wanted = np.flatnonzero(keep)
+    dropped = int((keep & (pixels < min_area_px)).sum())
+    wanted = np.flatnonzero(keep & (pixels >= min_area_px))
     if not len(wanted):
-        return []
+        return [], dropped
     means = _means(components, pixels, weights)
     found = []
     for k in wanted:
@@ -123,7 +131,7 @@ def _component_polygons(binary: np.ndarray, class_id: int, min_area_px: int,
             outline = np.concatenate([outline, np.repeat(outline[-1:], 3 - len(outline), axis=0)])
         found.append(Polygon(class_id, outline, float(cv2.contourArea(outlines[0])), int(pixels[k]),
                              float(means[k])))
-    return found
+    return found, dropped
 
 
 def _components(binary: np.ndarray):
