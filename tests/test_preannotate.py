@@ -74,6 +74,17 @@ def shapes_photo(path: Path, seed: int, size=(150, 200)) -> None:
     image.save(path)
 
 
+def rotated_photo(path: Path, seed: int) -> None:
+    """A phone photo: pixels stored turned, with an EXIF tag saying how to turn them back (Orientation 6)."""
+    shapes_photo(path.with_suffix(".png"), seed)
+    with Image.open(path.with_suffix(".png")) as upright:
+        stored = upright.transpose(Image.Transpose.ROTATE_90)
+    path.with_suffix(".png").unlink()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, quality=95, exif=exif)
+
+
 def box_photo(path: Path, box_rgb, background_rgb, size=(120, 160)) -> None:
     height, width = size
     rgb = np.zeros((height, width, 3), np.uint8)
@@ -118,6 +129,7 @@ def drafted(workspace):
     for seed in range(3):
         shapes_photo(photos / f"shapes_{seed}.png", seed)
     shapes_photo(photos / "sub" / "shapes_sub.png", 9, size=(131, 177))
+    rotated_photo(photos / "rotated.jpg", 4)
     box_photo(photos / "sure.png", (250, 10, 10), (10, 10, 10))
     box_photo(photos / "unsure.png", (150, 90, 90), (118, 100, 100))
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
@@ -132,28 +144,34 @@ def drafts(photos: Path) -> list[Path]:
     return sorted(path for path in photos.rglob("*.json") if path.name != "annotated.json")
 
 
+def photo_of(json_path: Path) -> Path:
+    return json_path.parent / json.loads(json_path.read_text())["imagePath"]
+
+
 def test_writes_one_labelme_json_per_readable_photo_that_labelme_loads(drafted):
     from labelme import LabelFile
 
     cfg, result, photos, _, _ = drafted
     written = drafts(photos)
     assert [path.relative_to(photos).as_posix() for path in written] == [
-        "shapes_0.json", "shapes_1.json", "shapes_2.json", "sub/shapes_sub.json", "sure.json", "unsure.json"]
-    assert result["counts"] == {"written": 6, "replaced": 0, "kept_draft": 0, "kept_person": 1, "skipped": 1}
+        "rotated.json", "shapes_0.json", "shapes_1.json", "shapes_2.json", "sub/shapes_sub.json", "sure.json",
+        "unsure.json"]
+    assert result["counts"] == {"written": 7, "replaced": 0, "kept_draft": 0, "kept_person": 1, "skipped": 1}
     for path in written:
         document = json.loads(path.read_text())
         assert list(document)[:7] == ["version", "flags", "shapes", "imagePath", "imageData", "imageHeight",
                                       "imageWidth"]
-        assert document["imagePath"] == path.with_suffix(".png").name and document["imageData"] is None
+        assert document["imagePath"] == photo_of(path).name and document["imageData"] is None
         assert document[MARKER_KEY]["model"] == "colour"
         loaded = LabelFile(str(path))  # labelme 6's own reader: raises on anything it cannot open
         assert len(loaded.shapes) == len(document["shapes"]) > 0
-        height, width = read_rgb(path.with_suffix(".png")).shape[:2]
+        height, width = read_rgb(photo_of(path)).shape[:2]  # EXIF-oriented, as labelme shows it
         assert (document["imageHeight"], document["imageWidth"]) == (height, width)
         for shape in document["shapes"]:
             assert shape["shape_type"] == "polygon" and len(shape["points"]) >= 3
             assert re.fullmatch(r"drafted by model colour \(ColourDetector\), mean confidence [01]\.\d\d",
                                 shape["description"])
+    assert json.loads((photos / "rotated.json").read_text())["imageHeight"] == 150  # stored 200 high
     labels = [shape["label"] for shape in json.loads((photos / "shapes_0.json").read_text())["shapes"]]
     # The red ring, its hole, the green island, its hole, the separate green box and red triangle.
     assert sorted(labels) == sorted(["red", "_background_", "green", "_background_", "green", "red"])
@@ -172,7 +190,7 @@ def test_drafts_round_trip_through_convert_json_to_the_models_masks(drafted, wor
                           f"data.labels={workspace / 'labels.txt'}", "convert_json.workers=1"))
     predictor = Predictor(workspace / "models" / "colour", cpu_threads=1)
     for path in drafts(photos):
-        photo = path.with_suffix(".png")
+        photo = photo_of(path)
         predicted = predict_masks(predictor, [read_rgb(photo)])[0]
         label = read_label_png(tmp_path / "processed" / path.stem / "label.png")
         for class_id in np.unique(predicted)[1:]:
@@ -187,8 +205,8 @@ def test_the_ranking_puts_the_unsure_photo_above_the_sure_one(drafted):
     with open(Path(cfg.preannotate.output_dir) / "ranking.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     images = [row["image"] for row in rows]
-    assert set(images) == {"shapes_0.png", "shapes_1.png", "shapes_2.png", "sub/shapes_sub.png", "sure.png",
-                           "unsure.png"}
+    assert set(images) == {"rotated.jpg", "shapes_0.png", "shapes_1.png", "shapes_2.png", "sub/shapes_sub.png",
+                           "sure.png", "unsure.png"}
     scores = [float(row["score"]) for row in rows]
     assert scores == sorted(scores, reverse=True)
     assert images.index("unsure.png") < images.index("sure.png")
@@ -202,7 +220,7 @@ def test_the_page_is_self_contained_and_shows_the_top_photos(drafted):
     cfg, _, _, _, _ = drafted
     page = (Path(cfg.preannotate.output_dir) / "index.html").read_text()
     sources = re.findall(r'src="([^"]*)"', page)
-    assert len(sources) == 6 and all(src.startswith("data:image/jpeg;base64,") for src in sources)
+    assert len(sources) == 7 and all(src.startswith("data:image/jpeg;base64,") for src in sources)
     assert "href=" not in page and "url(" not in page
     assert page.index("unsure.png") < page.index("sure.png")
 
