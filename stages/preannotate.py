@@ -44,6 +44,7 @@ METRICS_NAME = "metrics.json"  # report's <paths.reports_dir>/metrics.json: {mod
 
 def run(cfg) -> dict:
     settings = cfg.preannotate
+    check_numbers(settings)
     input_dir, output_dir = check_folders(settings)
     labels = read_labels(cfg.data.labels)
     model = choose_model(cfg)
@@ -119,6 +120,17 @@ def run(cfg) -> dict:
 
 
 # --- checks ----------------------------------------------------------------------------------------
+
+def check_numbers(settings) -> None:
+    limits = {"tolerance_px": (0, None), "min_iou": (0, 1), "min_area_px": (0, None), "batch_size": (1, None),
+              "cpu_threads": (0, None), "border_px": (0, None), "page_photos": (0, None)}
+    for key, (low, high) in limits.items():
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low \
+                or (high is not None and value > high):
+            wanted = f"a number from {low} to {high}" if high is not None else f"a number >= {low}"
+            raise StageError(f"preannotate.{key}={value!r}: must be {wanted}")
+
 
 def check_folders(settings) -> tuple[Path, Path]:
     if not settings.input_dir:

@@ -323,6 +323,7 @@ def nothing_written(photos: Path, cfg) -> bool:
     ("output inside input", r"is inside preannotate.input_dir"),
     ("two photos one JSON", r"would share one labelme JSON .*a.jpg and a.png"),
     ("nothing readable", r"none of its 1 photos could be read"),
+    ("negative tolerance", r"preannotate.tolerance_px=-0.5: must be a number >= 0"),
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(workspace, tmp_path, case, message):
     photos = tmp_path / "photos"
@@ -345,6 +346,8 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(workspace, tmp_path, case
         Image.new("RGB", (8, 8)).save(photos / "a.jpg")
     elif case == "nothing readable":
         (photos / "a.png").write_bytes(b"not a png")
+    elif case == "negative tolerance":
+        extra = ["preannotate.tolerance_px=-0.5"]
     cfg = make_cfg(*overrides(workspace, photos, *extra))
     with pytest.raises(StageError, match=message):
         run(cfg)
