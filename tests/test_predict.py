@@ -115,10 +115,11 @@ def test_scores_to_mask_with_many_classes_equals_resizing_every_score_map():
 
 
 def test_a_model_that_upsamples_like_dovenet_and_unet_predicts(tmp_path):
-    from tiny_pipeline import export_model
+    from tiny_pipeline import deploy_model, export_model
 
     overrides = make_dataset(tmp_path)
     export_model(tmp_path / "models" / "paddle", (16, 16), pool=2, upsample=True)
+    deploy_model(tmp_path / "models" / "paddle")
     result = run(make_cfg(*overrides, "predict.models=[paddle]"))
     assert result["models"]["paddle"]["mIoU"] > 0.8
 
@@ -126,16 +127,19 @@ def test_a_model_that_upsamples_like_dovenet_and_unet_predicts(tmp_path):
 def test_missing_model_is_a_clear_error_and_writes_nothing(tmp_path):
     overrides = make_dataset(tmp_path)
     cfg = make_cfg(*overrides)
-    with pytest.raises(StageError, match=r"model 'paddle'.*inference"):
+    with pytest.raises(StageError, match=r"(?s)dvc repro export.*model 'paddle'.*model\.onnx"):
         run(cfg)
+    with pytest.raises(StageError, match=r"model 'paddle'.*inference"):
+        run(make_cfg(*overrides, "predict.engine=paddle"))
     assert not Path(cfg.paths.predictions_dir).exists()
 
 
 def test_model_trained_on_other_classes_is_refused(tmp_path):
-    from tiny_pipeline import export_model
+    from tiny_pipeline import deploy_model, export_model
 
     overrides = make_dataset(tmp_path)
     export_model(tmp_path / "models" / "paddle", class_names=("_background_", "pigeon"))
+    deploy_model(tmp_path / "models" / "paddle")
     with pytest.raises(StageError, match="pigeon"):
         run(make_cfg(*overrides, "predict.models=[paddle]"))
 
@@ -147,7 +151,7 @@ def folder_cfg(tmp_path):
     export_both_models(tmp_path / "models")
 
     def _cfg(input_dir, *extra):
-        return make_cfg(f"paths.models_dir={tmp_path / 'models'}", f"predict.input_dir={input_dir}",
+        return make_cfg(f"paths.exports_dir={tmp_path / 'exports'}", f"predict.input_dir={input_dir}",
                         f"predict.output_dir={tmp_path / 'out'}", "predict.batch_size=2", *extra)
     return _cfg
 
