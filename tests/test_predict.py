@@ -46,6 +46,30 @@ def test_outputs_are_full_size_p_mode_with_the_palette(scored):
         assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
 
 
+def test_both_engines_give_the_same_masks_and_scores(scored, tmp_path):
+    cfg, result = scored
+    assert cfg.predict.engine == "onnxruntime" and result["engine"] == "onnxruntime"  # the default
+    paddle_cfg = make_cfg(*[f"{key}={value}" for key, value in (
+        ("data.labels", cfg.data.labels), ("data.processed_dir", cfg.data.processed_dir),
+        ("data.splits_dir", cfg.data.splits_dir), ("paths.exports_dir", cfg.paths.exports_dir))],
+        f"paths.predictions_dir={tmp_path / 'paddle_engine'}", "predict.engine=paddle", "predict.batch_size=3")
+    paddle_result = run(paddle_cfg)
+    assert paddle_result["engine"] == "paddle"
+    for model in ("paddle", "paddleseg"):
+        for stem in SAMPLE_SIZES:
+            onnx_mask = read_label_png(Path(cfg.paths.predictions_dir) / model / CLASS_ID_DIR / f"{stem}.png")
+            paddle_mask = read_label_png(tmp_path / "paddle_engine" / model / CLASS_ID_DIR / f"{stem}.png")
+            assert (onnx_mask == paddle_mask).all(), (model, stem)
+        assert paddle_result["models"][model]["mIoU"] == result["models"][model]["mIoU"]
+        metrics = json.loads((tmp_path / "paddle_engine" / model / "metrics.json").read_text())
+        assert metrics["engine"] == "paddle"
+
+
+def test_an_unknown_engine_is_refused(tmp_path):
+    with pytest.raises(StageError, match="predict.engine must be one of paddle, onnxruntime, not 'tensorrt'"):
+        run(make_cfg(*make_dataset(tmp_path), "predict.engine=tensorrt"))
+
+
 def test_metrics_equal_a_direct_confusion_matrix_over_the_written_masks(scored):
     cfg, _ = scored
     for model in ("paddle", "paddleseg"):

@@ -3,7 +3,7 @@
 A model folder holds ``inference.json`` + ``inference.pdiparams`` (paddle.jit.save, Paddle 3's PIR
 format; any batch size, height and width) and ``meta.json``: the input size, the class names and the
 normalisation, so predict preprocesses exactly as training did. The export stage adds ``deploy.yaml``,
-the same in PaddleSeg's deploy format, for PaddleSeg's and FastDeploy's deploy tooling.
+the same in PaddleSeg's deploy format, for PaddleSeg's deploy tooling.
 """
 from __future__ import annotations
 
@@ -79,8 +79,8 @@ def model_files(model_dir: str | Path) -> tuple[Path, Path]:
 
 def deploy_config(meta: ModelMeta, model_file: str, params_file: str,
                   input_shape: list[int | None] = (None, 3, None, None)) -> dict:
-    """PaddleSeg's deploy.yaml (as its tools/export.py writes it, read by paddleseg.deploy.infer.DeployConfig,
-    PaddleSeg's deploy/python scripts and FastDeploy): the model's files, its input shape (None: any), its
+    """PaddleSeg's deploy.yaml, with the keys its tools/export.py writes (read by paddleseg.deploy.infer.DeployConfig
+    and PaddleSeg's deploy/python scripts): the model's files, its input shape (None: any), its
     preprocessing as PaddleSeg transforms (Resize to the input size, [width, height]; then Normalize, which
     scales RGB to [0, 1] first), and its output: logits (output_op none; argmax them for class ids)."""
     height, width = meta.input_size
