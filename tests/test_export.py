@@ -15,9 +15,8 @@ from stages.common.config import StageError
 from stages.data.images import read_rgb, save_rgb_png
 from stages.data.split_lists import read_split
 from stages.models.dovenet import DoveNet
-from stages.models.inference_model import ModelMeta, Predictor
+from stages.models.inference_model import ModelMeta, Predictor, preprocess, read_meta
 from stages.models.inference_model import export as export_inference_model
-from stages.models.inference_model import preprocess, read_meta
 from stages.models.onnx_model import OnnxPredictor, convert
 from stages.training.tracking import read_run_id, training_run
 
