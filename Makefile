@@ -38,4 +38,4 @@ demo-data: setup       ## regenerate the bundled demo set (deterministic)
 	python -m stages.demo_data.doves --out data/raw --count 124 --seed 0
 
 clean:                 ## remove pipeline outputs (not data/raw, not the MLflow store)
-	rm -rf data/processed data/splits models metrics plots predictions reports
+	rm -rf data/processed data/splits models exports metrics plots predictions reports

@@ -1,6 +1,7 @@
 """predict: every trained model on the test split, scored at full resolution; or on any folder of photos.
 
-Each model is loaded from its exported inference model (models/<name>/, see stages.models.inference_model) and
+Each model is loaded from its deploy folder (<paths.exports_dir>/<name>/, the export stage's) on predict.engine
+(onnxruntime: model.onnx; paddle: Paddle Inference; the export stage checks that they agree) and
 predicts in batches at its own input size. Masks go back to each photo's original size by resizing the
 class *scores* bilinearly and taking the argmax there (PaddleSeg's own order in core.infer): boundaries
 follow the scores between the coarse pixels instead of the staircase of nearest-neighbour class ids.
@@ -30,6 +31,7 @@ from stages.data.labels import read_labels
 from stages.data.split_lists import check_samples, read_split, split_file
 from stages.evaluation.metrics import ConfusionMatrix
 from stages.models.inference_model import META_NAME, MODEL_PREFIX, Predictor
+from stages.models.onnx_model import ONNX_NAME, OnnxPredictor
 from stages.prediction.files import (IMAGE_SUFFIXES, METRICS_NAME, SUMMARY_NAME, list_images, output_names,
                                      read_photo, write_prediction)
 from stages.prediction.masks import RESIZE_METHOD, batches, predict_masks
@@ -43,24 +45,37 @@ def run(cfg) -> dict:
 
 # --- models ---------------------------------------------------------------------------------------
 
-def load_models(cfg) -> dict[str, Predictor]:
-    """One Predictor per name in predict.models; one StageError naming every missing model folder."""
+ENGINES = ("paddle", "onnxruntime")
+
+
+def load_models(cfg) -> dict[str, Predictor | OnnxPredictor]:
+    """One predictor on predict.engine per name in predict.models; one StageError naming every missing file."""
     names = list(cfg.predict.models)
+    engine = str(cfg.predict.engine)
+    if engine not in ENGINES:
+        raise StageError(f"predict.engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if not names:
-        raise StageError("predict.models is empty: name at least one model folder under paths.models_dir")
+        raise StageError("predict.models is empty: name at least one model folder under paths.exports_dir")
     problems = []
     for name in names:
-        model_dir = Path(cfg.paths.models_dir) / name
-        wanted = [model_dir / META_NAME, model_dir / f"{MODEL_PREFIX}.pdiparams"]
-        if not (model_dir / f"{MODEL_PREFIX}.pdmodel").is_file():
-            wanted.append(model_dir / f"{MODEL_PREFIX}.json")
+        model_dir = Path(cfg.paths.exports_dir) / name
+        wanted = [model_dir / META_NAME]
+        if engine == "onnxruntime":
+            wanted.append(model_dir / ONNX_NAME)
+        else:
+            wanted.append(model_dir / f"{MODEL_PREFIX}.pdiparams")
+            if not (model_dir / f"{MODEL_PREFIX}.pdmodel").is_file():
+                wanted.append(model_dir / f"{MODEL_PREFIX}.json")
         missing = [str(path) for path in wanted if not path.is_file()]
         if missing:
             problems.append(f"model {name!r}: missing {', '.join(missing)}")
     if problems:
-        raise StageError("no exported model to predict with (train it first):\n  " + "\n  ".join(problems))
+        raise StageError("no deployable model to predict with (train it, then export it: dvc repro export):\n  "
+                         + "\n  ".join(problems))
     threads = int(cfg.predict.cpu_threads) or os.cpu_count() or 1
-    return {name: Predictor(Path(cfg.paths.models_dir) / name, cpu_threads=threads) for name in names}
+    if engine == "onnxruntime":
+        return {name: OnnxPredictor(Path(cfg.paths.exports_dir) / name, cpu_threads=threads) for name in names}
+    return {name: Predictor(Path(cfg.paths.exports_dir) / name, cpu_threads=threads) for name in names}
 
 
 # --- the test split, scored ---------------------------------------------------------------------
@@ -128,6 +143,7 @@ def predict_test_split(cfg) -> dict:
                 "model": name,
                 "architecture": predictor.meta.architecture,
                 "input_size": list(predictor.meta.input_size),
+                "engine": str(cfg.predict.engine),
                 "class_names": list(labels.names),
                 "resize": RESIZE_METHOD,
                 "num_samples": len(samples),
@@ -141,7 +157,7 @@ def predict_test_split(cfg) -> dict:
                 "acc": scores["acc"],
                 "model_img_per_s": len(samples) / model_seconds[name] if model_seconds[name] else None,
             }
-    return {"mode": "test split", "samples": len(samples), "models": summary}
+    return {"mode": "test split", "engine": str(cfg.predict.engine), "samples": len(samples), "models": summary}
 
 
 # --- any folder of photos -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ import io
 import paddle
 import pytest
 
+from stages.models import dovenet
 from stages.models.dovenet import DECODER_CHANNELS, ENCODER_CHANNELS, DoveNet, SeparableConv2D, count_parameters
 
 # What the tutorial's paddle.summary printed for 2 classes at 224x224.
@@ -78,3 +79,37 @@ def test_output_is_class_scores_at_input_size(height, width):
     model.eval()
     out = model(paddle.rand([2, 3, height, width]))
     assert out.shape == [2, 3, height, width]
+
+
+
+def build(num_classes: int, monkeypatch=None, scale_factor: bool = False) -> DoveNet:
+    """DoveNet under fresh layer names (paddle.summary prints them). scale_factor=True: the previous
+    definition, whose decoders upsampled with nn.Upsample(scale_factor=2.0), which paddle2onnx 2.1
+    cannot convert from Paddle 3.3."""
+    with monkeypatch.context() as patch, paddle.utils.unique_name.guard():
+        if scale_factor:
+            patch.setattr(dovenet, "Upsample", lambda factor: paddle.nn.Upsample(scale_factor=float(factor)))
+        return DoveNet(num_classes)
+
+
+def summary_text(model, input_size) -> str:
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        paddle.summary(model, input_size)
+    return buffer.getvalue()
+
+
+def test_explicit_size_upsampling_changes_neither_outputs_nor_summary(monkeypatch):
+    paddle.seed(1)
+    model = build(3, monkeypatch)
+    old = build(3, monkeypatch, scale_factor=True)
+    assert isinstance(old.decoders[0].upsamples[0], paddle.nn.Upsample)
+    assert not isinstance(old.decoders[0].upsamples[0], dovenet.Upsample)
+    old.set_state_dict(model.state_dict())
+    assert summary_text(model, (1, 3, 64, 64)) == summary_text(old, (1, 3, 64, 64))
+    assert count_parameters(model) == count_parameters(old)
+    for module in (model, old):
+        module.eval()
+    for height, width in ((32, 32), (48, 80)):
+        x = paddle.rand([2, 3, height, width])
+        assert (model(x).numpy() == old(x).numpy()).all()

@@ -12,6 +12,7 @@ def test_each_stage_depends_on_exactly_the_modules_it_imports():
     pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
     known = modules(STAGES_DIR)
     for name, stage in pipeline["stages"].items():
+        stage = stage.get("do", stage)  # a foreach stage: one definition for each item
         assert stage["cmd"].startswith(f"python -m stages.{name}")
         listed = {dep for dep in stage["deps"] if str(dep).startswith("stages/")}
         imported = {known[module].relative_to(REPO_ROOT).as_posix() for module in closure(f"stages.{name}", known)}
@@ -19,7 +20,11 @@ def test_each_stage_depends_on_exactly_the_modules_it_imports():
                                     f"misses {sorted(imported - listed)}")
 
 
-def test_the_pipeline_has_all_six_stages_in_order():
+def test_the_pipeline_has_all_seven_stages_in_order():
     pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
     assert list(pipeline["stages"]) == ["convert_json", "build_splits", "train_paddle", "train_paddleseg",
-                                        "predict", "report"]
+                                        "export", "predict", "report"]
+    # export runs once per trained model, each on its own trainer's output.
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    assert pipeline["stages"]["export"]["foreach"] == params["export"]["models"] == params["predict"]["models"]
+    assert "${paths.models_dir}/${item}" in pipeline["stages"]["export"]["do"]["deps"]

@@ -83,7 +83,30 @@ def test_dag_shows_every_stage(team_repo):
              .splitlines() if "->" in line}
     edges = {(edge[0], edge[2]) for edge in edges}
     assert {("convert_json", "build_splits"), ("build_splits", "train_paddle"), ("build_splits", "train_paddleseg"),
-            ("train_paddle", "predict"), ("train_paddleseg", "predict"), ("predict", "report")} <= edges
+            ("train_paddle", "export@paddle"), ("train_paddleseg", "export@paddleseg"),
+            ("export@paddle", "predict"), ("export@paddleseg", "predict"), ("predict", "report")} <= edges
+    assert ("train_paddle", "export@paddleseg") not in edges and ("train_paddleseg", "export@paddle") not in edges
+
+
+def test_each_model_is_exported_checked_and_logged_with_its_onnx_model(team_repo):
+    repo, uri = team_repo
+    client = MlflowClient(uri)
+    for model in MODELS:
+        folder = repo / "exports" / model
+        assert {p.name for p in folder.iterdir()} == {"inference.json", "inference.pdiparams", "meta.json",
+                                                      "deploy.yaml", "model.onnx"}
+        deploy = yaml.safe_load((folder / "deploy.yaml").read_text())["Deploy"]
+        assert (folder / deploy["model"]).is_file() and (folder / deploy["params"]).is_file()
+        check = json.loads((repo / "metrics" / f"export_{model}.json").read_text())
+        assert check["check_passed"] and check["opset"] == 13
+        assert check["max_logit_diff"] <= check["logit_tolerance"] and check["mask_agreement"] >= 0.9999
+        run_id = json.loads((repo / "models" / model / "mlflow_run.json").read_text())["run_id"]
+        run = client.get_run(run_id)
+        assert run.data.metrics["export/mask_agreement"] == pytest.approx(check["mask_agreement"])
+        logged = {m.name for m in client.search_logged_models([run.info.experiment_id])
+                  if m.source_run_id == run_id}
+        assert "onnx_model" in logged and len(logged) == 2  # beside the trainer's Paddle model
+        assert json.loads((repo / "predictions" / model / "metrics.json").read_text())["engine"] == "onnxruntime"
 
 
 def changed_stages(repo, edit) -> set[str]:
@@ -106,6 +129,8 @@ def test_a_param_edit_reruns_only_the_stages_it_touches(team_repo):
     assert "train_paddle" not in changed_stages(repo, lambda p: p["train_paddleseg"].update(lr=0.123))
     assert "train_paddleseg" not in changed_stages(repo, lambda p: p["train_paddle"].update(lr=0.123))
     assert "train_paddle" not in changed_stages(repo, lambda p: p["predict"].update(batch_size=3))
+    assert changed_stages(repo, lambda p: p["predict"].update(engine="paddle")) == {"predict"}
+    assert changed_stages(repo, lambda p: p["export"].update(opset=17)) == {"export@paddle", "export@paddleseg"}
 
 
 def test_a_predict_param_edit_reruns_predict_and_report_not_the_trainers(team_repo):
@@ -148,6 +173,7 @@ def test_remote_round_trip_restores_everything_without_retraining(team_repo, tmp
     result = dvc(clone, "repro")
     assert "Running stage" not in result.stdout, result.stdout
     for path in ("data/raw", "models/paddle/inference.pdiparams", "models/paddleseg/inference.pdiparams",
+                 "exports/paddle/model.onnx", "exports/paddleseg/deploy.yaml",
                  "predictions", "reports/index.html", "reports/metrics.json"):
         assert (clone / path).exists(), path
 

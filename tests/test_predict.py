@@ -46,6 +46,30 @@ def test_outputs_are_full_size_p_mode_with_the_palette(scored):
         assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
 
 
+def test_both_engines_give_the_same_masks_and_scores(scored, tmp_path):
+    cfg, result = scored
+    assert cfg.predict.engine == "onnxruntime" and result["engine"] == "onnxruntime"  # the default
+    paddle_cfg = make_cfg(*[f"{key}={value}" for key, value in (
+        ("data.labels", cfg.data.labels), ("data.processed_dir", cfg.data.processed_dir),
+        ("data.splits_dir", cfg.data.splits_dir), ("paths.exports_dir", cfg.paths.exports_dir))],
+        f"paths.predictions_dir={tmp_path / 'paddle_engine'}", "predict.engine=paddle", "predict.batch_size=3")
+    paddle_result = run(paddle_cfg)
+    assert paddle_result["engine"] == "paddle"
+    for model in ("paddle", "paddleseg"):
+        for stem in SAMPLE_SIZES:
+            onnx_mask = read_label_png(Path(cfg.paths.predictions_dir) / model / CLASS_ID_DIR / f"{stem}.png")
+            paddle_mask = read_label_png(tmp_path / "paddle_engine" / model / CLASS_ID_DIR / f"{stem}.png")
+            assert (onnx_mask == paddle_mask).all(), (model, stem)
+        assert paddle_result["models"][model]["mIoU"] == result["models"][model]["mIoU"]
+        metrics = json.loads((tmp_path / "paddle_engine" / model / "metrics.json").read_text())
+        assert metrics["engine"] == "paddle"
+
+
+def test_an_unknown_engine_is_refused(tmp_path):
+    with pytest.raises(StageError, match="predict.engine must be one of paddle, onnxruntime, not 'tensorrt'"):
+        run(make_cfg(*make_dataset(tmp_path), "predict.engine=tensorrt"))
+
+
 def test_metrics_equal_a_direct_confusion_matrix_over_the_written_masks(scored):
     cfg, _ = scored
     for model in ("paddle", "paddleseg"):
@@ -115,10 +139,11 @@ def test_scores_to_mask_with_many_classes_equals_resizing_every_score_map():
 
 
 def test_a_model_that_upsamples_like_dovenet_and_unet_predicts(tmp_path):
-    from tiny_pipeline import export_model
+    from tiny_pipeline import deploy_model, export_model
 
     overrides = make_dataset(tmp_path)
     export_model(tmp_path / "models" / "paddle", (16, 16), pool=2, upsample=True)
+    deploy_model(tmp_path / "models" / "paddle")
     result = run(make_cfg(*overrides, "predict.models=[paddle]"))
     assert result["models"]["paddle"]["mIoU"] > 0.8
 
@@ -126,16 +151,19 @@ def test_a_model_that_upsamples_like_dovenet_and_unet_predicts(tmp_path):
 def test_missing_model_is_a_clear_error_and_writes_nothing(tmp_path):
     overrides = make_dataset(tmp_path)
     cfg = make_cfg(*overrides)
-    with pytest.raises(StageError, match=r"model 'paddle'.*inference"):
+    with pytest.raises(StageError, match=r"(?s)dvc repro export.*model 'paddle'.*model\.onnx"):
         run(cfg)
+    with pytest.raises(StageError, match=r"model 'paddle'.*inference"):
+        run(make_cfg(*overrides, "predict.engine=paddle"))
     assert not Path(cfg.paths.predictions_dir).exists()
 
 
 def test_model_trained_on_other_classes_is_refused(tmp_path):
-    from tiny_pipeline import export_model
+    from tiny_pipeline import deploy_model, export_model
 
     overrides = make_dataset(tmp_path)
     export_model(tmp_path / "models" / "paddle", class_names=("_background_", "pigeon"))
+    deploy_model(tmp_path / "models" / "paddle")
     with pytest.raises(StageError, match="pigeon"):
         run(make_cfg(*overrides, "predict.models=[paddle]"))
 
@@ -147,7 +175,7 @@ def folder_cfg(tmp_path):
     export_both_models(tmp_path / "models")
 
     def _cfg(input_dir, *extra):
-        return make_cfg(f"paths.models_dir={tmp_path / 'models'}", f"predict.input_dir={input_dir}",
+        return make_cfg(f"paths.exports_dir={tmp_path / 'exports'}", f"predict.input_dir={input_dir}",
                         f"predict.output_dir={tmp_path / 'out'}", "predict.batch_size=2", *extra)
     return _cfg
 

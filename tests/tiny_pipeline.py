@@ -59,6 +59,7 @@ def make_dataset(root: Path, sizes: dict[str, tuple[int, int]] = SAMPLE_SIZES, s
         f"data.processed_dir={processed}",
         f"data.splits_dir={splits}",
         f"paths.models_dir={root / 'models'}",
+        f"paths.exports_dir={root / 'exports'}",
         f"paths.metrics_dir={root / 'metrics'}",
         f"paths.plots_dir={root / 'plots'}",
         f"paths.predictions_dir={root / 'predictions'}",
@@ -74,7 +75,7 @@ def make_cfg(*overrides: str):
 
 def red_detector(pool: int = 1, upsample: bool = False):
     """A paddle.nn.Layer scoring "dove" by redness; pool > 1 makes its scores coarser than its input,
-    upsample=True brings them back up with nn.Upsample, as DoveNet's and UNet's decoders do."""
+    upsample=True brings them back up to the input's size (bilinear), as UNet's decoder does."""
     import paddle
     from paddle import nn
 
@@ -85,13 +86,15 @@ def red_detector(pool: int = 1, upsample: bool = False):
             self.score.weight.set_value(np.array([0, 0, 0, 8, 0, 0], np.float32).reshape(2, 3, 1, 1))
             self.score.bias.set_value(np.array([0, -1], np.float32))
             self.pool = nn.AvgPool2D(pool) if pool > 1 else None
-            self.upsample = nn.Upsample(scale_factor=float(pool), mode="bilinear") if upsample else None
+            self.upsample = upsample
 
         def forward(self, x):
             scores = self.score(x)
             if self.pool is not None:
                 scores = self.pool(scores)
-            return self.upsample(scores) if self.upsample is not None else scores
+            if self.upsample:  # to an explicit size: paddle2onnx cannot convert Paddle 3.3's scale factors
+                scores = nn.functional.interpolate(scores, size=paddle.shape(x)[2:], mode="bilinear")
+            return scores
 
     paddle.seed(0)
     return RedDetector()
@@ -107,10 +110,30 @@ def export_model(model_dir: Path, input_size=(16, 16), pool: int = 1, architectu
     return layer
 
 
+def deploy_model(model_dir: Path, deploy_dir: Path | None = None) -> Path:
+    """What the export stage makes of a model folder, less its check and MLflow logging: the Paddle files,
+    meta.json and model.onnx, in deploy_dir (default: <model_dir>/../../exports/<name>, as make_dataset's
+    overrides expect)."""
+    import shutil
+
+    from stages.models.inference_model import META_NAME, model_files
+    from stages.models.onnx_model import ONNX_NAME, convert
+
+    deploy_dir = deploy_dir or model_dir.parent.parent / "exports" / model_dir.name
+    deploy_dir.mkdir(parents=True, exist_ok=True)
+    for source in (*model_files(model_dir), model_dir / META_NAME):
+        shutil.copyfile(source, deploy_dir / source.name)
+    convert(deploy_dir, deploy_dir / ONNX_NAME, 13, model_dir.name)
+    return deploy_dir
+
+
 def export_both_models(models_dir: Path) -> None:
-    """The two model folders predict expects by default, with different input sizes and score sizes."""
+    """The two model folders predict expects by default, with different input sizes and score sizes, as the
+    trainers write them (models_dir) and as the export stage deploys them (models_dir/../exports)."""
     export_model(models_dir / "paddle", (16, 16), pool=1, architecture="DoveNet")
     export_model(models_dir / "paddleseg", (24, 20), pool=2, architecture="UNet")
+    for name in ("paddle", "paddleseg"):
+        deploy_model(models_dir / name)
 
 
 def write_training_outputs(cfg, name: str, epochs: int = 4) -> None:

@@ -1,2 +1,3 @@
-"""Networks and model files: the tutorial's DoveNet (``dovenet``) and the exported inference model both
-trainers write and predict reads (``inference_model``). May import ``common``, ``data`` and ``evaluation``."""
+"""Networks and model files: the tutorial's DoveNet (``dovenet``), the exported inference model both
+trainers write and predict reads (``inference_model``, with PaddleSeg's deploy.yaml), and its ONNX
+conversion and onnxruntime predictor (``onnx_model``). May import ``common``, ``data`` and ``evaluation``."""

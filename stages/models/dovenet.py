@@ -4,6 +4,10 @@ Layout, exactly as the tutorial's: a stride-2 stem conv, three encoder blocks (3
 separable convs with a max-pool and a 1x1 stride-2 residual, four decoder blocks (256->256->128->64->32)
 of transposed convs with a x2 upsample and an upsampled 1x1 residual, and a 3x3 conv to class scores.
 The output has the input's spatial size when that size is a multiple of 16.
+
+The x2 upsamples compute their output size from the input's shape instead of passing a scale factor:
+the same nearest-neighbour result, but paddle2onnx 2.1 cannot convert a scale factor from Paddle 3.3
+(it stores the scales as doubles), and an explicit size keeps the ONNX graph's height and width dynamic.
 """
 from __future__ import annotations
 
@@ -29,6 +33,18 @@ class SeparableConv2D(nn.Layer):
     def forward(self, x):
         x = F.conv2d(x, self.weight_conv, padding="same", groups=self.in_channels)
         return F.conv2d(x, self.weight_pointwise, bias=self.bias_pointwise)
+
+
+class Upsample(nn.Upsample):
+    """nn.Upsample by an integer factor, to an output size computed from the input's shape (see above)."""
+
+    def __init__(self, factor: int = 2):
+        super().__init__(scale_factor=float(factor))
+        self.factor = factor
+
+    def forward(self, x):
+        size = paddle.shape(x)[2:] * self.factor  # a tensor: stays dynamic in exported graphs
+        return F.interpolate(x, size=size, mode=self.mode, data_format="NCHW")
 
 
 class Encoder(nn.Layer):
@@ -58,7 +74,7 @@ class Decoder(nn.Layer):
         self.conv_transpose_01 = nn.Conv2DTranspose(in_channels, out_channels, kernel_size=3, padding=1)
         self.conv_transpose_02 = nn.Conv2DTranspose(out_channels, out_channels, kernel_size=3, padding=1)
         self.bns = nn.LayerList([nn.BatchNorm2D(out_channels) for _ in range(2)])
-        self.upsamples = nn.LayerList([nn.Upsample(scale_factor=2.0) for _ in range(2)])
+        self.upsamples = nn.LayerList([Upsample(2) for _ in range(2)])
         self.residual_conv = nn.Conv2D(in_channels, out_channels, kernel_size=1, padding="same")
 
     def forward(self, x):

@@ -1,8 +1,9 @@
 """Exported inference models: what both trainers write and what predict loads without training code.
 
 A model folder holds ``inference.json`` + ``inference.pdiparams`` (paddle.jit.save, Paddle 3's PIR
-format) and ``meta.json``: the input size, the class names and the normalisation, so predict
-preprocesses exactly as training did.
+format; any batch size, height and width) and ``meta.json``: the input size, the class names and the
+normalisation, so predict preprocesses exactly as training did. The export stage adds ``deploy.yaml``,
+the same in PaddleSeg's deploy format, for PaddleSeg's deploy tooling.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from stages.common.outputs import write_json_atomic
 
 MODEL_PREFIX = "inference"
 META_NAME = "meta.json"
+DEPLOY_NAME = "deploy.yaml"
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,8 @@ def export(layer, model_dir: str | Path, meta: ModelMeta) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     was_training = layer.training
     layer.eval()
-    spec = InputSpec([None, 3, *meta.input_size], "float32", "image")
+    # Any height and width (PaddleSeg's export does the same): the ONNX model keeps them dynamic too.
+    spec = InputSpec([None, 3, None, None], "float32", "image")
     paddle.jit.save(layer, str(model_dir / MODEL_PREFIX), input_spec=[spec])
     if was_training:
         layer.train()
@@ -60,6 +63,38 @@ def read_meta(model_dir: str | Path) -> ModelMeta:
                          tuple(raw["std"]), raw.get("architecture", ""))
     except (OSError, ValueError, KeyError) as err:
         raise StageError(f"{path}: no usable model meta ({err}); train the model first") from None
+
+
+def model_files(model_dir: str | Path) -> tuple[Path, Path]:
+    """(program, parameters) of an exported model: inference.json (Paddle 3) or .pdmodel, + .pdiparams."""
+    model_dir = Path(model_dir)
+    model_file = model_dir / f"{MODEL_PREFIX}.json"
+    if not model_file.is_file():
+        model_file = model_dir / f"{MODEL_PREFIX}.pdmodel"
+    params_file = model_dir / f"{MODEL_PREFIX}.pdiparams"
+    if not model_file.is_file() or not params_file.is_file():
+        raise StageError(f"{model_dir}: no exported inference model ({MODEL_PREFIX}.json + .pdiparams)")
+    return model_file, params_file
+
+
+def deploy_config(meta: ModelMeta, model_file: str, params_file: str,
+                  input_shape: list[int | None] = (None, 3, None, None)) -> dict:
+    """PaddleSeg's deploy.yaml, with the keys its tools/export.py writes (read by paddleseg.deploy.infer.DeployConfig
+    and PaddleSeg's deploy/python scripts): the model's files, its input shape (None: any), its
+    preprocessing as PaddleSeg transforms (Resize to the input size, [width, height]; then Normalize, which
+    scales RGB to [0, 1] first), and its output: logits (output_op none; argmax them for class ids)."""
+    height, width = meta.input_size
+    return {"Deploy": {
+        "model": model_file,
+        "params": params_file,
+        "transforms": [
+            {"type": "Resize", "target_size": [int(width), int(height)]},
+            {"type": "Normalize", "mean": [float(v) for v in meta.mean], "std": [float(v) for v in meta.std]},
+        ],
+        "input_shape": list(input_shape),
+        "output_op": "none",
+        "output_dtype": "float32",
+    }}
 
 
 def preprocess(rgb: np.ndarray, meta: ModelMeta) -> np.ndarray:
@@ -81,12 +116,7 @@ class Predictor:
 
         model_dir = Path(model_dir)
         self.meta = read_meta(model_dir)
-        model_file = model_dir / f"{MODEL_PREFIX}.json"
-        if not model_file.is_file():
-            model_file = model_dir / f"{MODEL_PREFIX}.pdmodel"
-        params_file = model_dir / f"{MODEL_PREFIX}.pdiparams"
-        if not model_file.is_file() or not params_file.is_file():
-            raise StageError(f"{model_dir}: no exported inference model ({MODEL_PREFIX}.json + .pdiparams)")
+        model_file, params_file = model_files(model_dir)
         config = pi.Config(str(model_file), str(params_file))
         if use_gpu is None:
             use_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0

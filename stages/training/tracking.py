@@ -170,3 +170,19 @@ def reopen_run(cfg, run_id_file: str | Path) -> Iterator[mlflow.ActiveRun]:
         raise StageError(f"{run_id_file}: run {run_id} is not in the MLflow store {tracking_uri(cfg)}")
     with _start(cfg, run_id=run_id) as run:
         yield run
+
+
+def finished_run_client(cfg, run_id_file: str | Path) -> tuple[mlflow.MlflowClient, mlflow.entities.Run]:
+    """A client on cfg's store and the finished training run named in ``run_id_file``, to add to that run
+    without reopening it (reopening and ending it moves its end time). Also makes that store MLflow's
+    current one, for flavor ``log_model(..., run_id=...)`` calls."""
+    run_id = read_run_id(run_id_file)
+    uri = tracking_uri(cfg)
+    ensure_reachable(uri, float(cfg.mlflow.connect_timeout_s))
+    _use_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    try:
+        return client, client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise StageError(f"{run_id_file}: run {run_id} is not in the MLflow store {uri}; "
+                         "rerun the training stage") from None
