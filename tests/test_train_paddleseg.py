@@ -26,7 +26,9 @@ from stages.data.split_lists import read_split
 from stages.train_paddleseg import STAGE, fingerprint, output_paths, run
 from stages.training.paddleseg_loop import IterationBatches, checkpoint_iters, rename_optimizer_state, resolve_config
 
-from tiny_pipeline import make_dataset
+from stages.training.summary import PLOT_COLUMNS
+
+from tiny_pipeline import flat_keys, make_dataset, metrics_schema
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Tiny, fast settings (the smoke profile's spirit, explicit so the test does not depend on it).
@@ -35,9 +37,6 @@ TINY = ["train_paddleseg.input_size=32", "train_paddleseg.crop_size=32", "train_
         "train_paddleseg.keep_checkpoint_max=1", "train_paddleseg.num_threads=1",
         "train_paddleseg.distributed.nproc=1"]  # one process, whatever the profile says
 SIZES = {"dove_a": (30, 40), "dove_b": (47, 33), "dove_c": (64, 48), "dove_d": (21, 26), "empty_e": (36, 36)}
-TRAIN_PADDLE_METRIC_KEYS = {"num_params", "num_trainable_params", "best_val_mIoU", "best_epoch", "epochs",
-                            "resumed_from_epoch", "train_seconds", "train_images_per_second", "input_size",
-                            "batch_size", "device"}
 
 
 # --- fixtures ----------------------------------------------------------------------------------------
@@ -184,9 +183,9 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
     paths = output_paths(cfg)
 
     metrics = json.loads(paths["metrics"].read_text())
-    assert TRAIN_PADDLE_METRIC_KEYS <= set(metrics)  # train_paddle's keys, so dvc metrics compare them
+    assert flat_keys(metrics) == metrics_schema()  # train_paddle's keys, so dvc metrics compare them
     assert metrics["num_params"] == 13_404_354 and metrics["iters"] == 4 and metrics["best_iter"] in (2, 4)
-    assert metrics["epochs"] == 2.0  # 4 iterations of batch 2 over 5 images: 2 batches an epoch
+    assert metrics["epochs"] == 2  # 4 iterations of batch 2 over 5 images: 2 batches an epoch
     assert 0 <= metrics["best_val_mIoU"] <= 1 and metrics["train_images_per_second"] > 0
     assert set(metrics["best_val_IoU"]) == {"_background_", "dove"}
     for key in ("best_val_acc", "best_val_kappa", "best_val_mDice"):
@@ -195,8 +194,8 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
         {k: v for k, v in metrics.items() if k != "best_val_IoU"}
 
     curves = read_csv(paths["plots"])
-    assert [row["iter"] for row in curves] == ["2", "4"] and [row["epoch"] for row in curves] == ["1.0", "2.0"]
-    assert list(curves[0]) == ["epoch", "train_loss", "val_mIoU", "val_acc", "iter"]
+    assert [row["iter"] for row in curves] == ["2", "4"] and [row["epoch"] for row in curves] == ["1", "2"]
+    assert list(curves[0]) == list(PLOT_COLUMNS)
     assert max(float(row["val_mIoU"]) for row in curves) == pytest.approx(metrics["best_val_mIoU"], abs=1e-6)
 
     # keep_checkpoint_max=1: only the last iteration checkpoint, plus the best model, in PaddleSeg's layout.
@@ -250,10 +249,14 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
                                                 filter_string=f"source_run_id = '{tracked.info.run_id}'",
                                                 output_format="list")
     assert [m.name for m in logged_models] == ["paddleseg_model"]
+    assert run_info["registered_model"]["name"] == cfg.mlflow.registered_models.paddleseg == "doveseg-unet"
+    assert client.get_model_version("doveseg-unet", run_info["registered_model"]["version"]).run_id == result["run_id"]
 
     # A finished run is not "resumed": a rerun trains afresh, in a new MLflow run.
     again = run(cfg)
     assert again["resumed_from_iter"] == 0 and again["run_id"] != result["run_id"]
+    again_version = json.loads(paths["run_id_file"].read_text())["registered_model"]["version"]
+    assert int(again_version) == int(run_info["registered_model"]["version"]) + 1  # a version per training run
 
 
 @pytest.mark.slow
