@@ -274,7 +274,7 @@ class EpochTracker(paddle.callbacks.Callback):
         self.state["history"].append(row)
         self.state["iters_per_epoch"] = self.steps_per_epoch
         log_metrics({"train/loss": train_loss, "train/lr": self.model._optimizer.get_lr(),
-                     **validation_metrics(scores, self.class_names)}, step=self.epoch)
+                     **validation_metrics(scores, self.class_names, self.epoch)}, step=self.epoch)
         if row["val_mIoU"] > self.state["best_val_mIoU"]:
             self.state.update(best_val_mIoU=row["val_mIoU"], best_epoch=self.epoch, best_scores=scores)
             self.best_weights = {k: v.clone() for k, v in self.model.network.state_dict().items()}

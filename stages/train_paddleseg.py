@@ -165,7 +165,7 @@ def run(cfg) -> dict:
         resumed_from = int(state["iter"])
 
         def on_eval(step: int, scores: dict, row: dict) -> None:
-            log_metrics(validation_metrics(scores, labels.names), step=step)
+            log_metrics(validation_metrics(scores, labels.names, row["epoch"]), step=step)
 
         state = train(parts, settings, paths["checkpoint_dir"], state,
                       on_log=lambda step, values: log_metrics(values, step=step), on_eval=on_eval)

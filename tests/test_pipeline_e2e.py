@@ -89,7 +89,7 @@ def training_runs(repo, uri) -> dict:
     return {run.data.tags["stage"]: run for run in client.search_runs([experiment_id])}
 
 
-def test_mlflow_runs_have_dvc_datasets_registered_models_a_champion_and_true_durations(team_repo):
+def test_mlflow_runs_have_dvc_datasets_registered_models_a_champion_and_true_durations(team_repo, monkeypatch):
     repo, uri = team_repo
     client = MlflowClient(uri)
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -113,8 +113,24 @@ def test_mlflow_runs_have_dvc_datasets_registered_models_a_champion_and_true_dur
         name = params["mlflow"]["registered_models"][model]
         [version] = client.search_model_versions(f"name = '{name}'")
         assert version.run_id == runs[f"train_{model}"].info.run_id
-        assert client.get_registered_model(name).aliases == ({"champion": int(version.version)}
-                                                             if model == champion else {})
+        aliases = {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
+        assert aliases == ({"champion": str(version.version)} if model == champion else {})
+
+    # models:/<name>@champion loads from the server and predicts like the exported model in models/
+    import mlflow.paddle
+    import numpy as np
+    import paddle
+
+    from stages.models.inference_model import Predictor
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    loaded = mlflow.paddle.load_model(f"models:/{params['mlflow']['registered_models'][champion]}@champion")
+    height, width = json.loads((repo / "models" / champion / "meta.json").read_text())["input_size"]
+    batch = np.random.default_rng(0).uniform(-1, 1, (2, 3, height, width)).astype("float32")
+    scores = loaded(paddle.to_tensor(batch))
+    scores = (scores[0] if isinstance(scores, (list, tuple)) else scores).numpy()
+    expected = Predictor(repo / "models" / champion, use_gpu=False, cpu_threads=1).logits(batch)
+    np.testing.assert_allclose(scores, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
 def test_both_trainers_write_the_same_metric_keys(team_repo):

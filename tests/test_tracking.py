@@ -82,13 +82,15 @@ def test_training_run_logs_the_dvc_hashed_data_as_its_dataset(cfg_in, tmp_path):
                        "splits_dir": str(cfg.data.splits_dir), "splits_md5": dvc_md5(cfg.data.splits_dir)}
     assert [(tag.key, tag.value) for tag in logged[0].tags] == [("mlflow.data.context", "training")]
 
-    # Other data, another digest: runs group by data version.
+    # Other data, another digest: runs group and filter by data version.
     label = Path(cfg.data.processed_dir) / "dove_a" / "label.png"
     label.write_bytes(label.read_bytes() + b"\0")
     with tracking.training_run(cfg, "train_x", tmp_path / "run.json") as other:
         pass
-    changed = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(other.info.run_id).inputs.dataset_inputs
-    assert changed[0].dataset.digest != dataset.digest
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    assert client.get_run(other.info.run_id).inputs.dataset_inputs[0].dataset.digest != dataset.digest
+    found = client.search_runs([run.info.experiment_id], filter_string=f"dataset.digest = '{dataset.digest}'")
+    assert [r.info.run_id for r in found] == [run.info.run_id]
 
 
 def test_each_training_run_registers_a_version_and_names_it_in_the_run_id_file(cfg_in, tmp_path):
@@ -134,6 +136,10 @@ def test_finished_run_gets_metrics_and_artifacts_without_moving_its_end_time(cfg
     assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} == {"report/figures", "report/report.md"}
 
 
+def aliases(client, name: str) -> dict[str, str]:
+    return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
+
+
 def test_champion_alias_moves_to_the_best_and_leaves_the_others(cfg_in):
     cfg = cfg_in()
     client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
@@ -143,12 +149,12 @@ def test_champion_alias_moves_to_the_best_and_leaves_the_others(cfg_in):
             client.create_model_version(name, source=f"{cfg.mlflow.artifact_location}/{name}")
     first = tracking.crown_champion(cfg, {"a": (0.7, ("champ-a", "2")), "b": (0.6, ("champ-b", "1"))})
     assert first == ("a", "champ-a", "2")
-    assert client.get_registered_model("champ-a").aliases == {"champion": 2}
-    assert client.get_registered_model("champ-b").aliases == {}
+    assert aliases(client, "champ-a") == {"champion": "2"}
+    assert aliases(client, "champ-b") == {}
     second = tracking.crown_champion(cfg, {"a": (0.7, ("champ-a", "2")), "b": (0.8, ("champ-b", "2"))})
     assert second == ("b", "champ-b", "2")
-    assert client.get_registered_model("champ-a").aliases == {}
-    assert client.get_registered_model("champ-b").aliases == {"champion": 2}
+    assert aliases(client, "champ-a") == {}
+    assert aliases(client, "champ-b") == {"champion": "2"}
     # a missing score never wins; a tie goes to the first model
     assert tracking.crown_champion(cfg, {"a": (None, ("champ-a", "1")), "b": (0.1, ("champ-b", "1"))})[0] == "b"
     assert tracking.crown_champion(cfg, {"a": (0.5, ("champ-a", "1")), "b": (0.5, ("champ-b", "1"))})[0] == "a"

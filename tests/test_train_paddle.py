@@ -367,7 +367,7 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
     client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
     tracked = client.get_run(run_info["run_id"])
     assert tracked.info.status == "FINISHED"
-    for name in ("train/loss", "val/mIoU", "val/acc", "val/kappa", "val/mDice", "val/IoU/dove"):
+    for name in ("train/loss", "val/mIoU", "val/acc", "val/kappa", "val/mDice", "val/IoU/dove", "epoch"):
         assert [m.step for m in client.get_metric_history(tracked.info.run_id, name)] == [1, 2]
     assert tracked.data.metrics["best_val_mIoU"] == pytest.approx(metrics["best_val_mIoU"])
     assert tracked.data.params["train_paddle.input_size"] == "32"

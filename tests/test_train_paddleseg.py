@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import mlflow.paddle
 import numpy as np
 import paddle
 import pytest
@@ -177,7 +178,7 @@ def test_fingerprint_follows_training_inputs_only(cfg_for):
 # --- real training ----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
+def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for, monkeypatch):
     cfg = cfg_for()
     result = run(cfg)
     paths = output_paths(cfg)
@@ -235,8 +236,9 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
     tracked = client.get_run(run_info["run_id"])
     assert tracked.info.status == "FINISHED" and tracked.info.run_name == STAGE
     assert [m.step for m in client.get_metric_history(tracked.info.run_id, "train/loss")] == [1, 2, 3, 4]
-    for name in ("val/mIoU", "val/acc", "val/kappa", "val/mDice", "val/IoU/dove"):
+    for name in ("val/mIoU", "val/acc", "val/kappa", "val/mDice", "val/IoU/dove", "epoch"):
         assert [m.step for m in client.get_metric_history(tracked.info.run_id, name)] == [2, 4]
+    assert [m.value for m in client.get_metric_history(tracked.info.run_id, "epoch")] == [1, 2]  # x axis for charts
     assert tracked.data.metrics["best_val_mIoU"] == pytest.approx(metrics["best_val_mIoU"])
     assert tracked.data.params["train_paddleseg.crop_size"] == "32"
     assert tracked.data.params["train_paddle.input_size"]  # the whole cfg: columns match train_paddle's
@@ -257,6 +259,12 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
     assert again["resumed_from_iter"] == 0 and again["run_id"] != result["run_id"]
     again_version = json.loads(paths["run_id_file"].read_text())["registered_model"]["version"]
     assert int(again_version) == int(run_info["registered_model"]["version"]) + 1  # a version per training run
+
+    # The registered version loads with MLflow's paddle flavour and predicts as the trained network did.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.mlflow.tracking_uri)
+    loaded = mlflow.paddle.load_model(f"models:/doveseg-unet/{run_info['registered_model']['version']}")
+    [scores] = loaded(batch)  # PaddleSeg's models return a list of score maps
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
 @pytest.mark.slow

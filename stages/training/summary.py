@@ -3,10 +3,12 @@ the report compare DoveNet and PaddleSeg's UNet column for column.
 
 - metrics/train_<model>.json: ``training_metrics()`` (the same keys for both; per-class IoU by class name)
 - plots/train_<model>.csv: ``PLOT_COLUMNS``, one row per validation
-- MLflow, per validation: ``validation_metrics()`` (val/mIoU, val/acc, val/kappa, val/mDice, val/IoU/<class>)
+- MLflow, per validation: ``validation_metrics()`` (val/mIoU, val/acc, val/kappa, val/mDice, val/IoU/<class>
+  and ``epoch``)
 
 DoveNet counts epochs and PaddleSeg iterations (optimizer steps); both are given, each converted from
-the other with the trainer's iterations per epoch.
+the other with the trainer's iterations per epoch. MLflow's step is each trainer's own count (epoch,
+iteration); the ``epoch`` metric lets MLflow's charts put both trainers on one x axis (X-axis: Metric).
 """
 from __future__ import annotations
 
@@ -56,9 +58,9 @@ def training_metrics(*, num_params: dict, best_scores: dict | None, class_names,
     }
 
 
-def validation_metrics(scores: dict, class_names) -> dict:
-    """One validation's scores under the MLflow names both trainers log."""
-    metrics = {f"val/{key}": scores.get(key) for key in SCORE_KEYS}
+def validation_metrics(scores: dict, class_names, epoch: float) -> dict:
+    """One validation's scores under the MLflow names both trainers log, and the epoch it came after."""
+    metrics = {"epoch": epoch, **{f"val/{key}": scores.get(key) for key in SCORE_KEYS}}
     metrics.update({f"val/IoU/{metric_safe(name)}": iou for name, iou in zip(class_names, scores["IoU"])})
     return metrics
 

@@ -1,8 +1,8 @@
 """MLflow tracking shared by the trainers, predict and report (the contract is in DESIGN.md).
 
 Each training stage makes one run in ``cfg.mlflow.experiment`` (tagged for MLflow's "Model training"
-view), logs the DVC-hashed data it trained on as the run's datasets and registers its model as a new
-version in the Model Registry. The run id and that version go to a run-id file; predict and report add
+view), logs the data it trained on, hashed as DVC does, as the run's dataset and registers its model as
+a new version in the Model Registry. The run id and that version go to a run-id file; predict and report add
 test metrics and figures to the same run through MlflowClient, which leaves the run's start and end
 times alone (reopening it with ``start_run`` would move its end time), and report names the champion.
 """
@@ -36,7 +36,8 @@ from stages.data.split_lists import data_version
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
-# MLflow's UI opens an experiment in its GenAI view unless this tag says otherwise.
+# The experiment kind MLflow's UI reads to open an experiment in its "Model training" view rather than
+# its GenAI one (MLflow 3.17's UI goes by its sidebar switch or the link instead: see experiment_page).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 CHAMPION = "champion"  # the Model Registry alias of the best model on the test split
 
