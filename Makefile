@@ -5,24 +5,30 @@ BIN    := $(VENV)/bin
 # Stages run as `python -m stages.<name>`: put the venv first so dvc's commands find its python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup demo test test-fast params bench mlflow-ui demo-data clean
+.PHONY: setup setup-dev demo test test-fast params bench mlflow-ui demo-data clean
 
+# What the pipeline needs (make demo), then the dev extra on top (make test: pytest, hypothesis, labelme 6).
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 
 setup: $(BIN)/.installed
+setup-dev: $(BIN)/.installed-dev
 
 demo: setup            ## run the whole pipeline on the bundled demo doves
 	dvc repro
 	dvc metrics show
 
-test: setup            ## every test, slow ones included (what CI runs)
+test: setup-dev        ## every test, slow ones included (what CI runs)
 	pytest -m "slow or not slow"
 
-test-fast: setup       ## the fast tests only
+test-fast: setup-dev   ## the fast tests only
 	pytest
 
 params: setup          ## recompose params.yaml from conf/, e.g. make params PROFILE=smoke
@@ -31,7 +37,9 @@ params: setup          ## recompose params.yaml from conf/, e.g. make params PRO
 bench: setup           ## speed benchmarks (print figures and ratios; not tests)
 	python bench/convert.py
 
-mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000
+mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000, in the Model training view
+	@python -c "from stages.common.config import load_params; from stages.training.tracking import experiment_page; \
+	print('Open', experiment_page(load_params(['mlflow.tracking_uri=sqlite:///mlflow.db']), 'http://127.0.0.1:5000'))"
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 demo-data: setup       ## regenerate the bundled demo set (deterministic)

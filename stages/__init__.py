@@ -8,7 +8,7 @@ Import rule (tests/test_layout.py enforces it): stage modules may import any sub
 import stage modules, and import each other only downward in this order, lowest first:
 
     common      Hydra config plumbing, StageError, atomic outputs
-    data        labels file, image and label-PNG I/O, split lists
+    data        labels file, image and label-PNG I/O, split lists, DVC's hash of a data folder
     labelme     reading labelme annotations, the shape rasteriser
     evaluation  confusion-matrix metrics, the report's figures
     models      DoveNet, exported inference models

@@ -10,7 +10,9 @@ Writes <paths.reports_dir>/ as a whole (it is this stage's folder):
   index.html     the same report in one self-contained file (figures embedded as base64)
   figures/*.png
 It then adds the test metrics (test/mIoU, test/IoU/<class>, ...) and the report, as artifacts, to each
-model's training run in MLflow (the run id from <paths.models_dir>/<model>/mlflow_run.json).
+model's training run in MLflow (the run id from <paths.models_dir>/<model>/mlflow_run.json) without
+reopening it, and sets the Model Registry alias ``champion`` on the registered version with the best
+test mIoU (the other models lose it).
 """
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 
 from stages.common.config import StageError, stage_main
@@ -32,7 +33,9 @@ from stages.data.images import read_label_png, read_rgb
 from stages.data.split_lists import Sample, read_split, split_file
 from stages.evaluation import figures
 from stages.prediction.files import CLASS_ID_DIR, METRICS_NAME
-from stages.training.tracking import ensure_reachable, log_metrics, reopen_run, tracking_uri
+from stages.training.summary import STEP_COLUMNS
+from stages.training.tracking import (FinishedRun, crown_champion, ensure_reachable, read_registered_version,
+                                      tracking_uri)
 
 FIGURES_DIR = "figures"
 RUN_ID_FILE = "mlflow_run.json"
@@ -58,6 +61,7 @@ def run(cfg) -> dict:
     samples = read_split(cfg, "test")
     results = load_results(cfg, names, samples)
     ensure_reachable(tracking_uri(cfg), float(cfg.mlflow.connect_timeout_s))
+    registered = {result.name: read_registered_version(result.run_id_file) for result in results}
 
     with atomic_dir(cfg.paths.reports_dir) as out:
         drawn = draw_figures(cfg, results, samples, out / FIGURES_DIR)
@@ -69,11 +73,13 @@ def run(cfg) -> dict:
         # Inside atomic_dir: if MLflow refuses, no half-reported reports/ is left behind.
         for result in results:
             log_to_mlflow(cfg, result, out)
+        champion = crown_champion(cfg, {name: (m["test"]["mIoU"], registered[name]) for name, m in metrics.items()})
     return {
         "reports_dir": str(cfg.paths.reports_dir),
         "models": {name: {"mIoU": m["test"]["mIoU"], "acc": m["test"]["acc"]} for name, m in metrics.items()},
         "figures": sorted(path.name for path in drawn.values() if path is not None),
         "worst_samples": [stem for stem, _ in worst_samples(results, int(cfg.report.worst_samples))],
+        "champion": dict(zip(("model", "registered_model", "version"), champion)),
     }
 
 
@@ -187,11 +193,12 @@ def metric_safe(name: str) -> str:
 
 
 def log_to_mlflow(cfg, result: ModelResult, out: Path) -> None:
-    with reopen_run(cfg, result.run_id_file):
-        log_metrics(mlflow_metrics(result.scored))
-        mlflow.log_artifacts(str(out / FIGURES_DIR), "report/figures")
-        for name in ("report.md", "index.html", "metrics.json"):
-            mlflow.log_artifact(str(out / name), "report")
+    """Test metrics and the report added to the training run, whose duration stays the training's."""
+    run = FinishedRun(cfg, result.run_id_file)
+    run.log_metrics(mlflow_metrics(result.scored))
+    run.log_artifacts(out / FIGURES_DIR, "report/figures")
+    for name in ("report.md", "index.html", "metrics.json"):
+        run.log_artifact(out / name, "report")
 
 
 def worst_samples(results: list[ModelResult], count: int) -> list[tuple[str, dict[str, float]]]:
@@ -210,7 +217,7 @@ def worst_samples(results: list[ModelResult], count: int) -> list[tuple[str, dic
 def draw_figures(cfg, results: list[ModelResult], samples: list[Sample], folder: Path) -> dict:
     """Figure name -> PNG path (None where there was nothing to draw)."""
     drawn = {"curves": figures.training_curves({r.title: r.curves for r in results}, folder / "training_curves.png",
-                                               x_name=_x_column(results))}
+                                               x_name=_x_column(results), step_columns=STEP_COLUMNS)}
     for result in results:
         drawn[f"confusion:{result.name}"] = figures.confusion_matrix(
             np.asarray(result.scored["confusion_matrix"]), result.scored["class_names"],

@@ -8,7 +8,6 @@ to checkpoints/paddle/, so a killed run, rerun with the same inputs, continues w
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import io
 import json
@@ -35,12 +34,16 @@ from stages.models.dovenet import DoveNet, count_parameters
 from stages.models.inference_model import META_NAME, ModelMeta, export
 from stages.training import distributed
 from stages.training.dataset import Augment, SegDataset, make_loader
-from stages.training.tracking import log_metrics, training_run
+from stages.training.summary import training_metrics, validation_metrics, write_plots
+from stages.training.tracking import log_metrics, registered_model_name, training_run
 
 STAGE = "train_paddle"
 # Params that change how fast training runs, not what it computes: a checkpoint stays valid across them.
 RUNTIME_PARAMS = ("num_workers", "num_threads", "distributed")
 SIZE_MULTIPLE = 16  # four 2x downsamplings (stem + three encoders)
+# The logged model is a Paddle static graph: loading it needs Paddle only. Saying so spares MLflow's
+# requirement inference, which loads the model in a subprocess (13 s for a tiny model).
+LOADS_WITH = mlflow.paddle.get_default_pip_requirements()
 
 
 class SegMetric(paddle.metric.Metric):
@@ -49,6 +52,7 @@ class SegMetric(paddle.metric.Metric):
     def __init__(self, num_classes: int):
         super().__init__()
         self.matrix = ConfusionMatrix(num_classes, IGNORE_INDEX)
+        self.last_scores = {}  # every score of the last accumulate(): fit resets the matrix before on_eval_end
 
     def name(self):
         return ["mIoU", "acc"]
@@ -60,8 +64,8 @@ class SegMetric(paddle.metric.Metric):
         self.matrix.update(pred, label)
 
     def accumulate(self):
-        scores = self.matrix.scores()
-        return [scores["mIoU"], scores["acc"]]
+        self.last_scores = self.matrix.scores()
+        return [self.last_scores["mIoU"], self.last_scores["acc"]]
 
     def reset(self):
         self.matrix.reset()
@@ -223,9 +227,10 @@ class EpochTracker(paddle.callbacks.Callback):
     records, logs and checkpoints; the others just follow the epochs."""
 
     def __init__(self, datasets, samplers, state: dict, checkpoint_dir: Path, total_epochs: int,
-                 average: WeightAverage):
+                 average: WeightAverage, steps_per_epoch: int, class_names):
         super().__init__()
         self.average = average
+        self.steps_per_epoch, self.class_names = steps_per_epoch, class_names
         self.datasets, self.samplers = datasets, samplers
         self.state, self.checkpoint_dir = state, checkpoint_dir
         self.first_epoch = len(state["history"])
@@ -263,13 +268,15 @@ class EpochTracker(paddle.callbacks.Callback):
 
     def record(self, logs) -> None:
         train_loss = self.loss_sum / max(1, self.images)
-        row = {"epoch": self.epoch, "train_loss": train_loss,
+        scores = self.model._metrics[0].last_scores  # the whole validation split (gathered when launched)
+        row = {"epoch": self.epoch, "iter": self.epoch * self.steps_per_epoch, "train_loss": train_loss,
                "val_mIoU": float(logs["mIoU"]), "val_acc": float(logs["acc"])}
         self.state["history"].append(row)
-        log_metrics({"train/loss": train_loss, "val/mIoU": row["val_mIoU"], "val/acc": row["val_acc"],
-                     "train/lr": self.model._optimizer.get_lr()}, step=self.epoch)
+        self.state["iters_per_epoch"] = self.steps_per_epoch
+        log_metrics({"train/loss": train_loss, "train/lr": self.model._optimizer.get_lr(),
+                     **validation_metrics(scores, self.class_names, self.epoch)}, step=self.epoch)
         if row["val_mIoU"] > self.state["best_val_mIoU"]:
-            self.state.update(best_val_mIoU=row["val_mIoU"], best_epoch=self.epoch)
+            self.state.update(best_val_mIoU=row["val_mIoU"], best_epoch=self.epoch, best_scores=scores)
             self.best_weights = {k: v.clone() for k, v in self.model.network.state_dict().items()}
         self.state["train_seconds"] += time.perf_counter() - self.started
         self.state["average_steps"] = self.average.steps
@@ -358,7 +365,7 @@ def train(cfg, labels, splits, state: dict, checkpoint_dir: Path, on_gpu: bool, 
     distributed.barrier()  # paddle.Model wraps the net in DataParallel (a collective) when launched
     model = build_model(net, optimizer, params, labels.num_classes, on_gpu)
     tracker = EpochTracker([train_set], [train_loader.batch_sampler.sampler], state, checkpoint_dir,
-                           total_epochs, average)
+                           total_epochs, average, len(train_loader), labels.names)
     if total_epochs > done:
         model.fit(train_loader, val_loader, epochs=total_epochs - done, eval_freq=1, verbose=0,
                   callbacks=[tracker, *callbacks])
@@ -391,6 +398,7 @@ def run(cfg, callbacks=()) -> dict:
                   callbacks)
         return {"rank": distributed.rank(), "outputs": "written by the main process (rank 0)"}
 
+    model_name = registered_model_name(cfg, "paddle")
     with training_run(cfg, STAGE, paths["run_id_file"], resume_run_id=state and state["run_id"]) as active:
         state = state or new_state(data_fingerprint, active.info.run_id)
         # Fresh parameter names (conv2d_0.w_0, ...) whatever ran before in this process: the optimizer
@@ -401,20 +409,15 @@ def run(cfg, callbacks=()) -> dict:
         best_net.set_state_dict(tracker.best_weights)
         best_net.eval()
 
-        counts = count_parameters(best_net)
-        metrics = {
-            "num_params": counts["total"],
-            "num_trainable_params": counts["trainable"],
-            "best_val_mIoU": state["best_val_mIoU"],
-            "best_epoch": state["best_epoch"],
-            "epochs": len(state["history"]),
-            "resumed_from_epoch": resumed_from,
-            "train_seconds": round(state["train_seconds"], 2),
-            "train_images_per_second": round(state["train_images"] / max(state["train_step_seconds"], 1e-9), 3),
-            "input_size": input_size,
-            "batch_size": int(params.batch_size),
-            "device": "gpu" if on_gpu else "cpu",
-        }
+        per_epoch = int(state.get("iters_per_epoch", 1))
+        metrics = training_metrics(
+            num_params=count_parameters(best_net), best_scores=state.get("best_scores"),
+            class_names=labels.names, iters=len(state["history"]) * per_epoch,
+            best_iter=state["best_epoch"] * per_epoch, resumed_from_iter=resumed_from * per_epoch,
+            iters_per_epoch=per_epoch, train_seconds=state["train_seconds"],
+            train_step_seconds=state["train_step_seconds"], train_images=state["train_images"],
+            input_size=input_size, crop_size=int(params.crop_size), batch_size=int(params.batch_size),
+            device="gpu" if on_gpu else "cpu")
         summary = model_summary(labels.num_classes, input_size)
         meta = ModelMeta((input_size, input_size), labels.names, tuple(params.mean), tuple(params.std), "DoveNet")
         with atomic_dir(paths["model_dir"]) as tmp:
@@ -425,24 +428,14 @@ def run(cfg, callbacks=()) -> dict:
             log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
             mlflow.log_text(summary, "model/summary.txt")
             mlflow.log_artifact(str(tmp / META_NAME), "model")
-            mlflow.paddle.log_model(best_net, name="paddle_model", input_spec=[
-                InputSpec([None, 3, input_size, input_size], "float32", "image")])
+            mlflow.paddle.log_model(best_net, name="paddle_model", registered_model_name=model_name, input_spec=[
+                InputSpec([None, 3, input_size, input_size], "float32", "image")], pip_requirements=LOADS_WITH)
         write_plots(paths["plots"], state["history"])
         write_json_atomic(paths["metrics"], metrics)
         state["completed"] = True  # a rerun now trains afresh instead of "resuming" a finished run
         write_json_atomic(paths["checkpoint_dir"] / "state.json", state)
 
     return {"model_dir": str(paths["model_dir"]), "run_id": active.info.run_id, **metrics}
-
-
-def write_plots(path: Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["epoch", "train_loss", "val_mIoU", "val_acc"],
-                            lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
-    write_text_atomic(path, buffer.getvalue())
 
 
 def _plain(node) -> dict:

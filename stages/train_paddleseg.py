@@ -10,9 +10,7 @@ the same inputs, continues from its last checkpoint.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -33,13 +31,14 @@ from stages.models.inference_model import META_NAME, ModelMeta, export
 from stages.training import distributed
 from stages.training.paddleseg_loop import (BEST_DIR, STATE_NAME, LoopSettings, build, dump_config, latest_state,
                                             new_state, normalisation, resolve_config, restore, train)
-from stages.training.tracking import log_metrics, training_run
+from stages.training.summary import training_metrics, validation_metrics, write_plots
+from stages.training.tracking import log_metrics, registered_model_name, training_run
 
 STAGE = "train_paddleseg"
 CONFIG_NAME = "paddleseg.yml"
 # Params that change how fast training runs, not what it computes: a checkpoint stays valid across them.
 RUNTIME_PARAMS = ("num_workers", "num_threads")
-PLOT_COLUMNS = ["epoch", "train_loss", "val_mIoU", "val_acc", "iter"]  # train_paddle's columns, then iter
+LOADS_WITH = mlflow.paddle.get_default_pip_requirements()  # Paddle only (see train_paddle.LOADS_WITH)
 
 
 def output_paths(cfg) -> dict[str, Path]:
@@ -154,6 +153,7 @@ def run(cfg) -> dict:
     distributed.barrier()
     resume_run_id = resumed[1]["run_id"] if resumed else None
 
+    model_name = registered_model_name(cfg, "paddleseg")
     with training_run(cfg, STAGE, paths["run_id_file"], resume_run_id=resume_run_id) as active:
         parts = prepare(document, resumed)
         if resumed:
@@ -165,38 +165,19 @@ def run(cfg) -> dict:
         resumed_from = int(state["iter"])
 
         def on_eval(step: int, scores: dict, row: dict) -> None:
-            log_metrics({"val/mIoU": scores["mIoU"], "val/acc": scores["acc"], "val/kappa": scores["kappa"],
-                         "val/mDice": scores["mDice"],
-                         **{f"val/IoU/{name}": iou for name, iou in zip(labels.names, scores["IoU"])}}, step=step)
+            log_metrics(validation_metrics(scores, labels.names, row["epoch"]), step=step)
 
         state = train(parts, settings, paths["checkpoint_dir"], state,
                       on_log=lambda step, values: log_metrics(values, step=step), on_eval=on_eval)
 
-        per_epoch = len(parts.train_dataset) // settings.batch_size
-        best = state["best_scores"]
-        counts = count_parameters(parts.model)
         input_size = input_size_of(document, params)
-        metrics = {
-            "num_params": counts["total"],
-            "num_trainable_params": counts["trainable"],
-            "best_val_mIoU": state["best_val_mIoU"],
-            "best_epoch": round(state["best_iter"] / per_epoch, 3),
-            "epochs": round(state["iter"] / per_epoch, 3),
-            "resumed_from_epoch": round(resumed_from / per_epoch, 3),
-            "train_seconds": round(state["train_seconds"], 2),
-            "train_images_per_second": round(state["train_images"] / max(state["train_step_seconds"], 1e-9), 3),
-            "input_size": input_size[0],
-            "batch_size": settings.batch_size,
-            "device": "gpu" if on_gpu else "cpu",
-            "iters": state["iter"],
-            "best_iter": state["best_iter"],
-            "resumed_from_iter": resumed_from,
-            "crop_size": int(params.crop_size),
-            "best_val_acc": best["acc"],
-            "best_val_kappa": best["kappa"],
-            "best_val_mDice": best["mDice"],
-            "best_val_IoU": dict(zip(labels.names, best["IoU"])),
-        }
+        metrics = training_metrics(
+            num_params=count_parameters(parts.model), best_scores=state["best_scores"], class_names=labels.names,
+            iters=state["iter"], best_iter=state["best_iter"], resumed_from_iter=resumed_from,
+            iters_per_epoch=len(parts.train_dataset) // settings.batch_size, train_seconds=state["train_seconds"],
+            train_step_seconds=state["train_step_seconds"], train_images=state["train_images"],
+            input_size=input_size[0], crop_size=int(params.crop_size), batch_size=settings.batch_size,
+            device="gpu" if on_gpu else "cpu")
         architecture = str(document["model"]["type"])
         mean, std = normalisation(document)
         meta = ModelMeta(input_size, labels.names, mean, std, architecture)
@@ -210,23 +191,14 @@ def run(cfg) -> dict:
             # MLflow gets the same files before they go live, so a logging failure leaves no new outputs.
             log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
             mlflow.log_artifact(str(tmp / META_NAME), "model")
-            mlflow.paddle.log_model(parts.model, name="paddleseg_model", input_spec=[
-                InputSpec([None, 3, *input_size], "float32", "image")])
+            mlflow.paddle.log_model(parts.model, name="paddleseg_model", registered_model_name=model_name, input_spec=[
+                InputSpec([None, 3, *input_size], "float32", "image")], pip_requirements=LOADS_WITH)
         write_plots(paths["plots"], state["history"])
         write_json_atomic(paths["metrics"], metrics)
         state["completed"] = True  # a rerun now trains afresh instead of "resuming" a finished run
         write_json_atomic(paths["checkpoint_dir"] / f"iter_{state['iter']}" / STATE_NAME, state)
 
     return {"model_dir": str(paths["model_dir"]), "run_id": active.info.run_id, **metrics}
-
-
-def write_plots(path: Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=PLOT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
-    write_text_atomic(path, buffer.getvalue())
 
 
 if __name__ == "__main__":

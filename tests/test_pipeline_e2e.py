@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from dvc_helpers import copy_repo, dvc, env, git
 from mlflow_server import mlflow_server
+from mlflow_ui import need_chromium, render
 
 pytestmark = pytest.mark.slow
 TRAINERS = ("train_paddle", "train_paddleseg")
@@ -75,6 +76,97 @@ def test_mlflow_server_holds_both_training_runs_with_the_same_metric_names(team_
         assert run_id["run_id"] == run.info.run_id
     models = client.search_logged_models([experiment.experiment_id])
     assert {m.source_run_id for m in models} >= {runs[t].info.run_id for t in TRAINERS}
+
+
+def lock_md5(repo, stage: str) -> str:
+    return yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]["outs"][0]["md5"]
+
+
+def training_runs(repo, uri) -> dict:
+    client = MlflowClient(uri)
+    name = yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["experiment"]
+    experiment_id = client.get_experiment_by_name(name).experiment_id
+    return {run.data.tags["stage"]: run for run in client.search_runs([experiment_id])}
+
+
+def test_mlflow_runs_have_dvc_datasets_registered_models_a_champion_and_true_durations(team_repo, monkeypatch):
+    repo, uri = team_repo
+    client = MlflowClient(uri)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    experiment = client.get_experiment_by_name(params["mlflow"]["experiment"])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = training_runs(repo, uri)
+    for trainer in TRAINERS:
+        run = runs[trainer]
+        # the data it trained on: dvc.lock's md5 of data/processed (as convert_json recorded it)
+        [data] = run.inputs.dataset_inputs
+        assert data.dataset.name == "data/processed"
+        assert data.dataset.digest + ".dir" == lock_md5(repo, "convert_json")
+        assert json.loads(data.dataset.profile)["splits_md5"] == lock_md5(repo, "build_splits")
+        # its duration is the training's: predict and report added to it after it ended
+        test_logged = client.get_metric_history(run.info.run_id, "test/mIoU")[0].timestamp
+        assert run.info.end_time < test_logged
+    # one registered version per training run; the champion is the better test mIoU
+    test_miou = {m: r["test"]["mIoU"] for m, r in json.loads((repo / "reports" / "metrics.json").read_text()).items()}
+    champion = max(test_miou, key=test_miou.get)
+    for model in MODELS:
+        name = params["mlflow"]["registered_models"][model]
+        [version] = client.search_model_versions(f"name = '{name}'")
+        assert version.run_id == runs[f"train_{model}"].info.run_id
+        aliases = {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
+        assert aliases == ({"champion": str(version.version)} if model == champion else {})
+
+    # models:/<name>@champion loads from the server and predicts like the exported model in models/
+    import mlflow.paddle
+    import numpy as np
+    import paddle
+
+    from stages.models.inference_model import Predictor
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    loaded = mlflow.paddle.load_model(f"models:/{params['mlflow']['registered_models'][champion]}@champion")
+    height, width = json.loads((repo / "models" / champion / "meta.json").read_text())["input_size"]
+    batch = np.random.default_rng(0).uniform(-1, 1, (2, 3, height, width)).astype("float32")
+    scores = loaded(paddle.to_tensor(batch)).numpy()
+    expected = Predictor(repo / "models" / champion, use_gpu=False, cpu_threads=1).logits(batch)
+    np.testing.assert_allclose(scores, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def test_both_trainers_write_the_same_metric_keys(team_repo):
+    repo, _ = team_repo
+    shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    keys = {trainer: set(files[f"metrics/{trainer}.json"]["data"]) for trainer in TRAINERS}
+    assert keys["train_paddle"] == keys["train_paddleseg"] and "best_val_IoU" in keys["train_paddle"]
+    headers = {(repo / "plots" / f"{trainer}.csv").read_text().splitlines()[0] for trainer in TRAINERS}
+    assert headers == {"epoch,iter,train_loss,val_mIoU,val_acc"}
+
+
+def test_dvc_artifacts_get_fetches_a_tagged_model(team_repo, tmp_path):
+    repo, _ = team_repo
+    git(repo, "tag", "-a", "doveseg-unet@v0.1.0", "-m", "UNet of the smoke repro")
+    dvc(repo, "artifacts", "get", str(repo), "doveseg-unet", "-o", str(tmp_path / "unet"))
+    assert (tmp_path / "unet" / "inference.pdiparams").is_file() and (tmp_path / "unet" / "meta.json").is_file()
+
+
+def test_mlflow_ui_shows_both_runs_with_their_dataset_and_the_registered_models(team_repo, tmp_path):
+    """A real headless Chromium on the real server: the Model training view, both runs and their dataset."""
+    need_chromium()
+    repo, uri = team_repo
+    from stages.common.config import load_params
+    from stages.training.tracking import experiment_page
+
+    page = experiment_page(load_params([f"mlflow.tracking_uri={uri}"], repo), uri)
+    text = render(page, tmp_path / "experiment.png")
+    print(f"screenshots: {tmp_path}")
+    assert text[0].startswith("Runs - "), text[:20]  # the runs table, not the GenAI overview
+    assert {"Model training", "Run Name", "Dataset", "Duration"} <= set(text)
+    assert set(TRAINERS) <= set(text)
+    digest = lock_md5(repo, "convert_json").removesuffix(".dir")
+    assert text.count(f"data/processed ({digest})") == 2
+    models = render(f"{uri}/#/models?workflowType=machine_learning", tmp_path / "models.png")
+    assert {"doveseg-dovenet", "doveseg-unet"} <= set(models)
+    assert any("champion" in line for line in models), models[:60]
 
 
 def test_dag_shows_every_stage(team_repo):

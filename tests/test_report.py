@@ -5,13 +5,20 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import mlflow
+import mlflow.paddle
+import numpy as np
+import paddle
 from mlflow.tracking import MlflowClient
+from paddle.static import InputSpec
 
 from stages import predict, report
 from stages.common.config import StageError
-from stages.training.tracking import read_run_id, training_run
+from stages.evaluation.figures import curve_panels
+from stages.training.summary import STEP_COLUMNS
+from stages.training.tracking import CHAMPION, read_registered_version, read_run_id, registered_model_name, training_run
 
-from tiny_pipeline import export_both_models, make_cfg, make_dataset, write_training_outputs
+from tiny_pipeline import export_both_models, make_cfg, make_dataset, red_detector, write_training_outputs
 
 MODELS = ("paddle", "paddleseg")
 
@@ -33,10 +40,13 @@ def pipeline(tmp_path_factory, mlflow_store):
         export_both_models(root / "models")
         cfg = make_cfg(*overrides)
         predict.run(cfg)
-        for name in MODELS:
+        for name, pool in zip(MODELS, (1, 2)):  # the models predict scored, logged and registered as trainers do
             write_training_outputs(cfg, name)
             with training_run(cfg, f"train_{name}", root / "models" / name / "mlflow_run.json"):
-                pass
+                mlflow.paddle.log_model(red_detector(pool), name=f"{name}_model",
+                                        registered_model_name=registered_model_name(cfg, name),
+                                        input_spec=[InputSpec([None, 3, 16, 16], "float32", "image")],
+                                        pip_requirements=mlflow.paddle.get_default_pip_requirements())
         yield overrides, report.run(cfg)
 
 
@@ -116,10 +126,43 @@ def test_each_training_run_gets_the_test_metrics_and_the_report(pipeline):
         for key in ("test/acc", "test/kappa", "test/mDice", "test/precision/dove", "test/recall/_background_"):
             assert key in run.data.metrics
         assert run.info.status == "FINISHED"
+        # Added without reopening the run: it ended (training) before the test metrics came.
+        logged = client.get_metric_history(run_id, "test/mIoU")[0].timestamp
+        assert run.info.end_time < logged, "report moved the run's end time"
         artifacts = {a.path for a in client.list_artifacts(run_id, "report")}
         assert {"report/index.html", "report/report.md", "report/metrics.json", "report/figures"} <= artifacts
         figures = {a.path for a in client.list_artifacts(run_id, "report/figures")}
         assert "report/figures/training_curves.png" in figures
+
+
+def test_champion_alias_goes_to_the_better_test_miou_and_loads_as_a_model(pipeline):
+    overrides, result = pipeline
+    cfg = make_cfg(*overrides)
+    client = MlflowClient(str(cfg.mlflow.tracking_uri))
+    test_miou = {name: m["test"]["mIoU"] for name, m in
+                 json.loads((Path(cfg.paths.reports_dir) / "metrics.json").read_text()).items()}
+    assert test_miou["paddle"] != test_miou["paddleseg"]
+    winner = max(test_miou, key=test_miou.get)
+    loser = min(test_miou, key=test_miou.get)
+    name, version = read_registered_version(Path(cfg.paths.models_dir) / winner / "mlflow_run.json")
+    assert result["champion"] == {"model": winner, "registered_model": name, "version": version}
+    assert name == cfg.mlflow.registered_models[winner]
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == version
+    assert CHAMPION not in client.get_registered_model(cfg.mlflow.registered_models[loser]).aliases
+
+    # models:/<name>@champion loads with MLflow's paddle flavour and predicts as the registered network did.
+    loaded = mlflow.paddle.load_model(f"models:/{name}@{CHAMPION}")
+    batch = np.random.default_rng(0).uniform(-1, 1, (2, 3, 16, 16)).astype("float32")
+    expected = red_detector(1 if winner == "paddle" else 2)(paddle.to_tensor(batch)).numpy()
+    np.testing.assert_allclose(loaded(paddle.to_tensor(batch)).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_curves_draw_metrics_only(pipeline):
+    overrides, _ = pipeline
+    cfg = make_cfg(*overrides)
+    curves = {name: report.read_curves(Path(cfg.paths.plots_dir) / f"train_{name}.csv") for name in MODELS}
+    assert all(set(STEP_COLUMNS) <= set(table) for table in curves.values())  # the CSVs have both step columns
+    assert curve_panels(curves, "epoch", STEP_COLUMNS) == ["train_loss", "val_mIoU", "val_acc"]
 
 
 def test_worst_samples_come_lowest_mean_miou_first(pipeline):

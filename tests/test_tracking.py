@@ -1,6 +1,17 @@
-import mlflow
+import json
+import time
+from pathlib import Path
 
+import mlflow
+import mlflow.paddle
+import pytest
+from paddle.static import InputSpec
+
+from stages.common.config import StageError
+from stages.data.dvc_hash import dvc_md5, lock_entry
 from stages.training import tracking
+
+from tiny_pipeline import make_dataset, red_detector
 
 
 def test_a_second_store_in_the_same_process_gets_its_own_runs(tmp_path, make_cfg, monkeypatch):
@@ -15,3 +26,135 @@ def test_a_second_store_in_the_same_process_gets_its_own_runs(tmp_path, make_cfg
             tracking.log_metrics({"train/loss": 1.0}, step=0)
         assert mlflow.MlflowClient(uri).get_run(run.info.run_id).data.metrics == {"train/loss": 1.0}
         assert tracking.read_run_id(tmp_path / f"{name}.json") == run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for this module's tests (creating one costs seconds)."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.MlflowClient(uri).search_experiments()
+    return uri, root
+
+
+@pytest.fixture
+def cfg_in(store, tmp_path, make_cfg, monkeypatch):
+    """A cfg on the module's store, with a tiny processed dataset and split lists under tmp_path."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri, root = store
+    data = make_dataset(tmp_path / "data")
+
+    def make(*overrides: str):
+        return make_cfg(*data, f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={root / 'mlruns'}", *overrides)
+    return make
+
+
+def test_experiments_are_tagged_for_the_model_training_view_new_and_old(cfg_in, tmp_path):
+    cfg = cfg_in("mlflow.experiment=fresh")
+    with tracking.training_run(cfg, "train_x", tmp_path / "run.json"):
+        pass
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    assert client.get_experiment_by_name("fresh").tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+    # An experiment made before (by an older doveseg, or by hand) gets the tag on its next run.
+    old_id = client.create_experiment("made-before", artifact_location=(tmp_path / "old").as_uri())
+    assert tracking.EXPERIMENT_KIND_TAG not in client.get_experiment(old_id).tags
+    with tracking.training_run(cfg_in("mlflow.experiment=made-before"), "train_x", tmp_path / "run.json"):
+        pass
+    assert client.get_experiment(old_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    page = tracking.experiment_page(cfg_in("mlflow.experiment=made-before"), "http://127.0.0.1:5000/")
+    assert page == f"http://127.0.0.1:5000/#/experiments/{old_id}?workflowType=machine_learning"
+
+
+def test_training_run_logs_the_dvc_hashed_data_as_its_dataset(cfg_in, tmp_path):
+    cfg = cfg_in()
+    with tracking.training_run(cfg, "train_x", tmp_path / "run.json") as run:
+        pass
+    logged = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(run.info.run_id).inputs.dataset_inputs
+    assert len(logged) == 1
+    dataset = logged[0].dataset
+    processed = lock_entry(cfg.data.processed_dir)
+    assert dataset.name == str(cfg.data.processed_dir) and dataset.source_type == "local"
+    assert dataset.digest + ".dir" == processed["md5"]  # the md5 DVC records, without ".dir"
+    assert json.loads(dataset.source) == {"uri": str(cfg.data.processed_dir)}
+    profile = json.loads(dataset.profile)
+    assert profile == {"nfiles": processed["nfiles"], "size": processed["size"],
+                       "splits_dir": str(cfg.data.splits_dir), "splits_md5": dvc_md5(cfg.data.splits_dir)}
+    assert [(tag.key, tag.value) for tag in logged[0].tags] == [("mlflow.data.context", "training")]
+
+    # Other data, another digest: runs group and filter by data version.
+    label = Path(cfg.data.processed_dir) / "dove_a" / "label.png"
+    label.write_bytes(label.read_bytes() + b"\0")
+    with tracking.training_run(cfg, "train_x", tmp_path / "run.json") as other:
+        pass
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    assert client.get_run(other.info.run_id).inputs.dataset_inputs[0].dataset.digest != dataset.digest
+    found = client.search_runs([run.info.experiment_id], filter_string=f"dataset.digest = '{dataset.digest}'")
+    assert [r.info.run_id for r in found] == [run.info.run_id]
+
+
+def test_each_training_run_registers_a_version_and_names_it_in_the_run_id_file(cfg_in, tmp_path):
+    cfg = cfg_in("mlflow.registered_models.paddle=tiny-net")
+    versions = []
+    for _ in range(2):
+        with tracking.training_run(cfg, "train_paddle", tmp_path / "run.json") as run:
+            mlflow.paddle.log_model(red_detector(), name="paddle_model",
+                                    registered_model_name=tracking.registered_model_name(cfg, "paddle"),
+                                    input_spec=[InputSpec([None, 3, 8, 8], "float32", "image")],
+                                        pip_requirements=mlflow.paddle.get_default_pip_requirements())
+        versions.append(tracking.read_registered_version(tmp_path / "run.json"))
+        client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+        assert client.get_model_version(*versions[-1]).run_id == run.info.run_id
+    assert versions == [("tiny-net", "1"), ("tiny-net", "2")]
+
+    with pytest.raises(StageError, match="mlflow.registered_models.paddleseg"):
+        tracking.registered_model_name(cfg_in("~mlflow.registered_models.paddleseg"), "paddleseg")
+    (tmp_path / "old.json").write_text(json.dumps({"run_id": "abc"}))
+    with pytest.raises(StageError, match="rerun the training stage"):
+        tracking.read_registered_version(tmp_path / "old.json")
+
+
+def test_finished_run_gets_metrics_and_artifacts_without_moving_its_end_time(cfg_in, tmp_path):
+    cfg = cfg_in()
+    with tracking.training_run(cfg, "train_x", tmp_path / "run.json") as run:
+        tracking.log_metrics({"train/loss": 1.0}, step=1)
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    before = client.get_run(run.info.run_id).info
+    time.sleep(0.05)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "a.png").write_bytes(b"png")
+    (tmp_path / "report.md").write_text("# report")
+    finished = tracking.FinishedRun(cfg, tmp_path / "run.json")
+    finished.log_metrics({f"test/IoU/class_{i}": i / 1500 for i in range(1500)} | {"test/nan": float("nan")})
+    finished.log_artifacts(tmp_path / "figures", "report/figures")
+    finished.log_artifact(tmp_path / "report.md", "report")
+    after = client.get_run(run.info.run_id)
+    assert (after.info.start_time, after.info.end_time, after.info.status) == \
+        (before.start_time, before.end_time, "FINISHED")
+    assert len([k for k in after.data.metrics if k.startswith("test/IoU/")]) == 1500  # past the batch limit
+    assert "test/nan" not in after.data.metrics
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} == {"report/figures", "report/report.md"}
+
+
+def aliases(client, name: str) -> dict[str, str]:
+    return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
+
+
+def test_champion_alias_moves_to_the_best_and_leaves_the_others(cfg_in):
+    cfg = cfg_in()
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    for name in ("champ-a", "champ-b"):
+        client.create_registered_model(name)
+        for _ in range(2):
+            client.create_model_version(name, source=f"{cfg.mlflow.artifact_location}/{name}")
+    first = tracking.crown_champion(cfg, {"a": (0.7, ("champ-a", "2")), "b": (0.6, ("champ-b", "1"))})
+    assert first == ("a", "champ-a", "2")
+    assert aliases(client, "champ-a") == {"champion": "2"}
+    assert aliases(client, "champ-b") == {}
+    second = tracking.crown_champion(cfg, {"a": (0.7, ("champ-a", "2")), "b": (0.8, ("champ-b", "2"))})
+    assert second == ("b", "champ-b", "2")
+    assert aliases(client, "champ-a") == {}
+    assert aliases(client, "champ-b") == {"champion": "2"}
+    # a missing score never wins; a tie goes to the first model
+    assert tracking.crown_champion(cfg, {"a": (None, ("champ-a", "1")), "b": (0.1, ("champ-b", "1"))})[0] == "b"
+    assert tracking.crown_champion(cfg, {"a": (0.5, ("champ-a", "1")), "b": (0.5, ("champ-b", "1"))})[0] == "a"

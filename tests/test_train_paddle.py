@@ -21,7 +21,9 @@ from stages.train_paddle import (STAGE, SegLoss, SegMetric, WeightAverage, build
                                  load_checkpoint, math_threads, output_paths, run)
 from stages.training.dataset import Augment, EpochSampler, SegDataset, hflip, normalize, random_crop, resize_pair
 
-from tiny_pipeline import make_dataset
+from stages.training.summary import PLOT_COLUMNS
+
+from tiny_pipeline import flat_keys, make_dataset, metrics_schema
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Tiny, fast training settings (the smoke profile's spirit, explicit so the test does not depend on it).
@@ -336,14 +338,17 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
     paths = output_paths(cfg)
 
     metrics = json.loads(paths["metrics"].read_text())
+    assert flat_keys(metrics) == metrics_schema()  # the schema train_paddleseg writes too
     for key in ("num_params", "best_val_mIoU", "epochs", "train_seconds", "train_images_per_second"):
         assert key in metrics and result[key] == metrics[key]
     assert metrics["epochs"] == 2 and metrics["num_params"] == 2_058_690
+    assert metrics["iters"] == 4 and metrics["best_iter"] == 2 * metrics["best_epoch"]  # 6 images, batch 4: 2 steps
     assert 0 <= metrics["best_val_mIoU"] <= 1 and metrics["train_images_per_second"] > 0
+    assert metrics["best_val_mIoU"] == pytest.approx(np.mean(list(metrics["best_val_IoU"].values())))
 
     curves = read_csv(paths["plots"])
-    assert [row["epoch"] for row in curves] == ["1", "2"]
-    assert set(curves[0]) == {"epoch", "train_loss", "val_mIoU", "val_acc"}
+    assert [row["epoch"] for row in curves] == ["1", "2"] and [row["iter"] for row in curves] == ["2", "4"]
+    assert list(curves[0]) == list(PLOT_COLUMNS)
     assert max(float(row["val_mIoU"]) for row in curves) == pytest.approx(metrics["best_val_mIoU"], abs=1e-6)
 
     # The exported model loads without the training code and scores every pixel.
@@ -362,7 +367,7 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
     client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
     tracked = client.get_run(run_info["run_id"])
     assert tracked.info.status == "FINISHED"
-    for name in ("train/loss", "val/mIoU", "val/acc"):
+    for name in ("train/loss", "val/mIoU", "val/acc", "val/kappa", "val/mDice", "val/IoU/dove", "epoch"):
         assert [m.step for m in client.get_metric_history(tracked.info.run_id, name)] == [1, 2]
     assert tracked.data.metrics["best_val_mIoU"] == pytest.approx(metrics["best_val_mIoU"])
     assert tracked.data.params["train_paddle.input_size"] == "32"
@@ -376,6 +381,11 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
                                                 filter_string=f"source_run_id = '{tracked.info.run_id}'",
                                                 output_format="list")
     assert [m.name for m in logged_models] == ["paddle_model"]
+    # registered: a new version of the model named in params, recorded in the run-id file
+    assert run_info["registered_model"]["name"] == cfg.mlflow.registered_models.paddle == "doveseg-dovenet"
+    version = client.get_model_version("doveseg-dovenet", run_info["registered_model"]["version"])
+    assert version.run_id == tracked.info.run_id and version.source == f"models:/{logged_models[0].model_id}"
+    assert [d.dataset.name for d in tracked.inputs.dataset_inputs] == [str(cfg.data.processed_dir)]
 
     # The checkpoint is kept (DVC persist) but marked finished: a rerun trains afresh, in a new run.
     state = json.loads((paths["checkpoint_dir"] / "state.json").read_text())

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import mlflow.paddle
 import numpy as np
 import paddle
 import pytest
@@ -26,7 +27,9 @@ from stages.data.split_lists import read_split
 from stages.train_paddleseg import STAGE, fingerprint, output_paths, run
 from stages.training.paddleseg_loop import IterationBatches, checkpoint_iters, rename_optimizer_state, resolve_config
 
-from tiny_pipeline import make_dataset
+from stages.training.summary import PLOT_COLUMNS
+
+from tiny_pipeline import flat_keys, make_dataset, metrics_schema
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Tiny, fast settings (the smoke profile's spirit, explicit so the test does not depend on it).
@@ -35,9 +38,6 @@ TINY = ["train_paddleseg.input_size=32", "train_paddleseg.crop_size=32", "train_
         "train_paddleseg.keep_checkpoint_max=1", "train_paddleseg.num_threads=1",
         "train_paddleseg.distributed.nproc=1"]  # one process, whatever the profile says
 SIZES = {"dove_a": (30, 40), "dove_b": (47, 33), "dove_c": (64, 48), "dove_d": (21, 26), "empty_e": (36, 36)}
-TRAIN_PADDLE_METRIC_KEYS = {"num_params", "num_trainable_params", "best_val_mIoU", "best_epoch", "epochs",
-                            "resumed_from_epoch", "train_seconds", "train_images_per_second", "input_size",
-                            "batch_size", "device"}
 
 
 # --- fixtures ----------------------------------------------------------------------------------------
@@ -178,15 +178,15 @@ def test_fingerprint_follows_training_inputs_only(cfg_for):
 # --- real training ----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
+def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for, monkeypatch):
     cfg = cfg_for()
     result = run(cfg)
     paths = output_paths(cfg)
 
     metrics = json.loads(paths["metrics"].read_text())
-    assert TRAIN_PADDLE_METRIC_KEYS <= set(metrics)  # train_paddle's keys, so dvc metrics compare them
+    assert flat_keys(metrics) == metrics_schema()  # train_paddle's keys, so dvc metrics compare them
     assert metrics["num_params"] == 13_404_354 and metrics["iters"] == 4 and metrics["best_iter"] in (2, 4)
-    assert metrics["epochs"] == 2.0  # 4 iterations of batch 2 over 5 images: 2 batches an epoch
+    assert metrics["epochs"] == 2  # 4 iterations of batch 2 over 5 images: 2 batches an epoch
     assert 0 <= metrics["best_val_mIoU"] <= 1 and metrics["train_images_per_second"] > 0
     assert set(metrics["best_val_IoU"]) == {"_background_", "dove"}
     for key in ("best_val_acc", "best_val_kappa", "best_val_mDice"):
@@ -195,8 +195,8 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
         {k: v for k, v in metrics.items() if k != "best_val_IoU"}
 
     curves = read_csv(paths["plots"])
-    assert [row["iter"] for row in curves] == ["2", "4"] and [row["epoch"] for row in curves] == ["1.0", "2.0"]
-    assert list(curves[0]) == ["epoch", "train_loss", "val_mIoU", "val_acc", "iter"]
+    assert [row["iter"] for row in curves] == ["2", "4"] and [row["epoch"] for row in curves] == ["1", "2"]
+    assert list(curves[0]) == list(PLOT_COLUMNS)
     assert max(float(row["val_mIoU"]) for row in curves) == pytest.approx(metrics["best_val_mIoU"], abs=1e-6)
 
     # keep_checkpoint_max=1: only the last iteration checkpoint, plus the best model, in PaddleSeg's layout.
@@ -236,8 +236,9 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
     tracked = client.get_run(run_info["run_id"])
     assert tracked.info.status == "FINISHED" and tracked.info.run_name == STAGE
     assert [m.step for m in client.get_metric_history(tracked.info.run_id, "train/loss")] == [1, 2, 3, 4]
-    for name in ("val/mIoU", "val/acc", "val/kappa", "val/mDice", "val/IoU/dove"):
+    for name in ("val/mIoU", "val/acc", "val/kappa", "val/mDice", "val/IoU/dove", "epoch"):
         assert [m.step for m in client.get_metric_history(tracked.info.run_id, name)] == [2, 4]
+    assert [m.value for m in client.get_metric_history(tracked.info.run_id, "epoch")] == [1, 2]  # x axis for charts
     assert tracked.data.metrics["best_val_mIoU"] == pytest.approx(metrics["best_val_mIoU"])
     assert tracked.data.params["train_paddleseg.crop_size"] == "32"
     assert tracked.data.params["train_paddle.input_size"]  # the whole cfg: columns match train_paddle's
@@ -250,10 +251,19 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
                                                 filter_string=f"source_run_id = '{tracked.info.run_id}'",
                                                 output_format="list")
     assert [m.name for m in logged_models] == ["paddleseg_model"]
+    assert run_info["registered_model"]["name"] == cfg.mlflow.registered_models.paddleseg == "doveseg-unet"
+    assert client.get_model_version("doveseg-unet", run_info["registered_model"]["version"]).run_id == result["run_id"]
 
     # A finished run is not "resumed": a rerun trains afresh, in a new MLflow run.
     again = run(cfg)
     assert again["resumed_from_iter"] == 0 and again["run_id"] != result["run_id"]
+    again_version = json.loads(paths["run_id_file"].read_text())["registered_model"]["version"]
+    assert int(again_version) == int(run_info["registered_model"]["version"]) + 1  # a version per training run
+
+    # The registered version loads with MLflow's paddle flavour and predicts as the trained network did.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.mlflow.tracking_uri)
+    loaded = mlflow.paddle.load_model(f"models:/doveseg-unet/{run_info['registered_model']['version']}")
+    np.testing.assert_allclose(loaded(batch).numpy(), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
 @pytest.mark.slow

@@ -145,12 +145,30 @@ def write_training_outputs(cfg, name: str, epochs: int = 4) -> None:
         {"best_val_mIoU": 0.7, "train_seconds": 12.5, "num_params": 1234, "epochs": epochs}))
     with open(plots_dir / f"train_{name}.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["epoch", "train_loss", "val_mIoU", "val_acc"])
+        writer.writerow(["epoch", "iter", "train_loss", "val_mIoU", "val_acc"])
         for epoch in range(1, epochs + 1):
-            writer.writerow([epoch, 1.0 / epoch, 0.5 + 0.05 * epoch, 0.8 + 0.02 * epoch])
+            writer.writerow([epoch, 3 * epoch, 1.0 / epoch, 0.5 + 0.05 * epoch, 0.8 + 0.02 * epoch])
 
 
 def read_image(path: Path) -> Image.Image:
     with Image.open(path) as image:
         image.load()
         return image
+
+
+def flat_keys(data: dict, prefix: str = "") -> set[str]:
+    """The keys of a nested dict as `dvc metrics show` lists them ("best_val_IoU.dove")."""
+    keys = set()
+    for key, value in data.items():
+        keys |= flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return keys
+
+
+def metrics_schema(class_names=CLASS_NAMES) -> set[str]:
+    """The keys of metrics/train_<model>.json, from the trainers' shared builder."""
+    from stages.training.summary import training_metrics
+
+    return flat_keys(training_metrics(
+        num_params={"total": 1, "trainable": 1}, best_scores=None, class_names=class_names, iters=4, best_iter=2,
+        resumed_from_iter=0, iters_per_epoch=2, train_seconds=1.0, train_step_seconds=1.0, train_images=8,
+        input_size=32, crop_size=32, batch_size=2, device="cpu"))

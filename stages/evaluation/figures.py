@@ -81,15 +81,14 @@ def confusion_matrix(matrix: np.ndarray, class_names: list[str], title: str, pat
     return _save(figure, path)
 
 
-def training_curves(curves: dict[str, dict[str, list[float]]], path: Path, x_name: str = "epoch") -> Path:
-    """One panel per logged column (train_loss, val_mIoU, ...), one line per model.
+def training_curves(curves: dict[str, dict[str, list[float]]], path: Path, x_name: str = "epoch",
+                    step_columns=("epoch", "iter")) -> Path:
+    """One panel per metric column (train_loss, val_mIoU, ...), one line per model.
 
     ``curves[model][column]`` is a list of values aligned with ``curves[model][x_name]``; NaN (an epoch
-    without validation) is left out of that line.
+    without validation) is left out of that line. Step columns (epoch, iter) are x axes, not panels.
     """
-    columns = []
-    for table in curves.values():
-        columns += [name for name in table if name != x_name and name not in columns]
+    columns = curve_panels(curves, x_name, step_columns)
     panels = max(1, len(columns))
     figure = Figure(figsize=(4.2 * panels, 3.4), dpi=DPI, layout="constrained")
     axes = figure.subplots(1, panels, squeeze=False)[0]
@@ -105,6 +104,15 @@ def training_curves(curves: dict[str, dict[str, list[float]]], path: Path, x_nam
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(figure, path)
+
+
+def curve_panels(curves: dict[str, dict[str, list[float]]], x_name: str = "epoch",
+                 step_columns=("epoch", "iter")) -> list[str]:
+    """The columns training_curves draws a panel for: every column but the x axis and the step counters."""
+    columns = []
+    for table in curves.values():
+        columns += [name for name in table if name != x_name and name not in step_columns and name not in columns]
+    return columns
 
 
 def _save(figure: Figure, path: Path) -> Path:

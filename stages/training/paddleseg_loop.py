@@ -34,6 +34,7 @@ from stages.common.config import StageError
 from stages.common.outputs import atomic_dir, write_json_atomic
 from stages.evaluation.metrics import ConfusionMatrix
 from stages.training import distributed, paddleseg_compat
+from stages.training.summary import epochs
 
 paddleseg_compat.apply()
 from paddleseg.core import infer  # noqa: E402  (after the compatibility fixes)
@@ -335,8 +336,8 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
 
         if iteration % settings.eval_interval == 0 or iteration == settings.iters:
             scores = evaluate(parts.model, parts.val_dataset, num_classes, parts.val_dataset.ignore_index)
-            row = {"epoch": round(iteration / per_epoch, 3), "train_loss": float(eval_sum) / eval_count,
-                   "val_mIoU": scores["mIoU"], "val_acc": scores["acc"], "iter": iteration}
+            row = {"epoch": epochs(iteration, per_epoch), "iter": iteration, "train_loss": float(eval_sum) / eval_count,
+                   "val_mIoU": scores["mIoU"], "val_acc": scores["acc"]}  # summary.PLOT_COLUMNS
             eval_sum, eval_count = paddle.zeros([]), 0
             state["history"].append(row)
             if scores["mIoU"] > state["best_val_mIoU"]:

@@ -1,7 +1,10 @@
 """MLflow tracking shared by the trainers, predict and report (the contract is in DESIGN.md).
 
-Each training stage makes one run in ``cfg.mlflow.experiment``; its id goes to a run-id file that
-predict and report read to add test metrics and figures to the same run.
+Each training stage makes one run in ``cfg.mlflow.experiment`` (tagged for MLflow's "Model training"
+view), logs the data it trained on, hashed as DVC does, as the run's dataset and registers its model as
+a new version in the Model Registry. The run id and that version go to a run-id file; predict and report add
+test metrics and figures to the same run through MlflowClient, which leaves the run's start and end
+times alone (reopening it with ``start_run`` would move its end time), and report names the champion.
 """
 from __future__ import annotations
 
@@ -10,22 +13,33 @@ import json
 import math
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
 import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Metric
 from omegaconf import OmegaConf
 
 from stages.common.config import StageError
 from stages.common.outputs import write_json_atomic
+from stages.data.dvc_hash import lock_entry
 from stages.data.split_lists import data_version
 
 # MLflow retries an unreachable server for minutes by default; fail in seconds instead.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+# The experiment kind MLflow's UI reads to open an experiment in its "Model training" view rather than
+# its GenAI one (MLflow 3.17's UI goes by its sidebar switch or the link instead: see experiment_page).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+CHAMPION = "champion"  # the Model Registry alias of the best model on the test split
 
 
 def tracking_uri(cfg) -> str:
@@ -83,13 +97,17 @@ def git_commit() -> str:
 
 
 def _use_experiment(cfg, uri: str) -> str:
+    """The experiment's id, created if needed, tagged for the "Model training" view (older ones too)."""
     name = str(cfg.mlflow.experiment)
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    local = urlparse(uri).scheme in ("sqlite", "")
-    location = Path(cfg.mlflow.artifact_location).resolve().as_uri() if local else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        local = urlparse(uri).scheme in ("sqlite", "")
+        location = Path(cfg.mlflow.artifact_location).resolve().as_uri() if local else None
+        return mlflow.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def _start(cfg, **start_kwargs):
@@ -124,16 +142,72 @@ def training_run(cfg, stage: str, run_id_file: str | Path,
                 "data_version": data_version(cfg),
                 "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
             })
+            log_training_data(cfg)
         yield run
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run()
-    write_json_atomic(run_id_file, {
-        "run_id": run.info.run_id,
-        "experiment_id": run.info.experiment_id,
-        "tracking_uri": tracking_uri(cfg),
-    })
+    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": tracking_uri(cfg)}
+    versions = mlflow.MlflowClient().search_model_versions(f"run_id = '{run.info.run_id}'")
+    if versions:  # the version this run registered (one per training run)
+        newest = max(versions, key=lambda version: int(version.version))
+        info["registered_model"] = {"name": newest.name, "version": str(newest.version)}
+    write_json_atomic(run_id_file, info)
+
+
+class TrainingData(MetaDataset):
+    """The processed samples a trainer learns from, as an MLflow dataset: named by their folder, with
+    DVC's md5 of that folder as the digest (dvc.lock's ``md5`` without its ``.dir`` suffix: MLflow's UI
+    splits a group's "name.digest" at the last dot) and, as the profile, DVC's size and file count plus
+    the md5 of the split lists. One dataset per run, so "Group by dataset" puts each run in one group."""
+
+    def __init__(self, cfg):
+        processed, splits = str(cfg.data.processed_dir), str(cfg.data.splits_dir)
+        entry = lock_entry(processed)
+        self._profile = {"nfiles": entry["nfiles"], "size": entry["size"], "splits_dir": splits,
+                         "splits_md5": lock_entry(splits)["md5"] if Path(splits).is_dir() else None}
+        with warnings.catch_warnings():  # MLflow registers the local source twice and says so
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(processed)
+        super().__init__(source, name=processed, digest=entry["md5"].removesuffix(".dir"))
+
+    @property
+    def profile(self) -> dict:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self._profile)}
+
+
+def log_training_data(cfg) -> None:
+    """The training run's dataset (computed as DVC does, so it matches dvc.lock under `dvc repro` and
+    an ad-hoc run outside DVC gets the hash DVC would record)."""
+    if Path(cfg.data.processed_dir).is_dir():
+        mlflow.log_input(TrainingData(cfg), context="training")
+
+
+def experiment_page(cfg, ui_url: str) -> str:
+    """The MLflow UI's page of the experiment, in its "Model training" view. MLflow 3.17's UI ignores the
+    experiment's kind tag and opens in the view its sidebar switch last chose (GenAI by default) unless
+    the link says ``workflowType=machine_learning``."""
+    query = "?workflowType=machine_learning"
+    try:
+        experiment = mlflow.MlflowClient(tracking_uri(cfg)).get_experiment_by_name(str(cfg.mlflow.experiment))
+    except mlflow.exceptions.MlflowException:
+        experiment = None
+    page = f"experiments/{experiment.experiment_id}" if experiment else "experiments"
+    return f"{ui_url.rstrip('/')}/#/{page}{query}"
+
+
+def registered_model_name(cfg, model: str) -> str:
+    """The Model Registry name of ``model`` ("paddle", "paddleseg") from mlflow.registered_models."""
+    names = cfg.mlflow.get("registered_models") or {}
+    name = names.get(model)
+    if not name or not str(name).strip():
+        raise StageError(f"params.yaml: mlflow.registered_models.{model} is missing; set it to the Model "
+                         f"Registry name of this model, e.g. doveseg-{model}")
+    return str(name)
 
 
 def _run_exists(cfg, run_id: str) -> bool:
@@ -162,16 +236,6 @@ def read_run_id(run_id_file: str | Path) -> str:
         raise StageError(f"{path}: no MLflow run id ({err}); rerun the training stage") from None
 
 
-@contextlib.contextmanager
-def reopen_run(cfg, run_id_file: str | Path) -> Iterator[mlflow.ActiveRun]:
-    """Reopen a training stage's run, so predict and report add to it."""
-    run_id = read_run_id(run_id_file)
-    if not _run_exists(cfg, run_id):
-        raise StageError(f"{run_id_file}: run {run_id} is not in the MLflow store {tracking_uri(cfg)}")
-    with _start(cfg, run_id=run_id) as run:
-        yield run
-
-
 def finished_run_client(cfg, run_id_file: str | Path) -> tuple[mlflow.MlflowClient, mlflow.entities.Run]:
     """A client on cfg's store and the finished training run named in ``run_id_file``, to add to that run
     without reopening it (reopening and ending it moves its end time). Also makes that store MLflow's
@@ -186,3 +250,52 @@ def finished_run_client(cfg, run_id_file: str | Path) -> tuple[mlflow.MlflowClie
     except mlflow.exceptions.MlflowException:
         raise StageError(f"{run_id_file}: run {run_id} is not in the MLflow store {uri}; "
                          "rerun the training stage") from None
+
+
+def read_registered_version(run_id_file: str | Path) -> tuple[str, str]:
+    """(registered model name, version) a training run registered, from its run-id file."""
+    path = Path(run_id_file)
+    try:
+        registered = json.loads(path.read_text())["registered_model"]
+        return str(registered["name"]), str(registered["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StageError(f"{path}: names no registered model version; rerun the training stage") from None
+
+
+class FinishedRun:
+    """A finished training run that predict and report add to through MlflowClient: unlike reopening it
+    with start_run, this leaves its status, start and end times alone (its duration stays the training's)."""
+
+    def __init__(self, cfg, run_id_file: str | Path):
+        self.client, run = finished_run_client(cfg, run_id_file)
+        self.run_id = run.info.run_id
+
+    def log_metrics(self, metrics: dict, step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()
+                 if value is not None and not (isinstance(value, float) and math.isnan(value))]
+        for start in range(0, len(batch), 1000):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, metrics=batch[start:start + 1000])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+
+def crown_champion(cfg, candidates: dict[str, tuple[float, tuple[str, str]]]) -> tuple[str, str, str]:
+    """Set the alias ``champion`` on the registered version with the best score, and take it away from
+    the other models' registered versions, so one model is the champion. ``candidates``: model ->
+    (test score, (registered name, version)); ties go to the first. Returns (model, name, version)."""
+    def score(item):
+        value = item[1][0]
+        return -math.inf if value is None or math.isnan(value) else value
+
+    model, (_, (name, version)) = max(candidates.items(), key=score)
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    client.set_registered_model_alias(name, CHAMPION, version)
+    for other_name in {registered[0] for _, registered in candidates.values()} - {name}:
+        if CHAMPION in client.get_registered_model(other_name).aliases:
+            client.delete_registered_model_alias(other_name, CHAMPION)
+    return model, name, version
