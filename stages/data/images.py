@@ -33,8 +33,16 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
+def read_rgb(path: str | Path, at_least: tuple[int, int] | None = None) -> np.ndarray:
+    """The image as seen (RGB, EXIF-oriented). With ``at_least`` (width, height), a JPEG may come out smaller
+    than stored but at least that size: decoded at a reduced scale by JPEG's DCT scaling, several times
+    faster for a photo that is about to be shrunk anyway."""
     with Image.open(path) as image:
+        if at_least is not None and image.format == "JPEG":
+            width, height = at_least
+            if image.getexif().get(0x0112) in (5, 6, 7, 8):  # the stored pixels are sideways
+                width, height = height, width
+            image.draft("RGB", (int(width), int(height)))
         return to_rgb(image)
 
 
