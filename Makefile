@@ -30,6 +30,7 @@ params: setup          ## recompose params.yaml from conf/, e.g. make params PRO
 
 bench: setup           ## speed benchmarks (print figures and ratios; not tests)
 	python bench/convert.py
+	python bench/real_photos.py
 
 mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

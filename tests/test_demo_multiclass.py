@@ -48,7 +48,7 @@ def test_writes_labelme_5_json_jpegs_and_a_labels_file(tmp_path):
 
 def test_phone_orientation_stores_sensor_pixels_with_an_exif_tag():
     size = (160, 120)
-    index, photo = find_index(lambda p: p.orientation == 6, size, rotated_share=0.5)
+    _, photo = find_index(lambda p: p.orientation == 6, size, rotated_share=0.5)
     assert photo.rgb.shape[:2] == (160, 120)  # seen as portrait: 120 wide, 160 high
     with Image.open(io.BytesIO(multiclass.encode_jpeg(photo))) as image:
         assert image.size == size and image.getexif()[0x0112] == 6

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_pipeline import make_cfg, make_dataset
 
 import stages.training.dataset as dovenet_data
-import stages.training.paddleseg_loop as paddleseg_loop
 from stages.data.images import save_label_png
 from stages.data.split_lists import read_split
+from stages.training import paddleseg_loop
 from stages.training.dataset import Augment, SegDataset
 from stages.training.photo_cache import PhotoCache
+
+from tiny_pipeline import make_cfg, make_dataset
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_dovenet_samples_do_not_depend_on_the_cache_budget(samples):
             for a, b in zip(roomy[index], none[index]):
                 np.testing.assert_array_equal(a, b)
     # validation resizes the whole photo to the input size, as predict does
-    image, label = SegDataset(samples, 32, (0, 0, 0), (1, 1, 1)).load_pair(1)
+    image, _ = SegDataset(samples, 32, (0, 0, 0), (1, 1, 1)).load_pair(1)
     with Image.open(samples[1].image) as photo:
         np.testing.assert_array_equal(image, np.asarray(photo.convert("RGB").resize((32, 32), Image.BILINEAR)))
 

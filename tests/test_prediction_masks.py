@@ -53,7 +53,7 @@ def test_scores_to_mask_holds_a_few_full_size_maps_whatever_the_classes():
     peaks = {}
     for classes in (3, 21):
         scores = rng.normal(size=(classes, 20, 27)).astype(np.float32)
-        peaks[classes] = peak_units(lambda: scores_to_mask(scores, (height, width)), height, width)
+        peaks[classes] = peak_units(lambda scores=scores: scores_to_mask(scores, (height, width)), height, width)
     # best-so-far + one class's map + the bool and uint8 masks: ~3.5 maps; a stack of C maps would be C + 1
     assert peaks[21] < 4.0 and peaks[3] < 4.0, peaks
     assert abs(peaks[21] - peaks[3]) < 0.25, peaks
@@ -71,7 +71,7 @@ def test_predict_masks_for_a_batch_holds_its_masks_and_a_few_maps_whatever_the_c
         masks = predict_masks(predictor, images)
         for scores, mask in zip(logits, masks):
             np.testing.assert_array_equal(mask, stacked_argmax(scores, (height, width)))
-        peaks[classes] = peak_units(lambda: predict_masks(predictor, images), height, width)
+        peaks[classes] = peak_units(lambda predictor=predictor: predict_masks(predictor, images), height, width)
     # the masks it returns (a quarter map each) plus the work on one photo
     assert peaks[21] < count * 0.25 + 4.0, peaks
     assert abs(peaks[21] - peaks[3]) < 0.25, peaks

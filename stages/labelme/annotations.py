@@ -195,7 +195,8 @@ def _decode_image(data: bytes, image_source: str, max_image_pixels: int, jpeg_dr
 
 def keeps_as_jpeg(image: Image.Image) -> bool:
     """An RGB (YCbCr) JPEG whose pixels are already as seen: no EXIF rotation or mirroring to apply."""
-    return image.format == "JPEG" and image.mode == "RGB" and image.getexif().get(EXIF_ORIENTATION, 1) not in range(2, 9)
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    return image.format == "JPEG" and image.mode == "RGB" and orientation not in range(2, 9)
 
 
 def _declared_size_problems(document: dict, actual: tuple[int, int]) -> list[str]:

@@ -31,9 +31,8 @@ import numpy as np
 import paddle
 import yaml
 from omegaconf import OmegaConf
-from tqdm import tqdm
-
 from PIL import Image
+from tqdm import tqdm
 
 from stages.common.config import StageError
 from stages.common.outputs import atomic_dir, write_json_atomic

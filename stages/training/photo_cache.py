@@ -10,7 +10,7 @@ DataLoader's worker processes (forked later) share it. Under Paddle's launcher e
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from tqdm import tqdm
