@@ -17,6 +17,7 @@ when all files converted.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import io
@@ -54,6 +55,7 @@ LABEL_VIZ_MAX_SIDE = 1024
 # zlib level 3 writes it ~30% smaller than run-length coding (~0.2-0.4 MB, next to a 1-3 MB photo kept as
 # it is) for ~15 ms more; the default level 6 saves 5% more in twice the time.
 LABEL_VIZ_PNG_OPTIONS = {"compress_level": 3}
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 @dataclass(frozen=True)
@@ -245,8 +247,21 @@ def _parallel_map(func: Callable, items: list, workers: int) -> Iterator:
         yield from progress(map(func, items))
         return
     chunksize = max(1, len(items) // (workers * 8))  # few round trips, still balanced
-    with multiprocessing.Pool(workers) as pool:
+    with multiprocessing.Pool(workers, initializer=_keep_freed_memory) as pool:
         yield from progress(pool.imap(func, items, chunksize=chunksize))
+
+
+def _keep_freed_memory() -> None:
+    """In a worker: have glibc's malloc serve big buffers from its heap and keep them when freed. By default
+    each 12-48 MB buffer of a phone photo is mmapped and handed back to the kernel, so every photo pays
+    ~30,000 page faults again: a third of the CPU time (measured: 596 -> 347 ms a photo). A no-op without
+    glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def _problems_message(problems: dict[str, list[str]], raw_dir: Path, total: int) -> str:
