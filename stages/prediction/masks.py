@@ -29,8 +29,9 @@ def scores_to_mask(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """C x h x w class scores -> H x W class ids: bilinear resize of the scores, then argmax.
 
     The argmax runs as the classes come: each class's resized map is compared with the best so far and
-    dropped, so at most two full-size float maps exist at once, whatever the number of classes (a stack of
-    C maps was 1 GB per 12 MP photo with 21 classes). Ties go to the lower class id, as np.argmax's do.
+    dropped, so two full-size float maps (and Pillow's buffer of the one being resized) exist at once,
+    whatever the number of classes; a stack of C maps was ~1 GB per 12 MP photo with 21 classes. Ties go
+    to the lower class id, as np.argmax's do: the masks are identical to the stack's argmax.
     """
     height, width = size
     if scores.shape[1:] == (height, width):
