@@ -36,6 +36,7 @@ params: setup          ## recompose params.yaml from conf/, e.g. make params PRO
 
 bench: setup           ## speed benchmarks (print figures and ratios; not tests)
 	python bench/convert.py
+	python bench/real_photos.py
 
 mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000, in the Model training view
 	@python -c "from stages.common.config import load_params; from stages.training.tracking import experiment_page; \

@@ -10,6 +10,7 @@ stage also writes label_viz.png, class_names.txt and the manifest, and validates
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -27,8 +28,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from stages import convert_json  # noqa: E402
 from stages.common.config import load_params  # noqa: E402
-from stages.data.images import read_label_png  # noqa: E402
+from stages.data.images import read_label_png, read_rgb  # noqa: E402
 from stages.data.labels import IGNORE_INDEX, IGNORE_NAME, read_labels  # noqa: E402
+from stages.data.split_lists import image_file_names  # noqa: E402
 from stages.labelme.annotations import find_annotation_files  # noqa: E402
 
 
@@ -75,6 +77,7 @@ def main() -> None:
     json_paths = find_annotation_files(args.raw)
     if not json_paths:
         sys.exit(f"no labelme JSON under {args.raw}")
+    raw_bytes = sum(path.stat().st_size for path in Path(args.raw).rglob("*") if path.is_file())
     labels = read_labels(args.labels)
     class_ids = {name: index for index, name in enumerate(labels.names)} | {IGNORE_NAME: IGNORE_INDEX}
     import labelme.utils  # noqa: F401  (imported before timing: PyQt5 and onnxruntime take seconds)
@@ -100,11 +103,15 @@ def main() -> None:
         labelme_wall, labelme_cpu = best_time(run_labelme, args.repeat)
         ours_wall, ours_cpu = best_time(run_ours, args.repeat)
 
-        def differ(name: str, read) -> list[str]:
+        def differ(name: str, read, ours_name=None) -> list[str]:
             return [path.stem for path in json_paths
-                    if not np.array_equal(read(ours_dir / path.stem / name), read(tmp / "labelme" / path.stem / name))]
+                    if not np.array_equal(read(ours_dir / path.stem / (ours_name or {}).get(path.stem, name)),
+                                          read(tmp / "labelme" / path.stem / name))]
+        image_files = image_file_names(json.loads((ours_dir / convert_json.MANIFEST_FILE).read_text()))
         label_differs = differ("label.png", read_label_png)
-        image_differs = differ("img.png", lambda path: np.asarray(Image.open(path)))
+        processed = sum(path.stat().st_size for path in ours_dir.rglob("*") if path.is_file())
+        # ours: img.jpg (the photo's own bytes, or re-encoded when EXIF-rotated) or img.png; decoded pixels
+        image_differs = differ("img.png", read_rgb, image_files)
 
     n = len(json_paths)
     print(f"{n} annotations in {args.raw}; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; "
@@ -115,9 +122,12 @@ def main() -> None:
           f"CPU {ours_cpu / n * 1000:5.1f} ms/img  (also writes label_viz.png and the manifest)")
     print(f"speed-up: {labelme_wall / ours_wall:.2f}x wall clock, {labelme_cpu / ours_cpu:.2f}x less CPU per image")
     print(f"label PNGs identical: {n - len(label_differs)}/{n}")
-    # labelme re-encodes EXIF-rotated photos as JPEG (quality 95) before decoding them, so those differ.
-    print(f"img PNGs identical: {n - len(image_differs)}/{n}" + (f" (differ: {', '.join(image_differs)})"
-                                                                 if image_differs else ""))
+    # Both re-encode EXIF-rotated photos as JPEG before decoding them (labelme at quality 95, we with the
+    # photo's own tables), so those differ.
+    print(f"images identical (decoded): {n - len(image_differs)}/{n}"
+          + (f" (differ: {', '.join(image_differs)})" if image_differs else ""))
+    print(f"data/processed: {processed / 1e6:.1f} MB for {raw_bytes / 1e6:.1f} MB of raw data "
+          f"({processed / raw_bytes:.2f}x)")
     if label_differs:
         sys.exit(f"label PNGs differ from labelme's: {', '.join(label_differs)}")
 

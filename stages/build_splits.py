@@ -12,7 +12,7 @@ from pathlib import Path
 from stages.common.config import StageError, stage_main
 from stages.common.outputs import atomic_dir
 from stages.data.labels import BACKGROUND_NAME, IGNORE_NAME
-from stages.data.split_lists import SPLIT_NAMES, format_line
+from stages.data.split_lists import SPLIT_NAMES, format_line, image_file_names
 
 MANIFEST_NAME = "manifest.json"
 
@@ -69,7 +69,8 @@ def run(cfg) -> dict:
     ratios = {name: float(options[name]) for name in SPLIT_NAMES}
     check_ratios(ratios)
     class_pixels = read_manifest(processed_dir)
-    lines = {stem: format_line(stem, options.separator) for stem in class_pixels}
+    image_files = image_file_names(json.loads((processed_dir / MANIFEST_NAME).read_text(encoding="utf-8")))
+    lines = {stem: format_line(stem, options.separator, image_files[stem]) for stem in class_pixels}
 
     strata: dict[str, list[str]] = {}
     for stem, pixels in class_pixels.items():

@@ -135,6 +135,7 @@ def predict_test_split(cfg) -> dict:
                         matrices[name].update(mask, truth)
                         per_sample[name].append({"stem": sample.stem,
                                                  **sample_scores(mask, truth, labels.num_classes)})
+                    del masks  # one model's masks at a time (12 MB each for a 12 MP photo)
                 progress.update(len(batch))
         summary = {}
         for name, predictor in models.items():
@@ -196,6 +197,7 @@ def predict_folder(cfg) -> dict:
                         masks = predict_masks(predictor, images)
                         for (name, photo), mask in zip(readable, masks):
                             write_prediction(out_dirs[model_name], name, photo, mask, alpha)
+                        del masks  # one model's masks at a time
                     predicted.extend(name for name, _ in readable)
                 progress.update(len(batch))
         if not predicted:

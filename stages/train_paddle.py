@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import stages.models.dovenet
 import stages.training.dataset
+import stages.training.photo_cache
 from stages.common.config import StageError, stage_main
 from stages.common.outputs import atomic_dir, trainer_output_paths, write_json_atomic, write_text_atomic
 from stages.data.labels import IGNORE_INDEX, read_labels
@@ -34,12 +35,13 @@ from stages.models.dovenet import DoveNet, count_parameters
 from stages.models.inference_model import META_NAME, ModelMeta, export
 from stages.training import distributed
 from stages.training.dataset import Augment, SegDataset, make_loader
+from stages.training.photo_cache import MB
 from stages.training.summary import training_metrics, validation_metrics, write_plots
 from stages.training.tracking import log_metrics, registered_model_name, training_run
 
 STAGE = "train_paddle"
 # Params that change how fast training runs, not what it computes: a checkpoint stays valid across them.
-RUNTIME_PARAMS = ("num_workers", "num_threads", "distributed")
+RUNTIME_PARAMS = ("num_workers", "num_threads", "distributed", "cache_mb")
 SIZE_MULTIPLE = 16  # four 2x downsamplings (stem + three encoders)
 # The logged model is a Paddle static graph: loading it needs Paddle only. Saying so spares MLflow's
 # requirement inference, which loads the model in a subprocess (13 s for a tiny model).
@@ -130,7 +132,7 @@ def fingerprint(cfg, labels, samples) -> str:
     for sample in samples:
         digest.update(Path(sample.image).read_bytes())
         digest.update(Path(sample.label).read_bytes())
-    for module in (stages.models.dovenet, stages.training.dataset):
+    for module in (stages.models.dovenet, stages.training.dataset, stages.training.photo_cache):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 
@@ -337,10 +339,13 @@ def train(cfg, labels, splits, state: dict, checkpoint_dir: Path, on_gpu: bool, 
     params, seed = cfg.train_paddle, int(cfg.seed)
     input_size, batch_size, total_epochs = int(params.input_size), int(params.batch_size), int(params.epochs)
     aug = params.augment
+    cache_bytes = int(params.cache_mb) * MB  # per dataset and process: photos decoded once, not per epoch
     train_set = SegDataset(splits["train"], input_size, params.mean, params.std,
                            Augment(int(params.crop_size), tuple(aug.scale_range), float(aug.flip_prob),
-                                   float(aug.color_jitter)), seed)
-    val_set = SegDataset(splits["val"], input_size, params.mean, params.std)
+                                   float(aug.color_jitter)), seed, cache_bytes)
+    val_set = SegDataset(splits["val"], input_size, params.mean, params.std, cache_bytes=cache_bytes)
+    train_set.fill_cache("training photos")
+    val_set.fill_cache("validation photos")
     train_loader = make_loader(train_set, batch_size, train=True, num_workers=int(params.num_workers),
                                seed=seed, max_samples=params.max_train_images)
     val_loader = make_loader(val_set, batch_size, train=False, num_workers=int(params.num_workers))

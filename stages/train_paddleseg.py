@@ -23,6 +23,7 @@ from paddle.static import InputSpec
 
 import stages.training.paddleseg_compat
 import stages.training.paddleseg_loop
+import stages.training.photo_cache
 from stages.common.config import StageError, stage_main
 from stages.common.outputs import atomic_dir, trainer_output_paths, write_json_atomic, write_text_atomic
 from stages.data.labels import read_labels
@@ -31,13 +32,14 @@ from stages.models.inference_model import META_NAME, ModelMeta, export
 from stages.training import distributed
 from stages.training.paddleseg_loop import (BEST_DIR, STATE_NAME, LoopSettings, build, dump_config, latest_state,
                                             new_state, normalisation, resolve_config, restore, train)
+from stages.training.photo_cache import MB
 from stages.training.summary import training_metrics, validation_metrics, write_plots
 from stages.training.tracking import log_metrics, registered_model_name, training_run
 
 STAGE = "train_paddleseg"
 CONFIG_NAME = "paddleseg.yml"
 # Params that change how fast training runs, not what it computes: a checkpoint stays valid across them.
-RUNTIME_PARAMS = ("num_workers", "num_threads")
+RUNTIME_PARAMS = ("num_workers", "num_threads", "cache_mb")
 LOADS_WITH = mlflow.paddle.get_default_pip_requirements()  # Paddle only (see train_paddle.LOADS_WITH)
 
 
@@ -62,7 +64,7 @@ def fingerprint(cfg, resolved_config: str, labels, samples) -> str:
     for sample in samples:
         digest.update(Path(sample.image).read_bytes())
         digest.update(Path(sample.label).read_bytes())
-    for module in (stages.training.paddleseg_compat, stages.training.paddleseg_loop):
+    for module in (stages.training.paddleseg_compat, stages.training.paddleseg_loop, stages.training.photo_cache):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 
@@ -85,9 +87,9 @@ def resumable_state(checkpoint_dir: Path, expected_fingerprint: str,
     return None
 
 
-def prepare(document: dict, resumed: tuple[Path, dict] | None):
+def prepare(document: dict, resumed: tuple[Path, dict] | None, cache_bytes: int):
     """PaddleSeg's parts built from the config, with the checkpoint's weights and optimizer state if resuming."""
-    parts = build(document)
+    parts = build(document, cache_bytes)
     if resumed:
         folder, state = resumed
         restore(parts, folder, state["param_names"])
@@ -146,7 +148,7 @@ def run(cfg) -> dict:
     if not distributed.is_main_process():  # launched with others: train my share, the main process writes
         distributed.barrier()  # the main process has cleared stale checkpoints
         resumed = resumable_state(paths["checkpoint_dir"], run_fingerprint, clear=False)
-        parts = prepare(document, resumed)
+        parts = prepare(document, resumed, int(params.cache_mb) * MB)
         train(parts, settings, paths["checkpoint_dir"], resumed[1] if resumed else new_state())
         return {"rank": distributed.rank(), "outputs": "written by the main process (rank 0)"}
     resumed = resumable_state(paths["checkpoint_dir"], run_fingerprint)
@@ -155,7 +157,7 @@ def run(cfg) -> dict:
 
     model_name = registered_model_name(cfg, "paddleseg")
     with training_run(cfg, STAGE, paths["run_id_file"], resume_run_id=resume_run_id) as active:
-        parts = prepare(document, resumed)
+        parts = prepare(document, resumed, int(params.cache_mb) * MB)
         if resumed:
             state = resumed[1]
         else:

@@ -20,6 +20,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ("_background_", "dove")
 # stem -> (height, width); one photo has no dove at all.
 SAMPLE_SIZES = {"dove_a": (30, 40), "dove_b": (47, 33), "dove_c": (64, 48), "dove_d": (21, 26), "empty_e": (36, 36)}
+# Processed images are img.jpg (convert_json keeps a photo's JPEG) or img.png (other formats): both occur here.
+JPEG_STEMS = {"dove_b", "dove_c"}
 
 
 def make_photo(rng: np.random.Generator, height: int, width: int, with_dove: bool):
@@ -36,8 +38,12 @@ def make_photo(rng: np.random.Generator, height: int, width: int, with_dove: boo
     return rgb, label
 
 
+def image_file(stem: str) -> str:
+    return "img.jpg" if stem in JPEG_STEMS else "img.png"
+
+
 def make_dataset(root: Path, sizes: dict[str, tuple[int, int]] = SAMPLE_SIZES, seed: int = 0) -> list[str]:
-    """data/labels.txt, data/processed/<stem>/{img,label}.png and data/splits/*.txt under root.
+    """data/labels.txt, data/processed/<stem>/{img.png or img.jpg, label.png} and data/splits/*.txt under root.
 
     Returns the overrides that point a cfg at them (and every other output under root).
     """
@@ -46,11 +52,14 @@ def make_dataset(root: Path, sizes: dict[str, tuple[int, int]] = SAMPLE_SIZES, s
     for stem, (height, width) in sizes.items():
         rgb, label = make_photo(rng, height, width, with_dove=not stem.startswith("empty"))
         (processed / stem).mkdir(parents=True, exist_ok=True)
-        save_rgb_png(processed / stem / "img.png", rgb)
+        if stem in JPEG_STEMS:
+            Image.fromarray(rgb).save(processed / stem / "img.jpg", quality=95)
+        else:
+            save_rgb_png(processed / stem / "img.png", rgb)
         save_label_png(processed / stem / "label.png", label)
     splits = root / "splits"
     splits.mkdir(parents=True, exist_ok=True)
-    lines = "".join(f"{stem}/img.png {stem}/label.png\n" for stem in sizes)
+    lines = "".join(f"{stem}/{image_file(stem)} {stem}/label.png\n" for stem in sizes)
     for name in ("train", "val", "test"):
         (splits / f"{name}.txt").write_text(lines)
     (root / "labels.txt").write_text("__ignore__\n" + "\n".join(CLASS_NAMES) + "\n")

@@ -15,7 +15,9 @@ from stages.common.config import StageError
 from stages.data.labels import IGNORE_INDEX
 
 SPLIT_NAMES = ("train", "val", "test")
-IMAGE_NAME = "img.png"
+IMAGE_JPEG = "img.jpg"   # a processed photo: the JPEG as seen (convert_json keeps a phone's bytes)...
+IMAGE_PNG = "img.png"    # ...or, from any other format, a lossless PNG
+IMAGE_NAME = IMAGE_PNG   # what a manifest without image_file (written before img.jpg existed) means
 LABEL_NAME = "label.png"
 
 
@@ -30,12 +32,18 @@ def split_file(cfg, name: str) -> Path:
     return Path(cfg.data.splits_dir) / f"{name}.txt"
 
 
-def format_line(stem: str, separator: str) -> str:
-    """One list line for a processed sample, refusing stems that contain the separator."""
+def format_line(stem: str, separator: str, image_name: str = IMAGE_NAME) -> str:
+    """One list line for a processed sample (its image file ``image_name``: img.jpg or img.png), refusing
+    stems that contain the separator."""
     if separator in stem or "\n" in stem:
         raise StageError(f"sample {stem!r}: its path contains the list separator {separator!r}; "
                          "rename the JSON file or change build_splits.separator")
-    return f"{stem}/{IMAGE_NAME}{separator}{stem}/{LABEL_NAME}"
+    return f"{stem}/{image_name}{separator}{stem}/{LABEL_NAME}"
+
+
+def image_file_names(manifest: dict) -> dict[str, str]:
+    """stem -> its processed image's file name, from convert_json's manifest."""
+    return {sample["stem"]: sample.get("image_file", IMAGE_NAME) for sample in manifest["samples"]}
 
 
 def read_split(cfg, name: str) -> list[Sample]:

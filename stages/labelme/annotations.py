@@ -9,6 +9,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from stages.data.labels import Labels
 from stages.labelme.shapes import shape_problems
 
 EMBEDDED_IMAGE = "imageData"  # what Annotation.image_source says when the image is embedded in the JSON
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -29,11 +31,18 @@ class Annotation:
     source: str          # the JSON's path relative to raw_dir (POSIX separators)
     image_source: str    # the image's path relative to raw_dir, or EMBEDDED_IMAGE
     shapes: list[dict]
-    rgb: np.ndarray      # HxWx3 uint8, EXIF orientation applied
+    rgb: np.ndarray      # HxWx3 uint8, EXIF orientation applied; smaller than `size` when `reduced`
+    encoded: bytes = b""  # the image as stored (the file's bytes, or imageData decoded)
+    full_size: tuple[int, int] | None = None  # (height, width) as seen, when rgb is a reduced decode
+    jpeg_kept: bool = False  # an RGB JPEG already as seen (no EXIF rotation): its bytes serve as they are
 
     @property
     def size(self) -> tuple[int, int]:
-        return self.rgb.shape[0], self.rgb.shape[1]
+        return self.full_size or (self.rgb.shape[0], self.rgb.shape[1])
+
+    @property
+    def reduced(self) -> bool:
+        return self.full_size is not None and self.full_size != self.rgb.shape[:2]
 
 
 def find_annotation_files(raw_dir: str | Path) -> list[Path]:
@@ -51,8 +60,14 @@ def find_annotation_files(raw_dir: str | Path) -> list[Path]:
 
 
 def read_annotation(json_path: str | Path, raw_dir: str | Path, labels: Labels, labels_file: str,
-                    max_image_pixels: int) -> tuple[Annotation | None, list[str]]:
-    """Parse, validate and decode one annotation. Returns (annotation, []) or (None, problems)."""
+                    max_image_pixels: int, jpeg_draft_side: int | None = None) -> tuple[Annotation | None, list[str]]:
+    """Parse, validate and decode one annotation. Returns (annotation, []) or (None, problems).
+
+    With ``jpeg_draft_side``, a JPEG is decoded only at a reduced scale whose long side is at least that many
+    pixels (JPEG's DCT scaling: the whole stream is still decoded, so a corrupt or cut-short file is still
+    found, in a fraction of the time); ``full_size`` then holds its size, and ``jpeg_kept`` says whether its
+    bytes serve as the image as they are.
+    """
     json_path, raw_dir = Path(json_path), Path(raw_dir)
     source = json_path.relative_to(raw_dir).as_posix()
     try:
@@ -67,15 +82,16 @@ def read_annotation(json_path: str | Path, raw_dir: str | Path, labels: Labels, 
     problems = _shapes_problems(document, labels, labels_file)
     image_source, image_bytes, image_problems = _image_bytes(document, json_path, raw_dir)
     problems += image_problems
-    rgb = None
+    rgb, full_size, kept = None, None, False
     if image_bytes is not None:
-        rgb, decode_problems = _decode_image(image_bytes, image_source, max_image_pixels)
+        rgb, full_size, kept, decode_problems = _decode_image(image_bytes, image_source, max_image_pixels,
+                                                              jpeg_draft_side)
         problems += decode_problems
     if rgb is not None:
-        problems += _declared_size_problems(document, rgb.shape[:2])
+        problems += _declared_size_problems(document, full_size or rgb.shape[:2])
     if problems:
         return None, problems
-    return Annotation(source, image_source, document["shapes"], rgb), []
+    return Annotation(source, image_source, document["shapes"], rgb, image_bytes, full_size, kept), []
 
 
 def _shapes_problems(document: dict, labels: Labels, labels_file: str) -> list[str]:
@@ -138,8 +154,12 @@ def resolve_image_path(image_path: str, json_dir: str | Path, raw_dir: str | Pat
     return path, None
 
 
-def _decode_image(data: bytes, image_source: str, max_image_pixels: int) -> tuple[np.ndarray | None, list[str]]:
-    """Check the header's size against the pixel limit, then decode once to EXIF-oriented RGB."""
+def _decode_image(data: bytes, image_source: str, max_image_pixels: int, jpeg_draft_side: int | None = None
+                  ) -> tuple[np.ndarray | None, tuple[int, int] | None, bool, list[str]]:
+    """Check the header's size against the pixel limit, then decode once to EXIF-oriented RGB.
+
+    Returns (rgb, full_size, jpeg_kept, problems) (see read_annotation: full_size is set, as seen, when a
+    JPEG was decoded at a reduced scale)."""
     what = "imageData" if image_source == EMBEDDED_IMAGE else f"image {image_source}"
     too_big = f"{what} is too large: {{}} pixels, over convert_json.max_image_pixels={max_image_pixels} " \
               "(decompression bomb guard)"
@@ -148,21 +168,35 @@ def _decode_image(data: bytes, image_source: str, max_image_pixels: int) -> tupl
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        return None, [f"{what} refused by Pillow as a decompression bomb ({err})"]
+        return None, None, False, [f"{what} refused by Pillow as a decompression bomb ({err})"]
     except UnidentifiedImageError:
-        return None, [f"{what} is not a readable image (unknown format, or a cut-short or corrupt header)"]
+        return None, None, False, [f"{what} is not a readable image (unknown format, or a cut-short or corrupt "
+                                   "header)"]
     except Exception as err:  # Pillow raises many types on garbage (SyntaxError, struct.error...)
-        return None, [f"{what} is not a readable image ({type(err).__name__}: {err})"]
+        return None, None, False, [f"{what} is not a readable image ({type(err).__name__}: {err})"]
     with image:
         width, height = image.size
         if width * height > max_image_pixels:
-            return None, [too_big.format(width * height)]
+            return None, None, False, [too_big.format(width * height)]
+        full_size, kept = None, False
+        if jpeg_draft_side and image.format in ("JPEG", "MPO"):
+            kept = keeps_as_jpeg(image)
+            sideways = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+            full_size = (width, height) if sideways else (height, width)
+            scale = min(1.0, jpeg_draft_side / max(width, height))
+            image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                return to_rgb(image), []
+                return to_rgb(image), full_size, kept, []
         except Exception as err:  # truncated or corrupt data: OSError, ValueError, SyntaxError...
-            return None, [f"{what} is corrupt ({type(err).__name__}: {err})"]
+            return None, None, False, [f"{what} is corrupt ({type(err).__name__}: {err})"]
+
+
+def keeps_as_jpeg(image: Image.Image) -> bool:
+    """An RGB (YCbCr) JPEG whose pixels are already as seen: no EXIF rotation or mirroring to apply."""
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    return image.format == "JPEG" and image.mode == "RGB" and orientation not in range(2, 9)
 
 
 def _declared_size_problems(document: dict, actual: tuple[int, int]) -> list[str]:

@@ -4,6 +4,7 @@ Every transform takes and returns an (image, label) pair of HxWx3 uint8 and HxW 
 label stay aligned; labels are only ever resized with nearest-neighbour, so no new class ids appear.
 Augmentation draws from a generator seeded by (seed, epoch, index): the same run gives the same batches
 whatever the number of DataLoader workers, and a resumed run replays the epochs it did not finish.
+Each photo is decoded and resized once per run (stages.training.photo_cache), not once per epoch.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from PIL import Image
 
 from stages.data.images import read_label_png, read_rgb
 from stages.training.distributed import RankBatches, world_size
+from stages.training.photo_cache import MB, PhotoCache
+
+CACHE_MB = 1024  # default memory budget of one dataset's photo cache, per process
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,14 @@ class SegDataset(paddle.io.Dataset):
     does). With it (training): the whole image resized to input_size x a random scale, a random
     crop_size x crop_size window of that, flipped and colour-jittered. Objects thus keep about the size
     they have at validation, and small crops make training steps cheap.
+
+    Every epoch starts from the photo and label resized once to ``base_size`` square (``base_pair``,
+    cached within ``cache_bytes``): input_size for validation, exactly as predict resizes the whole photo;
+    for training the largest side the random scale asks for, from a JPEG decoded at a reduced scale.
     """
 
     def __init__(self, samples: Sequence, input_size: int, mean: Sequence[float], std: Sequence[float],
-                 augment: Augment | None = None, seed: int = 0):
+                 augment: Augment | None = None, seed: int = 0, cache_bytes: int = CACHE_MB * MB):
         super().__init__()
         self.samples = list(samples)
         self.input_size = input_size
@@ -83,6 +91,10 @@ class SegDataset(paddle.io.Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.base_size = input_size
+        if augment is not None:
+            self.base_size = max(augment.crop_size or input_size, round(input_size * max(augment.scale_range)))
+        self.cache = PhotoCache(self.base_pair, len(self.samples), cache_bytes)
 
     def set_epoch(self, epoch: int) -> None:
         """Called before each epoch; DataLoader workers start after it, so they see the new epoch."""
@@ -91,9 +103,19 @@ class SegDataset(paddle.io.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def base_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The photo and label at base_size x base_size: what every epoch starts from (do not modify)."""
         sample = self.samples[index]
-        return read_rgb(sample.image), read_label_png(sample.label)
+        # validation decodes the whole photo, as predict does; training may start from a reduced decode
+        at_least = (self.base_size, self.base_size) if self.augment is not None else None
+        return resize_pair(read_rgb(sample.image, at_least), read_label_png(sample.label), self.base_size)
+
+    def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.cache.get(index)
+
+    def fill_cache(self, what: str = "photos") -> dict:
+        """Decode and resize every photo now (within the budget), before training and its worker processes."""
+        return self.cache.fill(f"{what} at {self.base_size} px")
 
     def transform(self, image: np.ndarray, label: np.ndarray,
                   rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:

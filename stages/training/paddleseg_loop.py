@@ -8,6 +8,9 @@ matrix, the best model and ``keep_checkpoint_max`` honoured across a resume, and
 the data order. It also skips work core.train does for nothing here (a FLOPs count and a 1 s sleep at
 the end, a host sync per step for each loss).
 
+PaddleSeg's datasets are wrapped (CachedDataset) so that a photo is read and resized to the model's input
+size once per run, not once per iteration that draws it; the random transforms still run each time.
+
 Checkpoints use PaddleSeg's layout (``iter_<N>/model.pdparams`` + ``model.pdopt``, ``best_model/``), so
 ``paddleseg.utils.resume`` and ``load_entire_model`` read them too; ``state.json`` beside them holds what
 the loop needs to continue.
@@ -28,16 +31,21 @@ import numpy as np
 import paddle
 import yaml
 from omegaconf import OmegaConf
+from PIL import Image
 from tqdm import tqdm
 
 from stages.common.config import StageError
 from stages.common.outputs import atomic_dir, write_json_atomic
+from stages.data.images import read_label_png, read_rgb
 from stages.evaluation.metrics import ConfusionMatrix
 from stages.training import distributed, paddleseg_compat
+from stages.training.photo_cache import MB, PhotoCache
 from stages.training.summary import epochs
 
 paddleseg_compat.apply()
-from paddleseg.core import infer  # noqa: E402  (after the compatibility fixes)
+import paddleseg.transforms as paddleseg_transforms  # noqa: E402  (after the compatibility fixes)
+import paddleseg.transforms.functional as paddleseg_functional  # noqa: E402
+from paddleseg.core import infer  # noqa: E402
 from paddleseg.cvlibs import Config, SegBuilder  # noqa: E402
 
 paddleseg_train = importlib.import_module("paddleseg.core.train")
@@ -45,6 +53,8 @@ paddleseg_train = importlib.import_module("paddleseg.core.train")
 STATE_NAME = "state.json"
 BEST_DIR = "best_model"
 ITER_PREFIX = "iter_"
+CACHE_MB = 1024     # default memory budget of a dataset's photo cache, per process
+VAL_MAX_SIDE = 1024  # validation scores at each label's size, scaled down to at most this long side
 
 
 # --- the PaddleSeg config -------------------------------------------------------------------------
@@ -88,16 +98,17 @@ class Parts:
         return self.optimizer._learning_rate
 
 
-def build(document: dict) -> Parts:
-    """Build PaddleSeg's components from a resolved config (Config needs a file, so one is written)."""
+def build(document: dict, cache_bytes: int = CACHE_MB * MB) -> Parts:
+    """Build PaddleSeg's components from a resolved config (Config needs a file, so one is written); its
+    datasets cache their photos within ``cache_bytes`` each (see CachedDataset)."""
     with tempfile.TemporaryDirectory(prefix="paddleseg-config-") as folder:
         path = Path(folder) / "config.yml"
         path.write_text(dump_config(document), encoding="utf-8")
         try:
             config = Config(str(path))
             builder = SegBuilder(config)
-            return Parts(config, builder.model, builder.train_dataset, builder.val_dataset,
-                         builder.optimizer, builder.loss)
+            return Parts(config, builder.model, cached(builder.train_dataset, cache_bytes),
+                         cached(builder.val_dataset, cache_bytes), builder.optimizer, builder.loss)
         except (AssertionError, RuntimeError, ValueError, FileNotFoundError, KeyError, TypeError) as err:
             raise StageError(f"PaddleSeg could not build from the config: {err}") from None
 
@@ -112,6 +123,93 @@ def normalisation(document: dict) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 
 # --- data -----------------------------------------------------------------------------------------
+
+def cached(dataset, cache_bytes: int):
+    """``dataset`` as a CachedDataset when it is a PaddleSeg Dataset of RGB photos; anything else as it is."""
+    if isinstance(dataset, CachedDataset) or not hasattr(dataset, "file_list") or \
+            getattr(dataset, "img_channels", 3) != 3 or not hasattr(dataset, "transforms"):
+        return dataset
+    return CachedDataset(dataset, cache_bytes)
+
+
+def is_fixed_resize(op) -> bool:
+    return isinstance(op, paddleseg_transforms.Resize) and op.interp != "RANDOM"
+
+
+class CachedDataset(paddle.io.Dataset):
+    """A PaddleSeg Dataset whose leading Resize transforms run once per photo (stages.training.photo_cache);
+    the transforms after them (random scaling, crops, flips, colour, Normalize) run on every use, as in
+    PaddleSeg. Items are PaddleSeg's: ``img`` CHW float32, ``label``, ``trans_info``.
+
+    Reading is ours: the photo as seen (RGB, EXIF applied, as PaddleSeg's cv2.imread gives it), a JPEG
+    decoded at a reduced scale when a Resize is about to shrink it anyway; the resized photo is kept as
+    bytes (rounded: PaddleSeg's RandomDistort truncates to bytes anyway). Validation labels stay at the
+    photo's size, as PaddleSeg scores them, but at most VAL_MAX_SIDE on the long side: a 12 MP label is
+    scaled down (nearest) to that, and the class scores are resized back to it instead of to 12 MP
+    (C x 12 M floats, 1 GB with 21 classes, and seconds per photo). Small photos are scored as before.
+    """
+
+    def __init__(self, dataset, cache_bytes: int):
+        super().__init__()
+        self.dataset = dataset
+        ops = list(dataset.transforms.transforms)
+        fixed = 0
+        while fixed < len(ops) and is_fixed_resize(ops[fixed]):
+            fixed += 1
+        self.fixed_ops, self.random_ops = ops[:fixed], ops[fixed:]
+        self.validation = dataset.mode != "train"
+        self.cache = PhotoCache(self.base_item, len(dataset), cache_bytes)
+
+    def __getattr__(self, name):  # num_classes, ignore_index, file_list, mode... of the PaddleSeg dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def base_item(self, index: int) -> tuple:
+        """(image HxWx3 uint8 after the leading Resizes, label, trans_info) of one photo."""
+        image_path, label_path = self.dataset.file_list[index]
+        at_least = tuple(self.fixed_ops[0].target_size) if self.fixed_ops else None
+        label = read_label_png(label_path)
+        data = {"img": read_rgb(image_path, at_least).astype(np.float32), "label": label, "trans_info": [],
+                "gt_fields": [] if self.validation else ["label"]}
+        for op in self.fixed_ops:
+            data = op(data)
+        image = np.clip(np.rint(data["img"]), 0, 255).astype(np.uint8)
+        trans_info = list(data["trans_info"])
+        if self.validation and self.fixed_ops:
+            if max(label.shape) > VAL_MAX_SIDE:
+                scale = VAL_MAX_SIDE / max(label.shape)
+                size = (max(1, round(label.shape[1] * scale)), max(1, round(label.shape[0] * scale)))
+                label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+            # scores go back to the label's size (the photo was maybe decoded smaller than it)
+            trans_info[0] = (trans_info[0][0], tuple(label.shape))
+        else:
+            label = data["label"]
+        return image, np.ascontiguousarray(label), tuple(trans_info)
+
+    def fill_cache(self, what: str) -> dict:
+        size = "x".join(str(side) for side in self.fixed_ops[-1].target_size) if self.fixed_ops else "full size"
+        return self.cache.fill(f"{what} at {size}")
+
+    def __getitem__(self, index: int) -> dict:
+        image, label, trans_info = self.cache.get(index)
+        data = {"img": image.astype(np.float32), "label": label.copy(), "trans_info": list(trans_info),
+                "gt_fields": [] if self.validation else ["label"]}
+        for op in self.random_ops:
+            data = op(data)
+        if data["img"].ndim == 2:
+            data["img"] = data["img"][..., np.newaxis]
+        data["img"] = np.transpose(data["img"], (2, 0, 1))
+        if self.validation:
+            data["label"] = data["label"][np.newaxis, :, :]
+        elif self.dataset.edge:
+            data["edge"] = paddleseg_functional.mask_to_binary_edge(data["label"], radius=2,
+                                                                    num_classes=self.dataset.num_classes)
+        return data
+
 
 class IterationBatches(paddle.io.BatchSampler):
     """Sample indices for iterations ``start + 1 .. iters``: a fresh shuffle per epoch, seeded by
@@ -294,6 +392,9 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
     main = distributed.is_main_process()
     # the augmentations of a resumed run (and of each process) differ, its batches do not
     seed_everything(settings.seed + start + 100_003 * distributed.rank())
+    for dataset, what in ((parts.train_dataset, "training photos"), (parts.val_dataset, "validation photos")):
+        if hasattr(dataset, "fill_cache") and (main or dataset is parts.train_dataset):  # the main one validates
+            dataset.fill_cache(what)
     sampler = distributed.RankBatches(
         IterationBatches(len(parts.train_dataset), settings.batch_size, settings.iters, start, settings.seed))
     loader = paddle.io.DataLoader(parts.train_dataset, batch_sampler=sampler, collate_fn=collate,
