@@ -150,6 +150,10 @@ def run(cfg) -> dict:
     document = resolve_config(params.config, cfg, {"labels": {"num_classes": labels.num_classes,
                                                               "names": list(labels.names)}})
     resolved_text = dump_config(document)
+    processes, batch = distributed.world_size(), int(document["batch_size"])
+    if not processes <= batch <= len(splits["train"]):  # a template that does not take the adapted batch size
+        raise StageError(f"{params.config}: batch_size {batch} does not fit {len(splits['train'])} training photos "
+                         f"in {processes} process(es); write batch_size: ${{train_paddleseg.batch_size}} there")
 
     device = paddle.set_device(choose_device())
     on_gpu = "gpu" in str(device)
