@@ -80,7 +80,7 @@ def test_the_adaptations_are_one_line():
 def test_train_paddleseg_adapts_batch_and_intervals_and_leaves_the_given_config_alone(tiny_set):
     cfg = load_params([*tiny_set(5), "train_paddleseg.batch_size=8", "train_paddleseg.iters=30",
                        "train_paddleseg.eval_interval=70", "train_paddleseg.log_interval=10"], REPO_ROOT)
-    fitted, changes, launch = train_paddleseg.fit_to_data(cfg, processes=2)
+    fitted, changes, _ = train_paddleseg.fit_to_data(cfg, processes=2)
     assert {c.key: c.used for c in changes} == {"train_paddleseg.batch_size": 4, "train_paddleseg.eval_interval": 30}
     assert fitted.train_paddleseg.batch_size == 4 and fitted.train_paddleseg.eval_interval == 30
     assert cfg.train_paddleseg.batch_size == 8 and cfg.train_paddleseg.eval_interval == 70
