@@ -47,6 +47,9 @@ TRAINING_KEYS = {"best_val_mIoU": "best validation mIoU", "epochs": "epochs trai
                  "batch_size": "batch size", "train_seconds": "training time (s)",
                  "train_images_per_second": "training images/s", "num_params": "parameters"}
 SPLIT_SUMMARY = "summary.json"
+MEANS_TEXT = ("mIoU and mean Dice average over the classes present in the test labels or the model's prediction "
+              "(the convention of mmsegmentation and torchmetrics); the \"all classes\" means average over every "
+              "class of the labels file, an absent class counting 0, as PaddleSeg's own logs do.")
 
 
 @dataclass(frozen=True)
@@ -278,9 +281,7 @@ def document(cfg, results: list[ModelResult], samples: list[Sample], drawn: dict
               f"the class scores bilinearly, then taking the argmax. Predictions: {cfg.paths.predictions_dir}/."),
         ("h2", "Comparison"),
         ("table", ["metric", *titles], comparison_rows(results)),
-        ("p", "mIoU and mean Dice average over the classes present in the test labels or the model's prediction "
-              "(the convention of mmsegmentation and torchmetrics); the \"all classes\" means average over every "
-              "class of the labels file, an absent class counting 0, as PaddleSeg's own logs do."),
+        ("p", MEANS_TEXT),
         *per_class_blocks(cfg, results),
         ("h2", "Training curves"),
         ("figure", drawn["curves"], "Training loss and validation scores per epoch"),
@@ -346,9 +347,9 @@ def per_class_blocks(cfg, results: list[ModelResult]) -> list[tuple]:
             "the class's share of the train split's pixels.")
     blocks = [("h2", "Per-class scores"), ("p", text), ("table", header, rows)]
     if unseen:
-        blocks.append(("p", f"Never seen in training (no pixels in the train split, so no model could learn them; "
-                            f"listed last in the table when the test split or a prediction holds them): "
-                            f"{', '.join(unseen)}."))
+        blocks.append(("p", ("Never seen in training (no pixels in the train split, so no model could learn them; "
+                             "listed last in the table when the test split or a prediction holds them): "
+                             f"{', '.join(unseen)}.")))
     return blocks
 
 

@@ -36,8 +36,8 @@ from stages.models.inference_model import META_NAME, ModelMeta, export
 from stages.training import distributed
 from stages.training.adaptation import (Adaptation, adapted_config, fit_batch, fit_processes, log_adaptations,
                                         summary_line)
-from stages.training.distributed import LaunchSettings
 from stages.training.dataset import Augment, SegDataset, make_loader
+from stages.training.distributed import LaunchSettings
 from stages.training.tracking import log_metrics, training_run
 
 STAGE = "train_paddle"
