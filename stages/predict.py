@@ -81,22 +81,14 @@ def load_models(cfg) -> dict[str, Predictor | OnnxPredictor]:
 # --- the test split, scored ---------------------------------------------------------------------
 
 def sample_scores(mask: np.ndarray, label: np.ndarray, num_classes: int) -> dict:
-    """One photo's pixel accuracy and mIoU over the classes present in its label or prediction.
-
-    (The split-wide mIoU averages every class; per photo that would give a dove-free photo predicted
-    perfectly an IoU of 0 for "dove", so classes absent from both are left out here.)
-    """
+    """One photo's mIoU (over the classes present in its label or prediction, the headline convention of
+    stages.evaluation.metrics) and pixel accuracy; both None when the photo has no scored pixel."""
     matrix = ConfusionMatrix(num_classes)
     matrix.update(mask, label)
-    m = matrix.matrix.astype(np.float64)
-    intersect = np.diag(m)
-    union = m.sum(axis=0) + m.sum(axis=1) - intersect
-    present = union > 0
-    total = m.sum()
-    return {
-        "mIoU": float((intersect[present] / union[present]).mean()) if present.any() else None,
-        "acc": float(intersect.sum() / total) if total else None,
-    }
+    if not matrix.matrix.any():
+        return {"mIoU": None, "acc": None}
+    scores = matrix.scores()
+    return {"mIoU": scores["mIoU"], "acc": scores["acc"]}
 
 
 def named_scores(scores: dict, class_names: tuple[str, ...]) -> dict:

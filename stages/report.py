@@ -3,9 +3,10 @@
 Reads predict's <paths.predictions_dir>/<model>/ (metrics.json + class-id masks), the trainers'
 <paths.metrics_dir>/train_<model>.json and <paths.plots_dir>/train_<model>.csv, and the test split.
 Writes <paths.reports_dir>/ as a whole (it is this stage's folder):
-  metrics.json   {model: {"test": {mIoU, acc, kappa, mDice, IoU: {class: ..}, dice, precision, recall}}},
-                 the file `dvc metrics show/diff` compares
-  report.md      the comparison table, training curves, confusion matrices, a grid of test samples and
+  metrics.json   {model: {"test": {mIoU, mIoU_all_classes, acc, kappa, mDice, mDice_all_classes,
+                 IoU: {class: ..}, dice, precision, recall}}}, the file `dvc metrics show/diff` compares
+                 (mIoU/mDice over the classes present, see stages.evaluation.metrics; per-class null: undefined)
+  report.md      the comparison table, per-class scores, training curves, confusion matrices, a grid of test samples and
                  the worst-scoring samples, with figures linked from figures/
   index.html     the same report in one self-contained file (figures embedded as base64)
   figures/*.png
@@ -39,8 +40,19 @@ from stages.training.tracking import (FinishedRun, crown_champion, ensure_reacha
 
 FIGURES_DIR = "figures"
 RUN_ID_FILE = "mlflow_run.json"
-SUMMARY_KEYS = {"mIoU": "mIoU", "acc": "pixel accuracy", "kappa": "Cohen's kappa", "mDice": "mean Dice"}
+# The headline scores (stages.evaluation.metrics: mIoU and mDice over the classes present, then PaddleSeg's
+# all-classes means), and the per-class ones.
+SUMMARY_KEYS = {"mIoU": "mIoU", "mIoU_all_classes": "mIoU, all classes (PaddleSeg)", "acc": "pixel accuracy",
+                "kappa": "Cohen's kappa", "mDice": "mean Dice", "mDice_all_classes": "mean Dice, all classes (PaddleSeg)"}
 PER_CLASS_KEYS = {"IoU": "IoU", "dice": "Dice", "precision": "precision", "recall": "recall"}
+# The training figures the comparison table shows (the rest stay in metrics/train_<model>.json and MLflow).
+TRAINING_KEYS = {"best_val_mIoU": "best validation mIoU", "epochs": "epochs trained", "iters": "iterations",
+                 "batch_size": "batch size", "train_seconds": "training time (s)",
+                 "train_images_per_second": "training images/s", "num_params": "parameters"}
+SPLIT_SUMMARY = "summary.json"
+MEANS_TEXT = ("mIoU and mean Dice average over the classes present in the test labels or the model's prediction "
+              "(the convention of mmsegmentation and torchmetrics); the \"all classes\" means average over every "
+              "class of the labels file, an absent class counting 0, as PaddleSeg's own logs do.")
 
 
 @dataclass(frozen=True)
@@ -171,7 +183,7 @@ def to_float(text) -> float:
 def dvc_metrics(scored: dict) -> dict:
     """The test scores for reports/metrics.json: summary numbers, then per-class ones by class name."""
     test = scored["test"]
-    metrics = {key: test[key] for key in SUMMARY_KEYS}
+    metrics = {key: test.get(key) for key in SUMMARY_KEYS}
     metrics.update({key: test[key] for key in PER_CLASS_KEYS})
     metrics["samples"] = scored["num_samples"]
     return metrics
@@ -180,7 +192,7 @@ def dvc_metrics(scored: dict) -> dict:
 def mlflow_metrics(scored: dict) -> dict[str, float]:
     """test/mIoU, test/acc, ..., test/IoU/<class>, test/precision/<class>, ... for MLflow."""
     test = scored["test"]
-    metrics = {f"test/{key}": test[key] for key in SUMMARY_KEYS}
+    metrics = {f"test/{key}": test.get(key) for key in SUMMARY_KEYS}
     for key in PER_CLASS_KEYS:
         for class_name, value in test[key].items():
             metrics[f"test/{key}/{metric_safe(class_name)}"] = value
@@ -276,6 +288,8 @@ def document(cfg, results: list[ModelResult], samples: list[Sample], drawn: dict
               f"the class scores bilinearly, then taking the argmax. Predictions: {cfg.paths.predictions_dir}/."),
         ("h2", "Comparison"),
         ("table", ["metric", *titles], comparison_rows(results)),
+        ("p", MEANS_TEXT),
+        *per_class_blocks(cfg, results),
         ("h2", "Training curves"),
         ("figure", drawn["curves"], "Training loss and validation scores per epoch"),
         ("h2", "Confusion matrices"),
@@ -298,15 +312,52 @@ def document(cfg, results: list[ModelResult], samples: list[Sample], drawn: dict
 
 
 def comparison_rows(results: list[ModelResult]) -> list[list[str]]:
-    rows = [[f"test {label}", *[fmt(r.scored["test"][key]) for r in results]] for key, label in SUMMARY_KEYS.items()]
-    class_names = results[0].scored["class_names"]
-    for key, label in PER_CLASS_KEYS.items():
-        rows += [[f"test {label}: {name}", *[fmt(r.scored["test"][key].get(name)) for r in results]]
-                 for name in class_names]
+    """The headline test scores, the input size and a few training figures: one row each."""
+    rows = [[f"test {label}", *[fmt(r.scored["test"].get(key)) for r in results]]
+            for key, label in SUMMARY_KEYS.items()]
     rows.append(["input size (h x w)", *[" x ".join(map(str, r.scored.get("input_size", []))) for r in results]])
-    training_keys = list(dict.fromkeys(key for r in results for key in r.training))
-    rows += [[f"training: {key}", *[fmt(r.training.get(key)) for r in results]] for key in training_keys]
+    rows += [[label, *[fmt(r.training.get(key)) for r in results]]
+             for key, label in TRAINING_KEYS.items() if any(key in r.training for r in results)]
     return rows
+
+
+def train_pixel_share(cfg) -> dict[str, float] | None:
+    """Class name -> its share of the train split's pixels (build_splits' summary.json), or None without it."""
+    path = Path(cfg.data.splits_dir) / SPLIT_SUMMARY
+    try:
+        shares = json.loads(path.read_text(encoding="utf-8"))["class_pixel_share"]["train"]
+        return {str(name): float(value) for name, value in shares.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def per_class_blocks(cfg, results: list[ModelResult]) -> list[tuple]:
+    """One table, a row per class and a column per metric and model; the classes never seen in training
+    (no pixels in the train split) come last, marked, and those absent from the test set too are only named."""
+    class_names = list(results[0].scored["class_names"])
+    share = train_pixel_share(cfg)
+    unseen = [name for name in class_names if share is not None and not share.get(name)]
+    header = ["class", "train pixels", *[f"{label} {r.name}" for label in PER_CLASS_KEYS.values() for r in results]]
+
+    def row(name: str) -> list[str]:
+        values = [r.scored["test"][key].get(name) for key in PER_CLASS_KEYS for r in results]
+        trained = "-" if share is None else ("none" if name in unseen else f"{100 * share[name]:.2f}%")
+        return [name, trained, *[fmt(value) for value in values]]
+
+    def scored(name: str) -> bool:
+        return any(r.scored["test"][key].get(name) is not None for key in PER_CLASS_KEYS for r in results)
+
+    rows = [row(name) for name in class_names if name not in unseen]
+    rows += [row(name) for name in unseen if scored(name)]
+    text = ("Test scores per class. \"-\": undefined (a class absent from both label and prediction has no IoU "
+            "or Dice, one never predicted no precision, one absent from the labels no recall). \"train pixels\": "
+            "the class's share of the train split's pixels.")
+    blocks = [("h2", "Per-class scores"), ("p", text), ("table", header, rows)]
+    if unseen:
+        blocks.append(("p", ("Never seen in training (no pixels in the train split, so no model could learn them; "
+                             "listed last in the table when the test split or a prediction holds them): "
+                             f"{', '.join(unseen)}.")))
+    return blocks
 
 
 def fmt(value) -> str:

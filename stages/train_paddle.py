@@ -19,7 +19,7 @@ import mlflow
 import mlflow.paddle
 import numpy as np
 import paddle
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from paddle.static import InputSpec
 from tqdm import tqdm
 
@@ -34,7 +34,10 @@ from stages.evaluation.metrics import ConfusionMatrix
 from stages.models.dovenet import DoveNet, count_parameters
 from stages.models.inference_model import META_NAME, ModelMeta, export
 from stages.training import distributed
+from stages.training.adaptation import (Adaptation, adapted_config, fit_batch, fit_processes, log_adaptations,
+                                        summary_line)
 from stages.training.dataset import Augment, SegDataset, make_loader
+from stages.training.distributed import LaunchSettings
 from stages.training.photo_cache import MB
 from stages.training.summary import training_metrics, validation_metrics, write_plots
 from stages.training.tracking import log_metrics, registered_model_name, training_run
@@ -308,6 +311,27 @@ def check_params(params) -> None:
             raise StageError(f"train_paddle.{key} must be >= 1, got {params[key]}")
 
 
+def fit_to_data(cfg, processes: int | None = None) -> tuple[DictConfig, list[Adaptation], LaunchSettings]:
+    """Check the params, then adapt what the train split cannot meet (stages.training.adaptation): returns
+    (the config to train with, the adaptations, the launch settings). ``processes``: how many train
+    together (None: as many as train_paddle.distributed starts)."""
+    params = cfg.train_paddle
+    check_params(params)
+    samples = len(read_split(cfg, "train"))
+    if params.max_train_images:
+        samples = min(samples, int(params.max_train_images))
+    launch, adaptations = fit_processes(STAGE, params.get("distributed"), samples)
+    processes = launch.nproc * launch.nnodes if processes is None else processes
+    batch = fit_batch(STAGE, int(params.batch_size), samples, processes)
+    adaptations += [batch] if batch else []
+    # A warm-up longer than half the training leaves the schedule no room (the demo warms up for 11%).
+    steps = int(params.epochs) * -(-samples // (batch.used if batch else int(params.batch_size)))
+    if int(params.warmup_steps) > steps / 2:
+        adaptations.append(Adaptation(f"{STAGE}.warmup_steps", int(params.warmup_steps), steps // 10,
+                                      f"{steps} training steps in all, a tenth of them"))
+    return adapted_config(cfg, adaptations), adaptations, launch
+
+
 def model_summary(num_classes: int, input_size: int) -> str:
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
@@ -379,8 +403,10 @@ def train(cfg, labels, splits, state: dict, checkpoint_dir: Path, on_gpu: bool, 
 
 def run(cfg, callbacks=()) -> dict:
     """Train DoveNet per cfg.train_paddle. ``callbacks``: extra paddle callbacks (a test interrupts with one)."""
+    cfg, adaptations, _ = fit_to_data(cfg, distributed.world_size())
+    if adaptations and distributed.is_main_process():
+        print(summary_line(STAGE, adaptations), flush=True)
     params = cfg.train_paddle
-    check_params(params)
     labels = read_labels(cfg.data.labels)
     splits = {name: read_split(cfg, name) for name in ("train", "val")}
     for name, samples in splits.items():
@@ -405,6 +431,7 @@ def run(cfg, callbacks=()) -> dict:
 
     model_name = registered_model_name(cfg, "paddle")
     with training_run(cfg, STAGE, paths["run_id_file"], resume_run_id=state and state["run_id"]) as active:
+        log_adaptations(adaptations)
         state = state or new_state(data_fingerprint, active.info.run_id)
         # Fresh parameter names (conv2d_0.w_0, ...) whatever ran before in this process: the optimizer
         # checkpoint is keyed by them.
@@ -448,5 +475,6 @@ def _plain(node) -> dict:
 
 
 if __name__ == "__main__":
-    distributed.relaunch_if_configured(STAGE)  # train_paddle.distributed.nproc > 1: under Paddle's launcher
+    # params checked and fitted to the data first; train_paddle.distributed.nproc > 1: under Paddle's launcher
+    distributed.relaunch_if_configured(STAGE, check=lambda cfg: fit_to_data(cfg)[2])
     stage_main(run)

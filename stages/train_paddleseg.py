@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import mlflow.paddle
 import paddle
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from paddle.static import InputSpec
 
 import stages.training.paddleseg_compat
@@ -30,6 +30,9 @@ from stages.data.labels import read_labels
 from stages.data.split_lists import check_samples, read_split, split_file
 from stages.models.inference_model import META_NAME, ModelMeta, export
 from stages.training import distributed
+from stages.training.adaptation import (Adaptation, adapted_config, fit_batch, fit_interval, fit_processes,
+                                        log_adaptations, summary_line)
+from stages.training.distributed import LaunchSettings
 from stages.training.paddleseg_loop import (BEST_DIR, STATE_NAME, LoopSettings, build, dump_config, latest_state,
                                             new_state, normalisation, resolve_config, restore, train)
 from stages.training.photo_cache import MB
@@ -51,6 +54,23 @@ def check_params(params) -> None:
     for key in ("iters", "batch_size", "eval_interval", "log_interval", "input_size", "crop_size"):
         if int(params[key]) < 1:
             raise StageError(f"train_paddleseg.{key} must be >= 1, got {params[key]}")
+
+
+def fit_to_data(cfg, processes: int | None = None) -> tuple[DictConfig, list[Adaptation], LaunchSettings]:
+    """Check the params, then adapt what the train split cannot meet (stages.training.adaptation): returns
+    (the config to train with, the adaptations, the launch settings). ``processes``: how many train
+    together (None: as many as train_paddleseg.distributed starts)."""
+    params = cfg.train_paddleseg
+    check_params(params)
+    samples = len(read_split(cfg, "train"))
+    launch, adaptations = fit_processes(STAGE, params.get("distributed"), samples)
+    processes = launch.nproc * launch.nnodes if processes is None else processes
+    iters = int(params.iters)
+    adaptations += [change for change in (
+        fit_batch(STAGE, int(params.batch_size), samples, processes),
+        fit_interval(STAGE, "eval_interval", int(params.eval_interval), iters),
+        fit_interval(STAGE, "log_interval", int(params.log_interval), iters)) if change]
+    return adapted_config(cfg, adaptations), adaptations, launch
 
 
 def fingerprint(cfg, resolved_config: str, labels, samples) -> str:
@@ -119,20 +139,22 @@ def count_parameters(model) -> dict:
 
 
 def run(cfg) -> dict:
+    cfg, adaptations, _ = fit_to_data(cfg, distributed.world_size())
+    if adaptations and distributed.is_main_process():
+        print(summary_line(STAGE, adaptations), flush=True)
     params = cfg.train_paddleseg
-    check_params(params)
     labels = read_labels(cfg.data.labels)
     splits = {name: read_split(cfg, name) for name in ("train", "val")}
     for name, samples in splits.items():
         check_samples(samples, labels.num_classes, split_file(cfg, name))
-    batch_size = int(params.batch_size)
-    if len(splits["train"]) < batch_size:
-        raise StageError(f"{split_file(cfg, 'train')}: {len(splits['train'])} training samples, fewer than "
-                         f"train_paddleseg.batch_size={batch_size}; lower the batch size")
     paths = output_paths(cfg)
     document = resolve_config(params.config, cfg, {"labels": {"num_classes": labels.num_classes,
                                                               "names": list(labels.names)}})
     resolved_text = dump_config(document)
+    processes, batch = distributed.world_size(), int(document["batch_size"])
+    if not processes <= batch <= len(splits["train"]):  # a template that does not take the adapted batch size
+        raise StageError(f"{params.config}: batch_size {batch} does not fit {len(splits['train'])} training photos "
+                         f"in {processes} process(es); write batch_size: ${{train_paddleseg.batch_size}} there")
 
     device = paddle.set_device(choose_device())
     on_gpu = "gpu" in str(device)
@@ -157,6 +179,7 @@ def run(cfg) -> dict:
 
     model_name = registered_model_name(cfg, "paddleseg")
     with training_run(cfg, STAGE, paths["run_id_file"], resume_run_id=resume_run_id) as active:
+        log_adaptations(adaptations)
         parts = prepare(document, resumed, int(params.cache_mb) * MB)
         if resumed:
             state = resumed[1]
@@ -204,5 +227,6 @@ def run(cfg) -> dict:
 
 
 if __name__ == "__main__":
-    distributed.relaunch_if_configured(STAGE)  # train_paddleseg.distributed.nproc > 1: under Paddle's launcher
+    # params checked and fitted to the data first; train_paddleseg.distributed.nproc > 1: under Paddle's launcher
+    distributed.relaunch_if_configured(STAGE, check=lambda cfg: fit_to_data(cfg)[2])
     stage_main(run)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from stages.build_splits import assign_splits, run
+from stages.build_splits import assign_splits, classes_not_in_train, run
 from stages.common.config import StageError
 from stages.data.split_lists import data_version, read_split
 
@@ -85,11 +85,44 @@ def test_summary_has_counts_and_pixel_share(tmp_path, split_cfg):
 
 def test_an_empty_split_is_a_clear_error_and_writes_nothing(tmp_path, split_cfg):
     write_manifest(tmp_path / "processed", demo_like(2, 0))
-    with pytest.raises(StageError, match="test.* empty|empty"):
+    with pytest.raises(StageError, match="2 annotated photo.*at least one each: annotate 1 more"):
         run(split_cfg())
     assert not (tmp_path / "splits").exists()
-    with pytest.raises(StageError, match="val.*empty"):
+    write_manifest(tmp_path / "processed", demo_like())
+    with pytest.raises(StageError, match="build_splits.val=0 .*val split empty.*build_splits.val=0.15"):
         run(split_cfg("build_splits.train=0.85", "build_splits.val=0", "build_splits.test=0.15"))
+    assert not (tmp_path / "splits").exists()
+
+
+@pytest.mark.parametrize("count", [3, 4, 5, 8])
+def test_few_photos_still_fill_every_split(tmp_path, split_cfg, count):
+    write_manifest(tmp_path / "processed", demo_like(count, 0))
+    counts = run(split_cfg())["counts"]
+    assert all(counts[name] >= 1 for name in ("train", "val", "test")) and sum(counts.values()) == count
+    assert counts["train"] == max(counts.values())
+    if count == 8:
+        assert counts == {"train": 6, "val": 1, "test": 1}
+
+
+def test_classes_without_train_pixels_are_named_in_a_warning_and_the_summary(tmp_path, split_cfg, capsys):
+    pixels = {f"dove_{i}": {"_background_": 900, "dove": 100, "rock": 0, "leaf": 0} for i in range(6)}
+    pixels["rocky"] = {"_background_": 900, "dove": 0, "rock": 100, "leaf": 0}  # one photo: not in train
+    write_manifest(tmp_path / "processed", pixels)
+    manifest = json.loads((tmp_path / "processed" / "manifest.json").read_text())
+    manifest["class_names"] = ["_background_", "dove", "rock", "leaf"]
+    (tmp_path / "processed" / "manifest.json").write_text(json.dumps(manifest))
+    run(split_cfg())
+    lists = read_lists(tmp_path / "splits")
+    where = next(name for name, lines in lists.items() if any(line.startswith("rocky/") for line in lines))
+    summary = json.loads((tmp_path / "splits" / "summary.json").read_text())
+    err = capsys.readouterr().err
+    assert "leaf (in no photo)" in err
+    if where == "train":
+        assert summary["classes_not_in_train"] == ["leaf"] and "rock" not in err
+    else:
+        assert summary["classes_not_in_train"] == ["rock", "leaf"]
+        assert f"rock (only in {where})" in err
+    assert "dove" not in summary["classes_not_in_train"]
 
 
 def test_ratios_must_sum_to_one(tmp_path, split_cfg):
@@ -128,3 +161,10 @@ def test_dealing_keeps_totals_within_one_of_the_ratios():
     total = 45
     for name, stems in splits.items():
         assert abs(len(stems) - ratios[name] * total) <= 1
+
+
+def test_classes_not_in_train_lists_where_each_class_is():
+    pixels = {"a": {"dove": 5, "rock": 0}, "b": {"dove": 0, "rock": 3}, "c": {"dove": 1, "rock": 2}}
+    splits = {"train": ["a"], "val": ["b"], "test": ["c"]}
+    names = ["_background_", "dove", "rock", "leaf"]
+    assert classes_not_in_train(splits, pixels, names) == {"rock": ["val", "test"], "leaf": []}

@@ -65,7 +65,8 @@ def test_mlflow_server_holds_both_training_runs_with_the_same_metric_names(team_
     names = [set(runs[t].data.metrics) for t in TRAINERS]
     for required in ("train/loss", "val/mIoU", "val/acc", "test/mIoU", "test/acc"):
         assert all(required in n for n in names), (required, names)
-    assert set(runs["train_paddle"].data.params) == set(runs["train_paddleseg"].data.params)
+    params = [{name for name in runs[t].data.params if not name.startswith("adapted.")} for t in TRAINERS]
+    assert params[0] == params[1]  # the same names, but for each trainer's own settings adapted to the data
     for trainer in TRAINERS:
         run = runs[trainer]
         assert run.info.status == "FINISHED"

@@ -58,7 +58,7 @@ def test_metrics_json_holds_each_models_test_scores(pipeline):
     for name in MODELS:
         scored = json.loads((Path(cfg.paths.predictions_dir) / name / "metrics.json").read_text())
         test = metrics[name]["test"]
-        for key in ("mIoU", "acc", "kappa", "mDice"):
+        for key in ("mIoU", "mIoU_all_classes", "acc", "kappa", "mDice", "mDice_all_classes"):
             assert test[key] == scored["test"][key]
         assert set(test["IoU"]) == {"_background_", "dove"} and test["IoU"] == scored["test"]["IoU"]
         assert set(test["precision"]) == set(test["recall"]) == {"_background_", "dove"}
@@ -84,7 +84,12 @@ def test_report_md_compares_the_models_and_links_its_figures(pipeline):
     out = Path(make_cfg(*overrides).paths.reports_dir)
     text = (out / "report.md").read_text()
     assert "| metric | paddle (DoveNet) | paddleseg (UNet) |" in text
-    assert "| test mIoU |" in text and "| test IoU: dove |" in text and "| training: train_seconds |" in text
+    assert "| test mIoU |" in text and "| test mIoU, all classes (PaddleSeg) |" in text
+    assert "| training time (s) |" in text and "| best validation mIoU |" in text
+    assert "test IoU: dove" not in text and "training: " not in text  # headline rows only
+    assert "| class | train pixels | IoU paddle | IoU paddleseg | Dice paddle | Dice paddleseg |" in text
+    assert re.search(r"^\| dove \| - \| 0\.\d{4} \|", text, re.MULTILINE)
+    assert "classes present in the test labels or the model's prediction" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(links) == 5 and all((out / link).is_file() for link in links)
 
@@ -123,7 +128,8 @@ def test_each_training_run_gets_the_test_metrics_and_the_report(pipeline):
         scored = json.loads((Path(cfg.paths.predictions_dir) / name / "metrics.json").read_text())["test"]
         assert run.data.metrics["test/mIoU"] == pytest.approx(scored["mIoU"])
         assert run.data.metrics["test/IoU/dove"] == pytest.approx(scored["IoU"]["dove"])
-        for key in ("test/acc", "test/kappa", "test/mDice", "test/precision/dove", "test/recall/_background_"):
+        for key in ("test/acc", "test/kappa", "test/mDice", "test/mIoU_all_classes", "test/precision/dove",
+                    "test/recall/_background_"):
             assert key in run.data.metrics
         assert run.info.status == "FINISHED"
         # Added without reopening the run: it ended (training) before the test metrics came.
@@ -202,3 +208,25 @@ def test_unreachable_mlflow_store_fails_before_writing(pipeline, tmp_path, monke
     with pytest.raises(StageError, match="MLflow"):
         report.run(cfg)
     assert not (tmp_path / "reports").exists()
+
+
+def test_per_class_table_sets_apart_the_classes_never_seen_in_training(tmp_path):
+    """Five classes: dove and twig trained (twig absent from the test set), rock only in test, leaf nowhere."""
+    names = ["_background_", "dove", "twig", "rock", "leaf"]
+    (tmp_path / "summary.json").write_text(json.dumps({"class_pixel_share": {"train": {
+        "_background_": 0.85, "dove": 0.1, "twig": 0.05, "rock": 0.0, "leaf": 0.0, "__ignore__": 0.0}}}))
+    per_class = {"IoU": [0.9, 0.5, None, 0.0, None], "dice": [0.95, 0.66, None, 0.0, None],
+                 "precision": [0.9, 0.7, None, None, None], "recall": [0.99, 0.6, None, 0.0, None]}
+    test = {key: dict(zip(names, values)) for key, values in per_class.items()}
+    results = [report.ModelResult(name, name, tmp_path, {"class_names": names, "test": test}, {}, {}, tmp_path)
+               for name in MODELS]
+    cfg = make_cfg(f"data.splits_dir={tmp_path}")
+    blocks = report.per_class_blocks(cfg, results)
+    [(_, header, rows)] = [block for block in blocks if block[0] == "table"]
+    assert header == ["class", "train pixels", "IoU paddle", "IoU paddleseg", "Dice paddle", "Dice paddleseg",
+                      "precision paddle", "precision paddleseg", "recall paddle", "recall paddleseg"]
+    assert [row[0] for row in rows] == ["_background_", "dove", "twig", "rock"]  # unseen last; leaf: no scores
+    assert rows[1][:4] == ["dove", "10.00%", "0.5000", "0.5000"] and rows[3][1] == "none"
+    assert rows[2][2:] == ["-"] * 8 and rows[3][6:8] == ["-", "-"]  # undefined: "-", not 0
+    unseen = blocks[-1][1]
+    assert "Never seen in training" in unseen and unseen.endswith("rock, leaf.")

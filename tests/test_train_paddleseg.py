@@ -138,9 +138,13 @@ def test_label_size_mismatch_is_refused(cfg_for):
     assert nothing_written(cfg)
 
 
-def test_batch_larger_than_the_train_split_is_refused(cfg_for):
-    cfg = cfg_for("train_paddleseg.batch_size=50")
-    with pytest.raises(StageError, match="batch_size=50"):
+def test_a_template_batch_that_does_not_fit_the_train_split_is_refused(cfg_for, tmp_path):
+    """batch_size written in the template, not ${train_paddleseg.batch_size}: it cannot be adapted."""
+    template = tmp_path / "fixed.yml"
+    text = (REPO_ROOT / "conf" / "paddleseg" / "unet.yml").read_text()
+    template.write_text(text.replace("batch_size: ${train_paddleseg.batch_size}", "batch_size: 50"))
+    cfg = cfg_for(f"train_paddleseg.config={template}")
+    with pytest.raises(StageError, match=r"fixed\.yml: batch_size 50 .*5 training photos"):
         run(cfg)
     assert nothing_written(cfg)
 

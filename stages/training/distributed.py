@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import paddle
@@ -262,11 +262,15 @@ def launch_command(module: str, nproc: int, devices: str | None = None, extra: S
     return command + [sys.executable, "-u", "-m", module, *extra]
 
 
-def relaunch_if_configured(stage: str, argv: Sequence[str] | None = None) -> None:
+def relaunch_if_configured(stage: str, argv: Sequence[str] | None = None,
+                           check: Callable[[object], LaunchSettings] | None = None) -> None:
     """In a trainer's main, before stage_main(run): when ``<stage>.distributed`` (params.yaml plus the
     command line's overrides) asks for several processes and this process is not one the launcher
     started, replace it with the launcher running ``python -m stages.<stage>`` and the same overrides.
-    Otherwise return, and the stage runs in this process as usual."""
+    Otherwise return, and the stage runs in this process as usual.
+
+    ``check(cfg)``, when given, checks the composed config before anything starts and returns the launch
+    settings to use (a trainer lowers nproc on a small data set); its StageError stops the stage here."""
     if launched():
         return
     from stages.common.config import load_params  # Hydra's compose, only needed here
@@ -277,7 +281,10 @@ def relaunch_if_configured(stage: str, argv: Sequence[str] | None = None) -> Non
     except Exception:  # noqa: BLE001  bad overrides: stage_main reports them properly right after
         return
     try:
-        settings = launch_settings(cfg[stage].get("distributed"), f"{stage}.distributed")
+        if check is not None:
+            settings = check(cfg)
+        else:
+            settings = launch_settings(cfg[stage].get("distributed"), f"{stage}.distributed")
     except StageError as err:
         sys.exit(f"error: {err}")
     if not settings.needs_launcher:

@@ -263,7 +263,7 @@ def train_step(parts: Parts, images: paddle.Tensor, labels: paddle.Tensor) -> pa
 
 def evaluate(model: paddle.nn.Layer, dataset, num_classes: int, ignore_index: int = 255) -> dict:
     """PaddleSeg's evaluation (core.infer.inference: prediction resized back to each label's size),
-    scored with the shared confusion matrix (PaddleSeg's metric definitions)."""
+    scored with the shared confusion matrix (stages.evaluation.metrics: mIoU over the classes present)."""
     matrix = ConfusionMatrix(num_classes, ignore_index)
     model.eval()
     with paddle.no_grad():
