@@ -1055,6 +1055,8 @@ def sample_name(index: int) -> str:
 
 
 def encode_jpeg(scene: Scene) -> bytes:
+    """The picture as a camera stores it: pixels turned back to the sensor's orientation plus the EXIF tag.
+    (Any object with ``rgb``, ``quality`` and ``orientation`` will do: multiclass's photos use it too.)"""
     image = Image.fromarray(scene.rgb, "RGB")
     options = {"quality": scene.quality}
     if scene.orientation != 1:
@@ -1068,6 +1070,7 @@ def encode_jpeg(scene: Scene) -> bytes:
 
 
 def labelme_dict(scene: Scene) -> dict:
+    """labelme 5's document for a picture with ``name``, ``rgb`` and ``shapes`` (a Scene or multiclass's Photo)."""
     h, w = scene.rgb.shape[:2]
     return {"version": LABELME_VERSION, "flags": {}, "shapes": scene.shapes, "imagePath": f"{scene.name}.jpg",
             "imageData": None, "imageHeight": h, "imageWidth": w}

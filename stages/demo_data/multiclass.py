@@ -20,7 +20,6 @@ paints its polygon, in the JSON's order (later shapes over earlier ones).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import sys
@@ -34,6 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from stages.demo_data import doves
+from stages.demo_data.doves import encode_jpeg, labelme_dict
 from stages.labelme.shapes import shapes_to_label
 
 DEFAULT_SIZE = (4032, 3024)   # width, height of the stored pixels: a 12 MP phone photo
@@ -299,26 +299,6 @@ def render_photo(index: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE
 
 
 # ------------------------------------------------------------------------------------------------- files
-def encode_jpeg(photo: Photo) -> bytes:
-    """The photo as a phone stores it: pixels rotated back to the sensor's orientation plus the EXIF tag."""
-    image = Image.fromarray(photo.rgb, "RGB")
-    options = {"quality": photo.quality}
-    if photo.orientation != 1:
-        image = image.transpose(doves.STORE_TRANSPOSE[photo.orientation])
-        exif = Image.Exif()
-        exif[0x0112] = photo.orientation
-        options["exif"] = exif.tobytes()
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", **options)
-    return buffer.getvalue()
-
-
-def labelme_dict(photo: Photo) -> dict:
-    height, width = photo.rgb.shape[:2]
-    return {"version": doves.LABELME_VERSION, "flags": {}, "shapes": photo.shapes, "imagePath": f"{photo.name}.jpg",
-            "imageData": None, "imageHeight": height, "imageWidth": width}
-
-
 def write_photo(out_dir: Path, index: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE,
                 classes: int = MAX_CLASSES, rotated_share: float = ROTATED_SHARE) -> Photo:
     photo = render_photo(index, seed, size, classes, rotated_share)
