@@ -18,7 +18,8 @@ machine hurts both alike. The targets are issue 12's.
   once, before training (the cache fill, timed apart and shown amortised over the demo profile's run).
   Under ``distributed.nproc: auto`` each of the 2 processes fills its own cache in parallel: per-image
   costs are these.
-- predict on the test split in a fresh process: 8 photos in one batch (``predict.batch_size`` 8), a DoveNet
+- predict (its default engine, onnxruntime) on the test split in a fresh process: 8 photos in one batch
+  (``predict.batch_size`` 8), a DoveNet
   exported with one score map per class of the labels file (22 with ``--classes 21``), scored against the
   labels; peak RSS (VmHWM) and seconds. Then the same 8 photos as a folder, with that model and with a
   2-class one: the peak does not grow with the classes.
@@ -176,6 +177,7 @@ def predict_memory(overrides: list[str], root: Path, classes: int, folder: bool 
     from stages.data.labels import read_labels
     from stages.models.dovenet import DoveNet
     from stages.models.inference_model import ModelMeta, export
+    from stages.models.onnx_model import ONNX_NAME, convert
 
     cfg = load_params(overrides, REPO_ROOT)
     names = read_labels(cfg.data.labels).names
@@ -183,7 +185,9 @@ def predict_memory(overrides: list[str], root: Path, classes: int, folder: bool 
     size = int(cfg.train_paddle.input_size)
     models = root / f"models_{classes}"
     export(DoveNet(classes), models / "paddle", ModelMeta((size, size), names, (0.5,) * 3, (0.5,) * 3, "DoveNet"))
-    overrides = [*overrides, f"paths.models_dir={models}", "predict.models=[paddle]", "predict.batch_size=8",
+    convert(models / "paddle", models / "paddle" / ONNX_NAME, 13, "paddle")  # the folder as export deploys it
+    overrides = [*overrides, f"paths.models_dir={models}", f"paths.exports_dir={models}", "predict.models=[paddle]",
+                 "predict.batch_size=8",
                  f"paths.predictions_dir={root / f'predictions_{classes}'}"]
     if folder:
         photos = root / "eight_photos"
