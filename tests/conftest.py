@@ -16,6 +16,23 @@ from stages.common.config import load_params
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def mlflow_tracking_uri_from_the_environment():
+    """Each test starts as a fresh process would, with MLflow reading MLFLOW_TRACKING_URI. Stages run
+    in-process (in tests and in module-scoped fixtures) call mlflow.set_tracking_uri, which MLflow keeps
+    for the whole process and prefers to the environment: left alone it would send a later test's MLflow
+    calls (models:/ URIs included) to an earlier test's store."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    if tracking_utils._tracking_uri is not None:  # None: nothing set it, MLflow reads the environment
+        env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(None)  # the public setter: it also resets MLflow's tracer provider
+        if env_uri is not None:  # the setter drops MLFLOW_TRACKING_URI; keep the environment as it was
+            os.environ["MLFLOW_TRACKING_URI"] = env_uri
+    yield
+
+
 @pytest.fixture
 def make_cfg():
     """make_cfg("data.raw_dir=...", ...) -> the params.yaml config with those overrides."""

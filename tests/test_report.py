@@ -4,11 +4,11 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
-import pytest
 import mlflow
 import mlflow.paddle
 import numpy as np
 import paddle
+import pytest
 from mlflow.tracking import MlflowClient
 from paddle.static import InputSpec
 
@@ -141,7 +141,7 @@ def test_each_training_run_gets_the_test_metrics_and_the_report(pipeline):
         assert "report/figures/training_curves.png" in figures
 
 
-def test_champion_alias_goes_to_the_better_test_miou_and_loads_as_a_model(pipeline):
+def test_champion_alias_goes_to_the_better_test_miou_and_loads_as_a_model(pipeline, monkeypatch):
     overrides, result = pipeline
     cfg = make_cfg(*overrides)
     client = MlflowClient(str(cfg.mlflow.tracking_uri))
@@ -157,6 +157,7 @@ def test_champion_alias_goes_to_the_better_test_miou_and_loads_as_a_model(pipeli
     assert CHAMPION not in client.get_registered_model(cfg.mlflow.registered_models[loser]).aliases
 
     # models:/<name>@champion loads with MLflow's paddle flavour and predicts as the registered network did.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(cfg.mlflow.tracking_uri))  # as a user points MLflow at the store
     loaded = mlflow.paddle.load_model(f"models:/{name}@{CHAMPION}")
     batch = np.random.default_rng(0).uniform(-1, 1, (2, 3, 16, 16)).astype("float32")
     expected = red_detector(1 if winner == "paddle" else 2)(paddle.to_tensor(batch)).numpy()
