@@ -282,7 +282,7 @@ def document(cfg, results: list[ModelResult], samples: list[Sample], drawn: dict
     titles = [r.title for r in results]
     blocks = [
         ("h1", str(cfg.report.title)),
-        ("p", f"Test split: {len(samples)} samples from {split_file(cfg, 'test')}, each scored at its "
+        ("p", f"Test split: {len(samples)} sample{'' if len(samples) == 1 else 's'} from {split_file(cfg, 'test')}, each scored at its "
               "photo's full resolution against its label.png; "
               "pixels labelled __ignore__ count nowhere. Predicted masks come back to full size by resizing "
               f"the class scores bilinearly, then taking the argmax. Predictions: {cfg.paths.predictions_dir}/."),

@@ -14,6 +14,7 @@ from paddle.static import InputSpec
 
 from stages import predict, report
 from stages.common.config import StageError
+from stages.data.split_lists import split_file
 from stages.evaluation.figures import curve_panels
 from stages.training.summary import STEP_COLUMNS
 from stages.training.tracking import CHAMPION, read_registered_version, read_run_id, registered_model_name, training_run
@@ -90,6 +91,9 @@ def test_report_md_compares_the_models_and_links_its_figures(pipeline):
     assert "| class | train pixels | IoU paddle | IoU paddleseg | Dice paddle | Dice paddleseg |" in text
     assert re.search(r"^\| dove \| - \| 0\.\d{4} \|", text, re.MULTILINE)
     assert "classes present in the test labels or the model's prediction" in text
+    cfg = make_cfg(*overrides)
+    tested = len(Path(split_file(cfg, "test")).read_text().splitlines())
+    assert f"Test split: {tested} sample{'' if tested == 1 else 's'} from" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(links) == 5 and all((out / link).is_file() for link in links)
 
