@@ -44,7 +44,7 @@ mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 demo-data: setup       ## regenerate the bundled demo set (deterministic)
-	python -m stages.demo_data.doves --out data/raw --count 124 --seed 0
+	python -m demo_data.doves --out data/raw --count 124 --seed 0
 
 clean:                 ## remove pipeline outputs (not data/raw, not the MLflow store)
 	rm -rf data/processed data/splits models exports metrics plots predictions reports

@@ -30,7 +30,7 @@ from stages import preannotate  # noqa: E402
 from stages.common.config import load_params  # noqa: E402
 from stages.data.images import read_rgb  # noqa: E402
 from stages.data.labels import read_labels  # noqa: E402
-from stages.demo_data.doves import write_dataset  # noqa: E402
+from demo_data.doves import write_dataset  # noqa: E402
 from stages.labelme.polygons import worst_iou  # noqa: E402
 from stages.labelme.shapes import shapes_to_label  # noqa: E402
 from stages.models.inference_model import Predictor  # noqa: E402

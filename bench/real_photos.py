@@ -3,7 +3,7 @@
     .venv/bin/python bench/real_photos.py                        # 16 photos of 4032x3024, 21 classes
     .venv/bin/python bench/real_photos.py --count 24 --size 4000x3000 --keep /tmp/bench-photos
 
-It builds its inputs with the multi-class generator (stages/demo_data/multiclass.py): ``--count`` photos
+It builds its inputs with the multi-class generator (demo_data/multiclass.py): ``--count`` photos
 at ``--size`` (some EXIF-rotated, as phones store portrait shots) and the same scenes at the demo's size
 (``--demo-size``, the bundled demo's photos are 240-480 px), with the same labels file of ``--classes``
 classes. Every figure is printed with its ratio to the demo-sized run made in the same process, so a busy
@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from stages import convert_json  # noqa: E402
 from stages.common.config import load_params  # noqa: E402
 from stages.data.split_lists import format_line, image_file_names  # noqa: E402
-from stages.demo_data.multiclass import MAX_CLASSES, parse_size, write_multiclass_dataset  # noqa: E402
+from demo_data.multiclass import MAX_CLASSES, parse_size, write_multiclass_dataset  # noqa: E402
 
 WARMUP_BATCHES = 2
 TARGETS = {"convert photos/s": 4.0, "processed/raw": 1.5, "training ratio": 0.8, "predict GB": 2.5}

@@ -15,5 +15,6 @@ import stage modules, and import each other only downward in this order, lowest 
     prediction  masks from an exported model, prediction files
     training    MLflow tracking, data-parallel launch, the training dataset, PaddleSeg's loop and fixes
 
-``demo_data`` is a tool, not a layer: it renders the bundled demo set and nothing in the pipeline imports it.
+The demo-data generators are a tool, not part of the pipeline: they live beside this package, in
+demo_data/, and nothing here imports them.
 """

@@ -1,4 +1,4 @@
-"""The bundled demo data set (data/raw) and its deterministic generator (stages/demo_data/doves.py)."""
+"""The bundled demo data set (data/raw) and its deterministic generator (demo_data/doves.py)."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from stages.demo_data import doves as demo_doves
+from demo_data import doves as demo_doves
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RAW = REPO_ROOT / "data" / "raw"

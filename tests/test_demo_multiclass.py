@@ -1,4 +1,4 @@
-"""The multi-class, phone-sized generator (stages/demo_data/multiclass.py): labelme reads what it writes,
+"""The multi-class, phone-sized generator (demo_data/multiclass.py): labelme reads what it writes,
 and labelme's rasteriser reproduces the class map the picture was composited with."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from stages.demo_data import multiclass
+from demo_data import multiclass
 
 TOP_KEYS = ["version", "flags", "shapes", "imagePath", "imageData", "imageHeight", "imageWidth"]
 SHAPE_KEYS = ["label", "points", "group_id", "description", "shape_type", "flags", "mask"]

@@ -25,9 +25,10 @@ def test_the_top_level_holds_only_stage_modules():
     assert {f"{name}.py" for name in pipeline["stages"]} <= set(top)
 
 
-def test_every_subpackage_is_a_known_layer_or_tool_with_only_a_docstring_in_its_init():
+def test_every_subpackage_is_a_known_layer_with_only_a_docstring_in_its_init():
     packages = sorted(path.parent.name for path in STAGES_DIR.glob("*/__init__.py"))
-    assert set(packages) == set(LAYERS) | set(TOOLS)
+    assert set(packages) == set(LAYERS)
+    assert not set(TOOLS) & {path.name for path in STAGES_DIR.iterdir()}, "tools live beside stages/, not in it"
     for name in packages:
         tree = ast.parse((STAGES_DIR / name / "__init__.py").read_text(encoding="utf-8"))
         assert ast.get_docstring(tree), f"stages/{name}/__init__.py needs a docstring saying what lives there"
@@ -61,5 +62,7 @@ def test_a_planted_import_of_a_stage_module_is_caught(tmp_path):
 
 
 def test_a_planted_import_of_a_tool_is_caught(tmp_path):
-    found = plant(tmp_path, "models/dovenet.py", "from stages.demo_data import doves")
-    assert found == ["stages.models.dovenet -> stages.demo_data.doves: the pipeline imports a tool"]
+    found = plant(tmp_path, "models/dovenet.py", "from demo_data import doves")
+    assert found == ["stages.models.dovenet -> demo_data.doves: the pipeline imports a tool"]
+    found = plant(tmp_path / "stage", "predict.py", "import demo_data.multiclass")  # nor may a stage module
+    assert found == ["stages.predict -> demo_data.multiclass: the pipeline imports a tool"]

@@ -1,6 +1,6 @@
 """A person's own photos, few and multi-class, through `dvc repro` of the DEFAULT profile with no param edits.
 
-8 generated labelme photos (stages.demo_data.multiclass) with 12 classes in the labels file, some of them rare,
+8 generated labelme photos (demo_data.multiclass) with 12 classes in the labels file, some of them rare,
 replace the demo set in a temp copy of the repo, as README's "Bring your own photos" says. The
 demo profile's batch sizes assume 87 training photos; here there are 6, and the pipeline must adapt,
 say so, and finish, with the report's headline mIoU over the classes present.
@@ -12,7 +12,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from stages.demo_data.multiclass import write_multiclass_dataset
+from demo_data.multiclass import write_multiclass_dataset
 
 from dvc_helpers import copy_repo, dvc, git
 

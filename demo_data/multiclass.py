@@ -1,6 +1,6 @@
 """Deterministic generator of multi-class, phone-sized labelme sets: objects on the ground, any photo size.
 
-    .venv/bin/python -m stages.demo_data.multiclass --out /tmp/photos --count 8 --size 4032x3024 --seed 0
+    .venv/bin/python -m demo_data.multiclass --out /tmp/photos --count 8 --size 4032x3024 --seed 0
 
 Writes ``IMG_0000.jpg`` + ``IMG_0000.json`` (labelme 5: imagePath relative, imageData null) per photo and
 ``labels.txt`` (labelme2voc format: ``__ignore__``, ``_background_``, then the classes). The classes are the
@@ -32,8 +32,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from stages.demo_data import doves
-from stages.demo_data.doves import encode_jpeg, labelme_dict
+from demo_data import doves
+from demo_data.doves import encode_jpeg, labelme_dict
 from stages.labelme.shapes import shapes_to_label
 
 DEFAULT_SIZE = (4032, 3024)   # width, height of the stored pixels: a 12 MP phone photo

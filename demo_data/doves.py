@@ -1,6 +1,6 @@
 """Deterministic generator of the bundled demo data set: procedurally drawn doves, annotated as labelme 5 JSON.
 
-    .venv/bin/python -m stages.demo_data.doves --out data/raw --count 124 --seed 0
+    .venv/bin/python -m demo_data.doves --out data/raw --count 124 --seed 0
 
 Each sample depends only on (seed, index), so any subset can be regenerated and compared byte for byte.
 For that, per-pixel work uses only numpy's exactly rounded operations (+ - * / sqrt, no SIMD-dispatched
