@@ -1,11 +1,16 @@
-"""conftest's mlflow_tracking_uri_per_test: one test's mlflow.set_tracking_uri (every in-process stage run
-makes one) must not shadow a later test's MLFLOW_TRACKING_URI. The two tests run in file order."""
+"""conftest's mlflow_tracking_uri_from_the_environment: one test's in-process stage run, which sets MLflow's
+process-wide tracking URI, must not shadow a later test's MLFLOW_TRACKING_URI. The two tests run in file order."""
+import os
+
 import mlflow
 
+from stages.training.tracking import _use_tracking_uri
 
-def test_a_stage_like_call_sets_mlflows_process_wide_uri(tmp_path):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+
+def test_a_stage_sets_mlflows_process_wide_uri(tmp_path):
+    _use_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")  # what every stage does before its MLflow calls
     assert mlflow.get_tracking_uri().endswith("mlflow.db")
+    assert "MLFLOW_TRACKING_URI" not in os.environ or not os.environ["MLFLOW_TRACKING_URI"].endswith("mlflow.db")
 
 
 def test_the_next_test_sees_its_own_environment(monkeypatch):
