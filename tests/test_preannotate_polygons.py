@@ -102,6 +102,20 @@ def test_small_regions_and_holes_are_dropped():
     assert sorted(polygon.pixels for polygon in polygons) == [25, 25 * 25 - 4 - 25]
 
 
+def test_the_iou_bound_keeps_small_regions_when_dropping_them_would_break_it():
+    """Four 9-pixel specks are 4% of their class: dropped at min_area_px=30, the class falls to 0.96 against
+    the mask; with min_iou the minimum area gives way until the bound holds against the mask itself."""
+    mask = np.zeros((60, 60), np.uint8)
+    mask[5:35, 5:35] = 1
+    for row, col in ((45, 5), (45, 20), (50, 40), (40, 50)):
+        mask[row:row + 3, col:col + 3] = 1
+    dropped = trace_mask(mask, tolerance_px=0.5, min_area_px=30)
+    assert worst_iou(paint(dropped, mask.shape), mask) < 0.97 and len(dropped) == 1
+    guarded = trace_mask(mask, tolerance_px=0.5, min_area_px=30, min_iou=0.99)
+    assert worst_iou(paint(guarded, mask.shape), mask) >= 0.99
+    assert sorted(polygon.pixels for polygon in guarded) == [9, 9, 9, 9, 900]
+
+
 def test_weights_are_averaged_over_each_region_and_hole():
     mask = np.zeros((20, 20), np.uint8)
     mask[2:18, 2:18] = 1

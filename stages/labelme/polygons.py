@@ -14,8 +14,8 @@ corner its outline encloses a pocket; the pocket is 4-separated from the outside
 own. Pillow fills a polygon's inside and draws its outline through those centres, so an unsimplified
 outline paints exactly its region's pixels (tests/test_preannotate_polygons.py checks the whole mask).
 Douglas-Peucker simplification (``tolerance_px``) moves an edge by at most that much. Regions and holes
-of fewer than ``min_area_px`` pixels are dropped: a dropped hole keeps its region's class, a dropped region
-takes what surrounds it.
+of fewer than ``min_area_px`` pixels are dropped (unless the IoU bound needs them): a dropped hole keeps its
+region's class, a dropped region takes what surrounds it.
 """
 from __future__ import annotations
 
@@ -43,12 +43,29 @@ def trace_mask(mask: np.ndarray, tolerance_px: float = 0.5, min_area_px: int = 0
     """Polygons of every non-zero class of ``mask`` (H x W class ids) in paint order.
 
     ``weights`` (H x W float, e.g. a confidence map) is averaged over each region's or hole's pixels.
-    With ``min_iou``, the simplified polygons are painted and compared with the unsimplified ones: while a
-    class's IoU falls below it, the tolerance shrinks by 30% (to 0, which is exact, below 0.2 px). Class 255
-    (ignore) is traced like any other class.
+    With ``min_iou``, the polygons are painted and compared with ``mask`` itself, so simplification and
+    dropped regions count against the bound together: while a class's IoU falls below it, the tolerance
+    shrinks by 30% (to 0 below 0.2 px), and at 0 the minimum area halves (to 0: unsimplified polygons of
+    every region paint the mask exactly). Class 255 (ignore) is traced like any other class.
     """
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     weights = None if weights is None else np.asarray(weights, np.float64).ravel()
+    exact, dropped = _exact_polygons(mask, min_area_px, weights)
+    polygons = simplify(exact, tolerance_px)
+    while min_iou > 0 and (polygons is not exact or dropped) and worst_iou(paint(polygons, mask.shape), mask) < min_iou:
+        if polygons is not exact:
+            tolerance_px = tolerance_px * 0.7 if tolerance_px > 0.2 else 0.0
+        else:
+            min_area_px //= 2
+            exact, dropped = _exact_polygons(mask, min_area_px, weights)
+        polygons = simplify(exact, tolerance_px)
+    return polygons
+
+
+def _exact_polygons(mask: np.ndarray, min_area_px: int,
+                    weights: np.ndarray | None) -> tuple[list[Polygon], int]:
+    """Unsimplified polygons of every region and hole of at least ``min_area_px`` pixels, in paint order, and
+    how many were dropped for their size."""
     exact: list[Polygon] = []
     dropped = 0
     classes = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
@@ -60,13 +77,7 @@ def trace_mask(mask: np.ndarray, tolerance_px: float = 0.5, min_area_px: int = 0
             dropped += small
     # Larger outlines first; at equal area a hole before a region (a region can exactly fill a hole).
     exact.sort(key=lambda polygon: (-polygon.area, polygon.class_id != HOLE))
-    polygons = simplify(exact, tolerance_px)
-    if min_iou > 0 and polygons is not exact:
-        reference = paint(exact, mask.shape) if dropped else mask  # unsimplified, they paint the mask exactly
-        while polygons is not exact and worst_iou(paint(polygons, mask.shape), reference) < min_iou:
-            tolerance_px = tolerance_px * 0.7 if tolerance_px > 0.2 else 0.0
-            polygons = simplify(exact, tolerance_px)
-    return polygons
+    return exact, dropped
 
 
 def simplify(polygons: list[Polygon], tolerance_px: float) -> list[Polygon]:
