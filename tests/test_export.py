@@ -71,8 +71,13 @@ def test_each_model_gets_a_deploy_folder_with_a_dynamic_onnx_model(exported):
     for name in MODELS:
         folder = Path(cfg.paths.exports_dir) / name
         assert {p.name for p in folder.iterdir()} == DEPLOY_FILES
-        for file in ("inference.json", "inference.pdiparams", "meta.json"):  # the trainer's own files
+        for file in ("inference.json", "inference.pdiparams"):  # the trainer's own files
             assert (folder / file).read_bytes() == (Path(cfg.paths.models_dir) / name / file).read_bytes()
+        # the trainer's meta.json, plus what the ONNX model is
+        trainer_meta = json.loads((Path(cfg.paths.models_dir) / name / "meta.json").read_text())
+        assert json.loads((folder / "meta.json").read_text()) == {**trainer_meta, "onnx": {
+            "file": "model.onnx", "conversion": "dynamic", "input_shape": [None, 3, None, None]}}
+        assert result["models"][name]["onnx_conversion"] == "dynamic"
         model = onnx.load(str(folder / "model.onnx"))
         onnx.checker.check_model(model)
         assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [13]
