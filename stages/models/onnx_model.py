@@ -118,7 +118,7 @@ def convert(model_dir: str | Path, onnx_path: str | Path, opset: int, model_name
         if returncode == 0:
             ended = "the converter wrote no model"
         raise ConversionError(f"model {model_name!r}: paddle2onnx {paddle2onnx.__version__} cannot convert op {op} "
-                              f"of {model_file} to ONNX opset {opset}: {reason} ({ended})", op, reason)
+                              f"to ONNX opset {opset}: {reason} ({ended})", op, reason)
     model = onnx.load(str(onnx_path))
     for dim, name in zip(model.graph.input[0].type.tensor_type.shape.dim, INPUT_DIM_NAMES):
         if name and not (dim.HasField("dim_value") and dim.dim_value > 0):
