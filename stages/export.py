@@ -107,32 +107,56 @@ def export_model(cfg, name: str, model_dir: Path, photos, client, training_run) 
             shutil.copyfile(source, tmp / source.name)
         meta = read_meta(tmp)
         conversion = convert_to_onnx(tmp, model_dir, meta.input_size, opset, name)
+        metrics = {"model": name, "architecture": meta.architecture}
+        if conversion["onnx_conversion"] is not None:
+            figures = check_onnx(tmp, photos, params)
+            failures = disagreements(figures, params)
+            if failures and conversion["onnx_conversion"] == "static":  # a best effort: Paddle Inference instead
+                (tmp / ONNX_NAME).unlink()
+                height, width = meta.input_size
+                conversion = {"onnx_conversion": None, "onnx_missing": (
+                    f"{conversion['dynamic_conversion_error']}; converted at a static {height}x{width}, it "
+                    f"disagrees with Paddle Inference on {len(photos)} test photos: " + "; ".join(failures))}
+            elif failures:
+                raise StageError(f"model {name!r}: ONNX model disagrees with Paddle Inference on "
+                                 f"{len(photos)} test photos: " + "; ".join(failures))
+            else:
+                metrics.update(conversion, **figures, check_passed=True)
+        if conversion["onnx_conversion"] is None:
+            metrics.update(conversion, check_passed=None)  # nothing to check: Paddle Inference is the only engine
+            print(f"export: warning: {conversion['onnx_missing']}; {name} is exported for Paddle Inference only "
+                  "(predict uses it for this model)", file=sys.stderr, flush=True)
         has_onnx = conversion["onnx_conversion"] is not None
-        shape = input_shape(tmp / ONNX_NAME) if has_onnx else [None, 3, None, None]
+        shape = metrics["onnx_input_shape"] if has_onnx else [None, 3, None, None]
         record_onnx(tmp, conversion, shape)
         write_text_atomic(tmp / DEPLOY_NAME, yaml.safe_dump(
             deploy_config(meta, model_file.name, params_file.name, shape), sort_keys=False))
-        metrics = {"model": name, "architecture": meta.architecture, **conversion}
-        if has_onnx:
-            check = compare_engines(tmp, photos)
-            metrics.update({
-                "opset": opset_of(tmp / ONNX_NAME),
-                "onnx_input_shape": shape,
-                "onnx_bytes": (tmp / ONNX_NAME).stat().st_size,
-                **check,
-                "logit_tolerance": float(params.check.max_logit_diff) * max(1.0, check["max_abs_logit"]),
-                "min_mask_agreement": float(params.check.min_mask_agreement),
-            })
-            check_agreement(name, metrics, params, len(photos))
-            metrics["check_passed"] = True
-        else:
-            metrics["check_passed"] = None  # nothing to check: Paddle Inference is the only engine
-            print(f"export: warning: {conversion['onnx_missing']}; {name} is exported for "
-                  "Paddle Inference only (predict uses it for this model)", file=sys.stderr, flush=True)
         # MLflow gets everything before the outputs go live: a logging failure leaves no new outputs.
         log_to_training_run(client, training_run, tmp / ONNX_NAME if has_onnx else None, meta, metrics)
     write_json_atomic(Path(cfg.paths.metrics_dir) / f"export_{name}.json", metrics)
     return metrics
+
+
+def check_onnx(deploy_dir: Path, photos, params) -> dict:
+    """The ONNX model's figures: what it is, and how it compares with Paddle Inference on ``photos``."""
+    onnx_path = deploy_dir / ONNX_NAME
+    check = compare_engines(deploy_dir, photos)
+    return {"opset": opset_of(onnx_path), "onnx_input_shape": input_shape(onnx_path),
+            "onnx_bytes": onnx_path.stat().st_size, **check,
+            "logit_tolerance": float(params.check.max_logit_diff) * max(1.0, check["max_abs_logit"]),
+            "min_mask_agreement": float(params.check.min_mask_agreement)}
+
+
+def disagreements(figures: dict, params) -> list[str]:
+    failures = []
+    if not figures["max_logit_diff"] <= figures["logit_tolerance"]:
+        failures.append(f"max logit difference {figures['max_logit_diff']:.3g} > {figures['logit_tolerance']:.3g} "
+                        f"(export.check.max_logit_diff {params.check.max_logit_diff} x max(1, largest logit "
+                        f"{figures['max_abs_logit']:.3g}))")
+    if not figures["mask_agreement"] >= figures["min_mask_agreement"]:
+        failures.append(f"class ids agree on {figures['mask_agreement']:.4%} of the pixels < "
+                        f"export.check.min_mask_agreement {figures['min_mask_agreement']:.4%}")
+    return failures
 
 
 def convert_to_onnx(deploy_dir: Path, model_dir: Path, input_size, opset: int, name: str) -> dict:
@@ -168,20 +192,6 @@ def record_onnx(deploy_dir: Path, conversion: dict, shape: list) -> None:
     else:
         meta["onnx"] = {"file": ONNX_NAME, "conversion": conversion["onnx_conversion"], "input_shape": shape}
     write_json_atomic(path, meta)
-
-
-def check_agreement(name: str, metrics: dict, params, photos: int) -> None:
-    failures = []
-    if not metrics["max_logit_diff"] <= metrics["logit_tolerance"]:
-        failures.append(f"max logit difference {metrics['max_logit_diff']:.3g} > {metrics['logit_tolerance']:.3g} "
-                        f"(export.check.max_logit_diff {params.check.max_logit_diff} x max(1, largest logit "
-                        f"{metrics['max_abs_logit']:.3g}))")
-    if not metrics["mask_agreement"] >= metrics["min_mask_agreement"]:
-        failures.append(f"class ids agree on {metrics['mask_agreement']:.4%} of the pixels < "
-                        f"export.check.min_mask_agreement {metrics['min_mask_agreement']:.4%}")
-    if failures:
-        raise StageError(f"model {name!r}: ONNX model disagrees with Paddle Inference on "
-                         f"{photos} test photos: " + "; ".join(failures))
 
 
 def compare_engines(deploy_dir: Path, photos) -> dict:

@@ -125,6 +125,24 @@ def convert(model_dir: str | Path, onnx_path: str | Path, opset: int, model_name
             dim.dim_param = name
     onnx.checker.check_model(model)
     onnx.save(model, str(onnx_path))
+    loads_or_raise(onnx_path, model_name)
+
+
+def loads_or_raise(onnx_path: Path, model_name: str) -> None:
+    """paddle2onnx can write a model that passes ONNX's checker but not onnxruntime's shape inference (adaptive
+    pooling to more cells than its input has: strides 0): remove it and raise ConversionError."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001  onnxruntime's errors share no useful base class
+        onnx_path.unlink(missing_ok=True)
+        reason = " ".join(str(err).split())
+        node = re.search(r"Op \((\w+)\)", reason)
+        raise ConversionError(f"model {model_name!r}: onnxruntime cannot load paddle2onnx's ONNX model: {reason}",
+                              node.group(1) if node else "unknown", reason) from None
 
 
 def onnx_missing(model_dir: str | Path) -> str | None:
