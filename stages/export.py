@@ -179,7 +179,8 @@ def convert_to_onnx(deploy_dir: Path, model_dir: Path, input_size, opset: int, n
             save_static(model_dir, static_dir, input_size)
             convert(static_dir, deploy_dir / ONNX_NAME, opset, name)
     except StageError as err:
-        return {"onnx_conversion": None, "onnx_missing": f"{dynamic}; and at a static {height}x{width}: {err}"}
+        static = str(err).removeprefix(f"model {name!r}: ")
+        return {"onnx_conversion": None, "onnx_missing": f"{dynamic}; and at a static {height}x{width}: {static}"}
     return {"onnx_conversion": "static", "dynamic_conversion_error": str(dynamic)}
 
 

@@ -1,6 +1,7 @@
 """The export stage on real tiny models: a random-weight DoveNet and an upsampling red detector, converted to
 ONNX for real, checked against Paddle Inference, read by PaddleSeg's deploy tooling, logged to MLflow."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,7 @@ def test_a_failed_conversion_is_one_line_naming_the_model_and_the_op(tmp_path):
     assert "\n" not in message
     assert message.startswith("model 'old': paddle2onnx 2.1.0 cannot convert op pd_op.nearest_interp to ONNX ")
     assert "to ONNX opset 13: (Unimplemented) the 0th elementwise MUST be ir::FloatAttribute" in message
+    assert re.search(r"\(the converter exited with status \d+\)$", message)  # paddle2onnx's sys.exit
     assert not (tmp_path / "model.onnx").exists()
 
 
@@ -274,6 +276,14 @@ def test_a_converter_abort_is_one_line_naming_the_model_the_op_and_the_reason(tm
     assert message == ("model 'pooled': paddle2onnx 2.1.0 cannot convert op pd_op.pool2d to ONNX opset 13: "
                        "Adaptive only support static input shape (the converter was killed by SIGABRT)")
     assert caught.value.needs_static_shape and not (tmp_path / "model.onnx").exists()
+
+
+def test_every_way_the_converter_can_end_is_named():
+    from stages.models.onnx_model import how_it_ended
+
+    assert how_it_ended(-6) == "the converter was killed by SIGABRT"
+    assert how_it_ended(-11) == "the converter was killed by SIGSEGV"
+    assert how_it_ended(1) == "the converter exited with status 1"  # paddle2onnx's sys.exit(1)
 
 
 def test_a_paddleseg_model_with_adaptive_pooling_exports_at_a_static_size(tmp_path, mlflow_store, monkeypatch):

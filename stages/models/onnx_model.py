@@ -140,6 +140,7 @@ def loads_or_raise(onnx_path: Path, model_name: str) -> None:
     except Exception as err:  # noqa: BLE001  onnxruntime's errors share no useful base class
         onnx_path.unlink(missing_ok=True)
         reason = " ".join(str(err).split())
+        reason = reason.split(" failed:", 1)[-1]  # without "[ONNXRuntimeError] ... Load model from <path>"
         node = re.search(r"Op \((\w+)\)", reason)
         raise ConversionError(f"model {model_name!r}: onnxruntime cannot load paddle2onnx's ONNX model: {reason}",
                               node.group(1) if node else "unknown", reason) from None
