@@ -1,4 +1,5 @@
-"""train_paddleseg: PaddleSeg's UNet trained from a PaddleSeg config (the tutorial's second method), resumable.
+"""train_paddleseg: a PaddleSeg model (UNet by default) trained from a PaddleSeg config (the tutorial's second
+method), resumable.
 
 The PaddleSeg config template (train_paddleseg.config, default conf/paddleseg/unet.yml) is filled from
 params and the labels file, then PaddleSeg builds the model, datasets, transforms, loss and optimizer

@@ -312,6 +312,20 @@ def test_a_paddleseg_model_with_adaptive_pooling_exports_at_a_static_size(tmp_pa
         == "onnxruntime"
 
 
+def test_a_static_conversion_that_disagrees_with_paddle_falls_back_to_paddle(tmp_path, mlflow_store, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = make_cfg(*make_dataset(tmp_path), *mlflow_store, "export.models=[paddleseg]")
+    pooled_model(tmp_path / "models" / "paddleseg", paddleseg_config=True)
+    with training_run(cfg, "train_paddleseg", tmp_path / "models" / "paddleseg" / "mlflow_run.json"):
+        pass
+    monkeypatch.setattr(export, "convert", corrupting(convert))  # the dynamic attempt aborts, the static one is wrong
+    metrics = export.run(cfg)["models"]["paddleseg"]
+    assert metrics["onnx_conversion"] is None and metrics["check_passed"] is None
+    assert "; converted at a static 24x20, it disagrees with Paddle Inference on 4 test photos: max logit " \
+        "difference" in metrics["onnx_missing"]
+    assert not (Path(cfg.paths.exports_dir) / "paddleseg" / "model.onnx").exists()
+
+
 def test_a_model_onnx_cannot_hold_is_exported_for_paddle_and_predicted_with_it(tmp_path, mlflow_store, monkeypatch,
                                                                                 capfd):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
