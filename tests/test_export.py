@@ -286,6 +286,7 @@ def test_every_way_the_converter_can_end_is_named():
     assert how_it_ended(1) == "the converter exited with status 1"  # paddle2onnx's sys.exit(1)
 
 
+@pytest.mark.slow
 def test_a_paddleseg_model_with_adaptive_pooling_exports_at_a_static_size(tmp_path, mlflow_store, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = make_cfg(*make_dataset(tmp_path), *mlflow_store, "export.models=[paddleseg]")
@@ -312,6 +313,7 @@ def test_a_paddleseg_model_with_adaptive_pooling_exports_at_a_static_size(tmp_pa
         == "onnxruntime"
 
 
+@pytest.mark.slow
 def test_a_static_conversion_that_disagrees_with_paddle_falls_back_to_paddle(tmp_path, mlflow_store, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = make_cfg(*make_dataset(tmp_path), *mlflow_store, "export.models=[paddleseg]")

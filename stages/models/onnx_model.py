@@ -12,7 +12,6 @@ the op and the converter's reason, whatever way the child ended.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -29,7 +28,6 @@ ONNX_NAME = "model.onnx"
 # (onnxruntime, TensorRT 8+, OpenVINO) and holds every op both networks use.
 MIN_OPSET, MAX_OPSET = 7, 19
 INPUT_DIM_NAMES = ("batch", None, "height", "width")  # names for the input's dynamic dimensions
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding stages/, for the child process
 CONVERT_TIMEOUT_S = 1800
 # paddle2onnx's words when an op (adaptive pooling, ...) needs fixed input sizes: a static conversion may work
 NEEDS_STATIC_SHAPE = re.compile(r"static (input )?shape", re.IGNORECASE)
@@ -79,15 +77,6 @@ def how_it_ended(returncode: int) -> str:
     return f"the converter exited with status {returncode}"
 
 
-def _convert_here(model_file: str, params_file: str, onnx_path: str, opset: int) -> None:
-    """The conversion itself, in the child process that ``convert`` starts."""
-    import paddle2onnx
-
-    # optimize_tool "None": the default (polygraphy) may pip-install packages at run time.
-    paddle2onnx.export(model_file, params_file, onnx_path, opset_version=int(opset), auto_upgrade_opset=False,
-                       verbose=True, enable_onnx_checker=True, optimize_tool="None")
-
-
 def convert(model_dir: str | Path, onnx_path: str | Path, opset: int, model_name: str) -> None:
     """Convert ``model_dir``'s Paddle inference model to ONNX at ``onnx_path``, at exactly ``opset``.
 
@@ -101,12 +90,13 @@ def convert(model_dir: str | Path, onnx_path: str | Path, opset: int, model_name
     model_file, params_file = model_files(model_dir)
     onnx_path = Path(onnx_path)
     onnx_path.unlink(missing_ok=True)
-    code = (f"from stages.models.onnx_model import _convert_here; "
-            f"_convert_here({str(model_file)!r}, {str(params_file)!r}, {str(onnx_path)!r}, {int(opset)})")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
-                                                                       os.environ.get("PYTHONPATH")]))}
+    # The child imports only paddle2onnx (which imports Paddle: most of its start-up time).
+    # optimize_tool "None": the default (polygraphy) may pip-install packages at run time.
+    code = (f"import paddle2onnx; paddle2onnx.export({str(model_file)!r}, {str(params_file)!r}, {str(onnx_path)!r}, "
+            f"opset_version={int(opset)}, auto_upgrade_opset=False, verbose=True, enable_onnx_checker=True, "
+            "optimize_tool='None')")
     try:
-        child = subprocess.run([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
+        child = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=CONVERT_TIMEOUT_S)
         log, returncode = child.stdout.decode("utf-8", "replace"), child.returncode
     except subprocess.TimeoutExpired as err:
