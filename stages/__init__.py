@@ -11,7 +11,7 @@ import stage modules, and import each other only downward in this order, lowest 
     data        labels file, image and label-PNG I/O, split lists, DVC's hash of a data folder
     labelme     reading labelme annotations, the shape rasteriser
     evaluation  confusion-matrix metrics, the report's figures
-    models      DoveNet, exported inference models
+    models      DoveNet, exported inference models, their ONNX conversion
     prediction  masks from an exported model, prediction files
     training    MLflow tracking, data-parallel launch, the training dataset, PaddleSeg's loop and fixes
 

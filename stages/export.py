@@ -6,7 +6,11 @@ For every model in export.models (folders under paths.models_dir, as the trainer
   meta.json                            input size, class names, normalisation (what predict reads)
   deploy.yaml                          the same in PaddleSeg's deploy format (PaddleSeg, FastDeploy)
   model.onnx                           paddle2onnx's conversion at export.opset, dynamic batch/height/width
-and checks the conversion on the first export.check.images photos of the test split: Paddle Inference and
+When an op converts only at a fixed input size (adaptive pooling: PP-LiteSeg), a PaddleSeg model is traced
+again at its input size from its trainer's folder and converted with a static height and width (predict
+resizes every photo to that size anyway). When no conversion works, the folder has no model.onnx: one
+warning line says why, meta.json and the metrics record it, and predict uses Paddle Inference for it.
+The stage checks each conversion on the first export.check.images photos of the test split: Paddle Inference and
 onnxruntime must give logits within export.check.max_logit_diff (relative to the largest logit, at least 1)
 and the same class ids (at each photo's full size, as predict makes them) on at least
 export.check.min_mask_agreement of the pixels, or the stage fails and writes nothing. The figures go to
@@ -15,9 +19,11 @@ export.check.min_mask_agreement of the pixels, or the stage fails and writes not
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +37,9 @@ from stages.data.images import read_rgb
 from stages.data.split_lists import read_split
 from stages.models.inference_model import (DEPLOY_NAME, META_NAME, Predictor, deploy_config, model_files,
                                            preprocess, read_meta)
-from stages.models.onnx_model import MAX_OPSET, MIN_OPSET, ONNX_NAME, OnnxPredictor, convert, input_shape, opset_of
+from stages.models.onnx_model import (MAX_OPSET, MIN_OPSET, ONNX_NAME, ConversionError, OnnxPredictor, convert,
+                                      input_shape, opset_of)
+from stages.models.paddleseg_model import can_rebuild, save_static
 from stages.prediction.masks import predict_masks
 from stages.training.tracking import finished_run_client
 
@@ -97,37 +105,94 @@ def export_model(cfg, name: str, model_dir: Path, photos, client, training_run) 
     with atomic_dir(Path(cfg.paths.exports_dir) / name) as tmp:
         for source in (model_file, params_file, model_dir / META_NAME):
             shutil.copyfile(source, tmp / source.name)
-        convert(tmp, tmp / ONNX_NAME, opset, name)
         meta = read_meta(tmp)
+        conversion = convert_to_onnx(tmp, model_dir, meta.input_size, opset, name)
+        metrics = {"model": name, "architecture": meta.architecture}
+        if conversion["onnx_conversion"] is not None:
+            figures = check_onnx(tmp, photos, params)
+            failures = disagreements(figures, params)
+            if failures and conversion["onnx_conversion"] == "static":  # a best effort: Paddle Inference instead
+                (tmp / ONNX_NAME).unlink()
+                height, width = meta.input_size
+                conversion = {"onnx_conversion": None, "onnx_missing": (
+                    f"{conversion['dynamic_conversion_error']}; converted at a static {height}x{width}, it "
+                    f"disagrees with Paddle Inference on {len(photos)} test photos: " + "; ".join(failures))}
+            elif failures:
+                raise StageError(f"model {name!r}: ONNX model disagrees with Paddle Inference on "
+                                 f"{len(photos)} test photos: " + "; ".join(failures))
+            else:
+                metrics.update(conversion, **figures, check_passed=True)
+        if conversion["onnx_conversion"] is None:
+            metrics.update(conversion, check_passed=None)  # nothing to check: Paddle Inference is the only engine
+            print(f"export: warning: {conversion['onnx_missing']}; {name} is exported for Paddle Inference only "
+                  "(predict uses it for this model)", file=sys.stderr, flush=True)
+        has_onnx = conversion["onnx_conversion"] is not None
+        shape = metrics["onnx_input_shape"] if has_onnx else [None, 3, None, None]
+        record_onnx(tmp, conversion, shape)
         write_text_atomic(tmp / DEPLOY_NAME, yaml.safe_dump(
-            deploy_config(meta, model_file.name, params_file.name, input_shape(tmp / ONNX_NAME)), sort_keys=False))
-        check = compare_engines(tmp, photos)
-        metrics = {
-            "model": name,
-            "architecture": meta.architecture,
-            "opset": opset_of(tmp / ONNX_NAME),
-            "onnx_input_shape": input_shape(tmp / ONNX_NAME),
-            "onnx_bytes": (tmp / ONNX_NAME).stat().st_size,
-            **check,
-            "logit_tolerance": float(params.check.max_logit_diff) * max(1.0, check["max_abs_logit"]),
-            "min_mask_agreement": float(params.check.min_mask_agreement),
-        }
-        failures = []
-        if not metrics["max_logit_diff"] <= metrics["logit_tolerance"]:
-            failures.append(f"max logit difference {metrics['max_logit_diff']:.3g} > {metrics['logit_tolerance']:.3g} "
-                            f"(export.check.max_logit_diff {params.check.max_logit_diff} x max(1, largest logit "
-                            f"{metrics['max_abs_logit']:.3g}))")
-        if not metrics["mask_agreement"] >= metrics["min_mask_agreement"]:
-            failures.append(f"class ids agree on {metrics['mask_agreement']:.4%} of the pixels < "
-                            f"export.check.min_mask_agreement {metrics['min_mask_agreement']:.4%}")
-        if failures:
-            raise StageError(f"model {name!r}: ONNX model disagrees with Paddle Inference on "
-                             f"{len(photos)} test photos: " + "; ".join(failures))
-        metrics["check_passed"] = True
+            deploy_config(meta, model_file.name, params_file.name, shape), sort_keys=False))
         # MLflow gets everything before the outputs go live: a logging failure leaves no new outputs.
-        log_to_training_run(client, training_run, tmp / ONNX_NAME, meta, metrics)
+        log_to_training_run(client, training_run, tmp / ONNX_NAME if has_onnx else None, meta, metrics)
     write_json_atomic(Path(cfg.paths.metrics_dir) / f"export_{name}.json", metrics)
     return metrics
+
+
+def check_onnx(deploy_dir: Path, photos, params) -> dict:
+    """The ONNX model's figures: what it is, and how it compares with Paddle Inference on ``photos``."""
+    onnx_path = deploy_dir / ONNX_NAME
+    check = compare_engines(deploy_dir, photos)
+    return {"opset": opset_of(onnx_path), "onnx_input_shape": input_shape(onnx_path),
+            "onnx_bytes": onnx_path.stat().st_size, **check,
+            "logit_tolerance": float(params.check.max_logit_diff) * max(1.0, check["max_abs_logit"]),
+            "min_mask_agreement": float(params.check.min_mask_agreement)}
+
+
+def disagreements(figures: dict, params) -> list[str]:
+    failures = []
+    if not figures["max_logit_diff"] <= figures["logit_tolerance"]:
+        failures.append(f"max logit difference {figures['max_logit_diff']:.3g} > {figures['logit_tolerance']:.3g} "
+                        f"(export.check.max_logit_diff {params.check.max_logit_diff} x max(1, largest logit "
+                        f"{figures['max_abs_logit']:.3g}))")
+    if not figures["mask_agreement"] >= figures["min_mask_agreement"]:
+        failures.append(f"class ids agree on {figures['mask_agreement']:.4%} of the pixels < "
+                        f"export.check.min_mask_agreement {figures['min_mask_agreement']:.4%}")
+    return failures
+
+
+def convert_to_onnx(deploy_dir: Path, model_dir: Path, input_size, opset: int, name: str) -> dict:
+    """model.onnx in ``deploy_dir``: dynamic height and width, else (an op needs fixed sizes) the model
+    traced again at ``input_size``. Returns how: {"onnx_conversion": "dynamic" | "static" | None, ...}
+    with the converter's one-line reasons."""
+    try:
+        convert(deploy_dir, deploy_dir / ONNX_NAME, opset, name)
+        return {"onnx_conversion": "dynamic"}
+    except ConversionError as err:
+        dynamic = err
+    if not dynamic.needs_static_shape:
+        return {"onnx_conversion": None, "onnx_missing": str(dynamic)}
+    height, width = input_size
+    if not can_rebuild(model_dir):
+        return {"onnx_conversion": None, "onnx_missing": f"{dynamic}; a static {height}x{width} conversion needs "
+                                                         "the model's PaddleSeg config and weights (train_paddleseg's)"}
+    try:
+        with tempfile.TemporaryDirectory(prefix="static-") as static_dir:
+            save_static(model_dir, static_dir, input_size)
+            convert(static_dir, deploy_dir / ONNX_NAME, opset, name)
+    except StageError as err:
+        static = str(err).removeprefix(f"model {name!r}: ")
+        return {"onnx_conversion": None, "onnx_missing": f"{dynamic}; and at a static {height}x{width}: {static}"}
+    return {"onnx_conversion": "static", "dynamic_conversion_error": str(dynamic)}
+
+
+def record_onnx(deploy_dir: Path, conversion: dict, shape: list) -> None:
+    """meta.json of the deploy folder says what model.onnx is, or why there is none (predict reads it)."""
+    path = deploy_dir / META_NAME
+    meta = json.loads(path.read_text())
+    if conversion["onnx_conversion"] is None:
+        meta["onnx"] = {"file": None, "missing": conversion["onnx_missing"]}
+    else:
+        meta["onnx"] = {"file": ONNX_NAME, "conversion": conversion["onnx_conversion"], "input_shape": shape}
+    write_json_atomic(path, meta)
 
 
 def compare_engines(deploy_dir: Path, photos) -> dict:
@@ -150,8 +215,9 @@ def compare_engines(deploy_dir: Path, photos) -> dict:
     }
 
 
-def log_to_training_run(client, training_run, onnx_path: Path, meta, metrics: dict) -> None:
-    """The check's figures and the ONNX model, added to the finished training run without reopening it."""
+def log_to_training_run(client, training_run, onnx_path: Path | None, meta, metrics: dict) -> None:
+    """The check's figures and the ONNX model, added to the finished training run without reopening it
+    (``onnx_path`` None: no ONNX model, only why)."""
     import mlflow.onnx
     import onnx
     import onnxruntime
@@ -160,6 +226,10 @@ def log_to_training_run(client, training_run, onnx_path: Path, meta, metrics: di
     from mlflow.types import Schema, TensorSpec
 
     run_id = training_run.info.run_id
+    client.set_tag(run_id, "onnx_conversion", str(metrics["onnx_conversion"]))
+    if onnx_path is None:
+        client.set_tag(run_id, "onnx_missing", metrics["onnx_missing"][:5000])  # MLflow's tag value limit
+        return
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[
         Metric(f"export/{key}", float(metrics[key]), now, 0)

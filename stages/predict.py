@@ -31,7 +31,7 @@ from stages.data.labels import read_labels
 from stages.data.split_lists import check_samples, read_split, split_file
 from stages.evaluation.metrics import ConfusionMatrix
 from stages.models.inference_model import META_NAME, MODEL_PREFIX, Predictor
-from stages.models.onnx_model import ONNX_NAME, OnnxPredictor
+from stages.models.onnx_model import ONNX_NAME, OnnxPredictor, onnx_missing
 from stages.prediction.files import (IMAGE_SUFFIXES, METRICS_NAME, SUMMARY_NAME, list_images, output_names,
                                      read_photo, write_prediction)
 from stages.prediction.masks import RESIZE_METHOD, batches, predict_masks
@@ -49,18 +49,24 @@ ENGINES = ("paddle", "onnxruntime")
 
 
 def load_models(cfg) -> dict[str, Predictor | OnnxPredictor]:
-    """One predictor on predict.engine per name in predict.models; one StageError naming every missing file."""
+    """One predictor on predict.engine per name in predict.models (Paddle Inference for a model the export
+    stage could not convert to ONNX, with a warning); one StageError naming every missing file."""
     names = list(cfg.predict.models)
     engine = str(cfg.predict.engine)
     if engine not in ENGINES:
         raise StageError(f"predict.engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if not names:
         raise StageError("predict.models is empty: name at least one model folder under paths.exports_dir")
-    problems = []
+    problems, engines = [], {}
     for name in names:
         model_dir = Path(cfg.paths.exports_dir) / name
         wanted = [model_dir / META_NAME]
-        if engine == "onnxruntime":
+        engines[name] = engine
+        if engine == "onnxruntime" and not (model_dir / ONNX_NAME).is_file() and onnx_missing(model_dir):
+            print(f"predict: warning: model {name!r} has no ONNX model ({onnx_missing(model_dir)}); "
+                  "predicting with Paddle Inference", file=sys.stderr, flush=True)
+            engines[name] = "paddle"
+        if engines[name] == "onnxruntime":
             wanted.append(model_dir / ONNX_NAME)
         else:
             wanted.append(model_dir / f"{MODEL_PREFIX}.pdiparams")
@@ -73,9 +79,9 @@ def load_models(cfg) -> dict[str, Predictor | OnnxPredictor]:
         raise StageError("no deployable model to predict with (train it, then export it: dvc repro export):\n  "
                          + "\n  ".join(problems))
     threads = int(cfg.predict.cpu_threads) or os.cpu_count() or 1
-    if engine == "onnxruntime":
-        return {name: OnnxPredictor(Path(cfg.paths.exports_dir) / name, cpu_threads=threads) for name in names}
-    return {name: Predictor(Path(cfg.paths.exports_dir) / name, cpu_threads=threads) for name in names}
+    engine_class = {"onnxruntime": OnnxPredictor, "paddle": Predictor}
+    return {name: engine_class[engines[name]](Path(cfg.paths.exports_dir) / name, cpu_threads=threads)
+            for name in names}
 
 
 # --- the test split, scored ---------------------------------------------------------------------
@@ -136,7 +142,7 @@ def predict_test_split(cfg) -> dict:
                 "model": name,
                 "architecture": predictor.meta.architecture,
                 "input_size": list(predictor.meta.input_size),
-                "engine": str(cfg.predict.engine),
+                "engine": "paddle" if isinstance(predictor, Predictor) else "onnxruntime",
                 "class_names": list(labels.names),
                 "resize": RESIZE_METHOD,
                 "num_samples": len(samples),

@@ -1,4 +1,5 @@
-"""train_paddleseg: PaddleSeg's UNet trained from a PaddleSeg config (the tutorial's second method), resumable.
+"""train_paddleseg: a PaddleSeg model (UNet by default) trained from a PaddleSeg config (the tutorial's second
+method), resumable.
 
 The PaddleSeg config template (train_paddleseg.config, default conf/paddleseg/unet.yml) is filled from
 params and the labels file, then PaddleSeg builds the model, datasets, transforms, loss and optimizer
@@ -29,6 +30,7 @@ from stages.common.outputs import atomic_dir, trainer_output_paths, write_json_a
 from stages.data.labels import read_labels
 from stages.data.split_lists import check_samples, read_split, split_file
 from stages.models.inference_model import META_NAME, ModelMeta, export
+from stages.models.paddleseg_model import CONFIG_NAME
 from stages.training import distributed
 from stages.training.adaptation import (Adaptation, adapted_config, fit_batch, fit_interval, fit_processes,
                                         log_adaptations, summary_line)
@@ -36,11 +38,11 @@ from stages.training.distributed import LaunchSettings
 from stages.training.paddleseg_loop import (BEST_DIR, STATE_NAME, LoopSettings, build, dump_config, latest_state,
                                             new_state, normalisation, resolve_config, restore, train)
 from stages.training.photo_cache import MB
+from stages.training.pretrained import check_pretrained
 from stages.training.summary import training_metrics, validation_metrics, write_plots
 from stages.training.tracking import log_metrics, registered_model_name, training_run
 
 STAGE = "train_paddleseg"
-CONFIG_NAME = "paddleseg.yml"
 # Params that change how fast training runs, not what it computes: a checkpoint stays valid across them.
 RUNTIME_PARAMS = ("num_workers", "num_threads", "cache_mb")
 LOADS_WITH = mlflow.paddle.get_default_pip_requirements()  # Paddle only (see train_paddle.LOADS_WITH)
@@ -71,6 +73,20 @@ def fit_to_data(cfg, processes: int | None = None) -> tuple[DictConfig, list[Ada
         fit_interval(STAGE, "eval_interval", int(params.eval_interval), iters),
         fit_interval(STAGE, "log_interval", int(params.log_interval), iters)) if change]
     return adapted_config(cfg, adaptations), adaptations, launch
+
+
+def resolved_document(cfg, labels=None) -> dict:
+    """The PaddleSeg config template filled from params and the labels file."""
+    labels = labels or read_labels(cfg.data.labels)
+    return resolve_config(cfg.train_paddleseg.config, cfg, {"labels": {"num_classes": labels.num_classes,
+                                                                       "names": list(labels.names)}})
+
+
+def check_before_start(cfg) -> LaunchSettings:
+    """What the main checks before launching processes: params fitted to the data, pretrained weights."""
+    cfg, _, launch = fit_to_data(cfg)
+    check_pretrained(resolved_document(cfg), cfg.train_paddleseg.config)
+    return launch
 
 
 def fingerprint(cfg, resolved_config: str, labels, samples) -> str:
@@ -148,8 +164,9 @@ def run(cfg) -> dict:
     for name, samples in splits.items():
         check_samples(samples, labels.num_classes, split_file(cfg, name))
     paths = output_paths(cfg)
-    document = resolve_config(params.config, cfg, {"labels": {"num_classes": labels.num_classes,
-                                                              "names": list(labels.names)}})
+    document = resolved_document(cfg, labels)
+    if distributed.is_main_process():
+        check_pretrained(document, params.config)
     resolved_text = dump_config(document)
     processes, batch = distributed.world_size(), int(document["batch_size"])
     if not processes <= batch <= len(splits["train"]):  # a template that does not take the adapted batch size
@@ -228,5 +245,5 @@ def run(cfg) -> dict:
 
 if __name__ == "__main__":
     # params checked and fitted to the data first; train_paddleseg.distributed.nproc > 1: under Paddle's launcher
-    distributed.relaunch_if_configured(STAGE, check=lambda cfg: fit_to_data(cfg)[2])
+    distributed.relaunch_if_configured(STAGE, check=check_before_start)
     stage_main(run)

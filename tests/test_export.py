@@ -1,6 +1,7 @@
 """The export stage on real tiny models: a random-weight DoveNet and an upsampling red detector, converted to
 ONNX for real, checked against Paddle Inference, read by PaddleSeg's deploy tooling, logged to MLflow."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +11,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from stages import export
+from stages import export, predict
 from stages.common.config import StageError
 from stages.data.images import read_rgb, save_rgb_png
 from stages.data.split_lists import read_split
 from stages.models.dovenet import DoveNet
 from stages.models.inference_model import ModelMeta, Predictor, preprocess, read_meta
 from stages.models.inference_model import export as export_inference_model
-from stages.models.onnx_model import OnnxPredictor, convert
+from stages.models.onnx_model import ConversionError, OnnxPredictor, convert
 from stages.training.tracking import read_run_id, training_run
 
 from tiny_pipeline import CLASS_NAMES, export_model, make_cfg, make_dataset
@@ -71,8 +72,13 @@ def test_each_model_gets_a_deploy_folder_with_a_dynamic_onnx_model(exported):
     for name in MODELS:
         folder = Path(cfg.paths.exports_dir) / name
         assert {p.name for p in folder.iterdir()} == DEPLOY_FILES
-        for file in ("inference.json", "inference.pdiparams", "meta.json"):  # the trainer's own files
+        for file in ("inference.json", "inference.pdiparams"):  # the trainer's own files
             assert (folder / file).read_bytes() == (Path(cfg.paths.models_dir) / name / file).read_bytes()
+        # the trainer's meta.json, plus what the ONNX model is
+        trainer_meta = json.loads((Path(cfg.paths.models_dir) / name / "meta.json").read_text())
+        assert json.loads((folder / "meta.json").read_text()) == {**trainer_meta, "onnx": {
+            "file": "model.onnx", "conversion": "dynamic", "input_shape": [None, 3, None, None]}}
+        assert result["models"][name]["onnx_conversion"] == "dynamic"
         model = onnx.load(str(folder / "model.onnx"))
         onnx.checker.check_model(model)
         assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [13]
@@ -196,8 +202,9 @@ def test_a_failed_conversion_is_one_line_naming_the_model_and_the_op(tmp_path):
         convert(tmp_path, tmp_path / "model.onnx", 13, "old")
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith("model 'old': paddle2onnx 2.1.0 cannot convert op pd_op.nearest_interp of ")
+    assert message.startswith("model 'old': paddle2onnx 2.1.0 cannot convert op pd_op.nearest_interp to ONNX ")
     assert "to ONNX opset 13: (Unimplemented) the 0th elementwise MUST be ir::FloatAttribute" in message
+    assert re.search(r"\(the converter exited with status \d+\)$", message)  # paddle2onnx's sys.exit
     assert not (tmp_path / "model.onnx").exists()
 
 
@@ -213,3 +220,140 @@ def test_bad_params_and_untrained_models_fail_before_writing(tmp_path):
     with pytest.raises(StageError, match=r"mlflow_run.json: no MLflow run id"):
         export.run(make_cfg(*overrides, "export.models=[paddle]"))
     assert not Path(make_cfg(*overrides).paths.exports_dir).exists()
+
+
+# --- models paddle2onnx aborts on: a static conversion, or Paddle Inference only ---------------------------
+
+class PooledRedDetector(paddle.nn.Layer):
+    """Scores "dove" by redness, plus a context term from adaptive pooling (as PP-LiteSeg's context module):
+    paddle2onnx 2.1 aborts the process (SIGABRT) on adaptive pooling of a dynamic height and width."""
+
+    def __init__(self, num_classes: int = 2, pretrained=None):
+        super().__init__()
+        self.score = paddle.nn.Conv2D(3, num_classes, kernel_size=1)
+        self.score.weight.set_value(np.array([0, 0, 0, 8, 0, 0], np.float32).reshape(2, 3, 1, 1))
+        self.score.bias.set_value(np.array([0, -1], np.float32))
+        self.context = paddle.nn.AdaptiveAvgPool2D(2)
+
+    def forward(self, x):
+        scores = self.score(x)
+        context = paddle.nn.functional.interpolate(self.context(scores), size=paddle.shape(x)[2:], mode="bilinear")
+        return [scores + 0.1 * context]  # a list of logits, as PaddleSeg's models return
+
+
+def pooled_model(model_dir: Path, cfg=None, paddleseg_config: bool = False) -> None:
+    """models/<name>/ as a trainer writes it; with ``paddleseg_config``, train_paddleseg's paddleseg.yml and
+    model.pdparams too (the model registered with PaddleSeg, so that its builder can rebuild it)."""
+    from paddleseg.cvlibs import manager
+
+    if "PooledRedDetector" not in manager.MODELS.components_dict:
+        manager.MODELS.add_component(PooledRedDetector)
+    model = PooledRedDetector()
+    meta = ModelMeta((24, 20), CLASS_NAMES, (0.5,) * 3, (0.5,) * 3, "PooledRedDetector")
+
+    class FirstLogits(paddle.nn.Layer):  # what train_paddleseg exports: the first of the model's logits
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x)[0]
+
+    export_inference_model(FirstLogits(), model_dir, meta)
+    if paddleseg_config:
+        paddle.save(model.state_dict(), str(model_dir / "model.pdparams"))
+        (model_dir / "paddleseg.yml").write_text(yaml.safe_dump({
+            "batch_size": 2, "iters": 1, "train_dataset": {"type": "Dataset", "mode": "train"},
+            "model": {"type": "PooledRedDetector", "num_classes": 2, "pretrained": "https://127.0.0.1:9/none"}}))
+
+
+def test_a_converter_abort_is_one_line_naming_the_model_the_op_and_the_reason(tmp_path):
+    pooled_model(tmp_path)
+    with pytest.raises(ConversionError) as caught:
+        convert(tmp_path, tmp_path / "model.onnx", 13, "pooled")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message == ("model 'pooled': paddle2onnx 2.1.0 cannot convert op pd_op.pool2d to ONNX opset 13: "
+                       "Adaptive only support static input shape (the converter was killed by SIGABRT)")
+    assert caught.value.needs_static_shape and not (tmp_path / "model.onnx").exists()
+
+
+def test_every_way_the_converter_can_end_is_named():
+    from stages.models.onnx_model import how_it_ended
+
+    assert how_it_ended(-6) == "the converter was killed by SIGABRT"
+    assert how_it_ended(-11) == "the converter was killed by SIGSEGV"
+    assert how_it_ended(1) == "the converter exited with status 1"  # paddle2onnx's sys.exit(1)
+
+
+@pytest.mark.slow
+def test_a_paddleseg_model_with_adaptive_pooling_exports_at_a_static_size(tmp_path, mlflow_store, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = make_cfg(*make_dataset(tmp_path), *mlflow_store, "export.models=[paddleseg]")
+    pooled_model(tmp_path / "models" / "paddleseg", paddleseg_config=True)
+    with training_run(cfg, "train_paddleseg", tmp_path / "models" / "paddleseg" / "mlflow_run.json"):
+        pass
+    metrics = export.run(cfg)["models"]["paddleseg"]
+    folder = Path(cfg.paths.exports_dir) / "paddleseg"
+    assert {p.name for p in folder.iterdir()} == DEPLOY_FILES
+    assert metrics["onnx_conversion"] == "static" and metrics["check_passed"]
+    assert "cannot convert op pd_op.pool2d" in metrics["dynamic_conversion_error"]
+    assert metrics["onnx_input_shape"] == [None, 3, 24, 20] and metrics["mask_agreement"] >= 0.9999
+    assert json.loads((Path(cfg.paths.metrics_dir) / "export_paddleseg.json").read_text()) == metrics
+    assert json.loads((folder / "meta.json").read_text())["onnx"] == {
+        "file": "model.onnx", "conversion": "static", "input_shape": [None, 3, 24, 20]}
+    assert yaml.safe_load((folder / "deploy.yaml").read_text())["Deploy"]["input_shape"] == [None, 3, 24, 20]
+    batch = np.random.default_rng(0).normal(size=(3, 3, 24, 20)).astype(np.float32)  # any batch
+    np.testing.assert_allclose(OnnxPredictor(folder).logits(batch), Predictor(folder, use_gpu=False).logits(batch),
+                               atol=1e-4)
+    # predict on onnxruntime: every photo resized to the model's input size, then masks at full size
+    predicted = predict.run(make_cfg(*make_dataset(tmp_path), "predict.models=[paddleseg]"))
+    assert predicted["models"]["paddleseg"]["mIoU"] > 0.5
+    assert json.loads((Path(cfg.paths.predictions_dir) / "paddleseg" / "metrics.json").read_text())["engine"] \
+        == "onnxruntime"
+
+
+@pytest.mark.slow
+def test_a_static_conversion_that_disagrees_with_paddle_falls_back_to_paddle(tmp_path, mlflow_store, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = make_cfg(*make_dataset(tmp_path), *mlflow_store, "export.models=[paddleseg]")
+    pooled_model(tmp_path / "models" / "paddleseg", paddleseg_config=True)
+    with training_run(cfg, "train_paddleseg", tmp_path / "models" / "paddleseg" / "mlflow_run.json"):
+        pass
+    monkeypatch.setattr(export, "convert", corrupting(convert))  # the dynamic attempt aborts, the static one is wrong
+    metrics = export.run(cfg)["models"]["paddleseg"]
+    assert metrics["onnx_conversion"] is None and metrics["check_passed"] is None
+    assert "; converted at a static 24x20, it disagrees with Paddle Inference on 4 test photos: max logit " \
+        "difference" in metrics["onnx_missing"]
+    assert not (Path(cfg.paths.exports_dir) / "paddleseg" / "model.onnx").exists()
+
+
+def test_a_model_onnx_cannot_hold_is_exported_for_paddle_and_predicted_with_it(tmp_path, mlflow_store, monkeypatch,
+                                                                                capfd):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    overrides = [*make_dataset(tmp_path), *mlflow_store]
+    cfg = make_cfg(*overrides, "export.models=[paddleseg]")
+    pooled_model(tmp_path / "models" / "paddleseg")  # no PaddleSeg config to rebuild it at a static size
+    with training_run(cfg, "train_paddleseg", tmp_path / "models" / "paddleseg" / "mlflow_run.json") as active:
+        pass
+    capfd.readouterr()
+    metrics = export.run(cfg)["models"]["paddleseg"]
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("export: warning: model 'paddleseg': paddle2onnx 2.1.0 "
+                                                         "cannot convert op pd_op.pool2d")
+    assert "Paddle Inference only" in warnings[0]
+    folder = Path(cfg.paths.exports_dir) / "paddleseg"
+    assert {p.name for p in folder.iterdir()} == DEPLOY_FILES - {"model.onnx"}
+    assert metrics["onnx_conversion"] is None and metrics["check_passed"] is None
+    assert "Adaptive only support static input shape" in metrics["onnx_missing"]
+    assert json.loads((folder / "meta.json").read_text())["onnx"] == {"file": None, "missing": metrics["onnx_missing"]}
+    assert yaml.safe_load((folder / "deploy.yaml").read_text())["Deploy"]["model"] == "inference.json"
+    tags = MlflowClient(str(cfg.mlflow.tracking_uri)).get_run(active.info.run_id).data.tags
+    assert tags["onnx_conversion"] == "None" and "pd_op.pool2d" in tags["onnx_missing"]
+
+    # predict (engine onnxruntime, the default) falls back to Paddle Inference for this model, with a warning
+    predicted = predict.run(make_cfg(*overrides, "predict.models=[paddleseg]"))
+    assert "predict: warning: model 'paddleseg' has no ONNX model" in capfd.readouterr().err
+    assert predicted["models"]["paddleseg"]["mIoU"] > 0.5
+    assert json.loads((Path(cfg.paths.predictions_dir) / "paddleseg" / "metrics.json").read_text())["engine"] \
+        == "paddle"

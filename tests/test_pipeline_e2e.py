@@ -289,3 +289,23 @@ def test_exp_run_composes_params_and_tags_the_mlflow_run(team_repo):
     assert runs[0].data.params["train_paddle.lr"] == "0.0021"
     shown = dvc(repo, "exp", "show", "--json").stdout
     assert "lr-sweep-1" in shown
+
+
+def test_exp_run_with_another_paddleseg_config_finishes_through_report(team_repo):
+    """README "Other PaddleSeg models": PP-LiteSeg at the smoke profile's 32 px is too small for its static
+    ONNX conversion (its 4x4 pooling of a 1x1 feature), so export keeps Paddle Inference only and predict uses it."""
+    repo, uri = team_repo
+    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-n", "pp-liteseg", "-S", "profile=smoke",
+                             "-S", "train_paddleseg.config=conf/paddleseg/pp_liteseg_stdc1.yml"],
+                            cwd=repo, env={**env(), "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True,
+                            timeout=1800)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    for stage in ("train_paddleseg", "export@paddleseg", "predict", "report"):
+        assert f"Running stage '{stage}'" in result.stdout
+    assert "Running stage 'train_paddle'" not in result.stdout
+    assert [line for line in result.stderr.splitlines() if line.startswith("export: warning: model 'paddleseg'")]
+    export = json.loads((repo / "metrics" / "export_paddleseg.json").read_text())
+    assert export["architecture"] == "PPLiteSeg" and export["onnx_conversion"] is None
+    assert not (repo / "exports" / "paddleseg" / "model.onnx").exists()
+    assert json.loads((repo / "predictions" / "paddleseg" / "metrics.json").read_text())["engine"] == "paddle"
+    assert "paddleseg" in json.loads((repo / "reports" / "metrics.json").read_text())
