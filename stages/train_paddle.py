@@ -41,6 +41,7 @@ from stages.training.distributed import LaunchSettings
 from stages.training.photo_cache import MB
 from stages.training.summary import training_metrics, validation_metrics, write_plots
 from stages.training.tracking import log_metrics, registered_model_name, training_run
+from stages.training.weight_average import WeightAverage
 
 STAGE = "train_paddle"
 # Params that change how fast training runs, not what it computes: a checkpoint stays valid across them.
@@ -168,41 +169,6 @@ def save_checkpoint(checkpoint_dir: Path, weights: dict, optimizer, best_weights
             if saved is not None:
                 paddle.save(saved, str(tmp / f"{name}.pdparams"))
         write_json_atomic(tmp / "state.json", state)
-
-
-class WeightAverage:
-    """An exponential moving average of the network's weights (and BatchNorm statistics), validated and
-    kept instead of the raw weights when ``decay`` > 0: it smooths out the last steps' noise, which on a
-    small data set moves the val mIoU by several points from one epoch to the next. The decay ramps up
-    as (1 + n) / (10 + n) over the first steps, so early averages do not drag in the initial weights."""
-
-    def __init__(self, decay: float, average: dict | None = None, steps: int = 0):
-        self.decay, self.average, self.steps = decay, average, steps
-        self.live = None  # the raw weights while the average is swapped in
-
-    def update(self, network) -> None:
-        weights = network.state_dict()
-        rate = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        self.steps += 1
-        with paddle.no_grad():
-            if self.average is None:
-                self.average = {k: v.clone() for k, v in weights.items()}
-            for key, value in weights.items():
-                kept = self.average[key]
-                self.average[key] = kept * rate + value * (1 - rate) if value.is_floating_point() else value.clone()
-
-    def swap_in(self, network) -> None:
-        if self.decay and self.average is not None:
-            self.live = {k: v.clone() for k, v in network.state_dict().items()}
-            network.set_state_dict(self.average)
-
-    def swap_out(self, network) -> None:
-        if self.live is not None:
-            network.set_state_dict(self.live)
-            self.live = None
-
-    def raw_weights(self, network) -> dict:
-        return self.live if self.live is not None else network.state_dict()
 
 
 OPTIMIZERS = ("adamw", "rmsprop", "momentum")

@@ -56,6 +56,8 @@ def check_params(params) -> None:
     for key in ("iters", "batch_size", "eval_interval", "log_interval", "input_size", "crop_size"):
         if int(params[key]) < 1:
             raise StageError(f"train_paddleseg.{key} must be >= 1, got {params[key]}")
+    if not 0 <= float(params.weight_average) < 1:
+        raise StageError(f"train_paddleseg.weight_average must be in [0, 1) (0: off), got {params.weight_average}")
 
 
 def fit_to_data(cfg, processes: int | None = None) -> tuple[DictConfig, list[Adaptation], LaunchSettings]:
@@ -183,7 +185,7 @@ def run(cfg) -> dict:
         iters=int(document["iters"]), batch_size=int(document["batch_size"]),
         eval_interval=int(params.eval_interval), log_interval=int(params.log_interval),
         keep_checkpoint_max=int(params.keep_checkpoint_max), num_workers=int(params.num_workers),
-        seed=int(cfg.seed))
+        seed=int(cfg.seed), weight_average=float(params.weight_average))
     if not distributed.is_main_process():  # launched with others: train my share, the main process writes
         distributed.barrier()  # the main process has cleared stale checkpoints
         resumed = resumable_state(paths["checkpoint_dir"], run_fingerprint, clear=False)

@@ -17,11 +17,11 @@ from stages.common.config import StageError, load_params
 from stages.data.images import save_label_png
 from stages.data.labels import read_labels
 from stages.data.split_lists import read_split
-from stages.train_paddle import (STAGE, SegLoss, SegMetric, WeightAverage, build_optimizer, fingerprint,
+from stages.train_paddle import (STAGE, SegLoss, SegMetric, build_optimizer, fingerprint,
                                  load_checkpoint, math_threads, output_paths, run)
 from stages.training.dataset import Augment, EpochSampler, SegDataset, hflip, normalize, random_crop, resize_pair
-
 from stages.training.summary import PLOT_COLUMNS
+from stages.training.weight_average import WeightAverage
 
 from tiny_pipeline import flat_keys, make_dataset, metrics_schema
 

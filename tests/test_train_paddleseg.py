@@ -26,7 +26,6 @@ from stages.data.labels import read_labels
 from stages.data.split_lists import read_split
 from stages.train_paddleseg import STAGE, fingerprint, output_paths, run
 from stages.training.paddleseg_loop import IterationBatches, checkpoint_iters, rename_optimizer_state, resolve_config
-
 from stages.training.summary import PLOT_COLUMNS
 
 from tiny_pipeline import flat_keys, make_dataset, metrics_schema
@@ -270,6 +269,24 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for, monkeypatc
     np.testing.assert_allclose(loaded(batch).numpy(), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
+def test_the_weight_average_is_validated_and_kept(cfg_for):
+    """weight_average > 0: the best model is the average at its iteration, not the raw weights trained on."""
+    cfg = cfg_for("train_paddleseg.weight_average=0.5", "train_paddleseg.keep_checkpoint_max=2")
+    metrics = run(cfg)
+    folder = output_paths(cfg)["checkpoint_dir"]
+    assert checkpoint_iters(folder) == [2, 4]
+    best = paddle.load(str(folder / "best_model" / "model.pdparams"))
+    at_best = folder / f"iter_{metrics['best_iter']}"
+    average, raw = (paddle.load(str(at_best / name)) for name in ("average.pdparams", "model.pdparams"))
+    assert best.keys() == average.keys()
+    for key in best:
+        np.testing.assert_array_equal(best[key].numpy(), average[key].numpy())
+    assert any(not np.array_equal(best[key].numpy(), raw[key].numpy()) for key in best)
+    assert json.loads((folder / "iter_4" / "state.json").read_text())["average_steps"] == 4
+    with pytest.raises(StageError, match="weight_average"):
+        run(cfg_for("train_paddleseg.weight_average=1"))
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(overrides, cfg_for):
     """Start the stage as a process, SIGKILL it after its first checkpoint, rerun: it continues."""
@@ -304,6 +321,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(overrides, cfg_for):
     assert {m.step for m in client.get_metric_history(state["run_id"], "val/mIoU")} == {2, 4, 6, 8, 10, 12}
     assert client.get_run(state["run_id"]).info.status == "FINISHED"
     assert checkpoint_iters(paths["checkpoint_dir"]) == [12]  # keep_checkpoint_max=1 across the resume
+    final = json.loads((paths["checkpoint_dir"] / "iter_12" / "state.json").read_text())
+    assert final["average_steps"] == 12  # the weight average went on from the checkpoint's, not from scratch
 
     # Other params: the old checkpoints are not used.
     other = run(cfg_for(*longer, "train_paddleseg.lr=0.001", "train_paddleseg.iters=2"))

@@ -41,6 +41,7 @@ from stages.evaluation.metrics import ConfusionMatrix
 from stages.training import distributed, paddleseg_compat
 from stages.training.photo_cache import MB, PhotoCache
 from stages.training.summary import epochs
+from stages.training.weight_average import WeightAverage
 
 paddleseg_compat.apply()
 import paddleseg.transforms as paddleseg_transforms  # noqa: E402  (after the compatibility fixes)
@@ -51,6 +52,7 @@ from paddleseg.cvlibs import Config, SegBuilder  # noqa: E402
 paddleseg_train = importlib.import_module("paddleseg.core.train")
 
 STATE_NAME = "state.json"
+AVERAGE_NAME = "average.pdparams"  # the weight average, beside an iteration's model.pdparams
 BEST_DIR = "best_model"
 ITER_PREFIX = "iter_"
 CACHE_MB = 1024     # default memory budget of a dataset's photo cache, per process
@@ -300,13 +302,17 @@ def latest_state(checkpoint_dir: Path) -> tuple[Path, dict] | None:
         return None
 
 
-def save_checkpoint(checkpoint_dir: Path, parts: Parts, state: dict, keep: int) -> Path:
+def save_checkpoint(checkpoint_dir: Path, parts: Parts, state: dict, keep: int,
+                    average: WeightAverage | None = None) -> Path:
     """Write iter_<N>/ in one rename (a kill never leaves half of one), then drop all but the newest ``keep``."""
     folder = checkpoint_dir / f"{ITER_PREFIX}{state['iter']}"
     state["param_names"] = parameter_names(parts.model)
     with atomic_dir(folder) as tmp:
         paddle.save(parts.model.state_dict(), str(tmp / "model.pdparams"))
         paddle.save(parts.optimizer.state_dict(), str(tmp / "model.pdopt"))  # includes the LR schedule
+        if average is not None and average.average is not None:
+            paddle.save(average.average, str(tmp / AVERAGE_NAME))
+            state["average_steps"] = average.steps
         write_json_atomic(tmp / STATE_NAME, state)
     if keep > 0:
         for old in checkpoint_iters(checkpoint_dir)[:-keep]:
@@ -348,6 +354,14 @@ def restore(parts: Parts, folder: Path, saved_names: dict[str, str]) -> None:
     parts.optimizer.set_state_dict(rename_optimizer_state(paddle.load(str(folder / "model.pdopt")), renames))
 
 
+def resumed_average(checkpoint_dir: Path, state: dict, decay: float) -> WeightAverage:
+    """The weight average saved with the checkpoint the run resumes from (a fresh one when there is none)."""
+    saved = checkpoint_dir / f"{ITER_PREFIX}{state['iter']}" / AVERAGE_NAME
+    if decay and state.get("average_steps") and saved.is_file():
+        return WeightAverage(decay, paddle.load(str(saved)), int(state["average_steps"]))
+    return WeightAverage(decay)
+
+
 def seed_everything(seed: int) -> None:
     """PaddleSeg's random transforms draw from Python's and NumPy's global generators."""
     random.seed(seed)
@@ -366,6 +380,7 @@ class LoopSettings:
     keep_checkpoint_max: int
     num_workers: int = 0
     seed: int = 0
+    weight_average: float = 0.0  # decay of the moving average that is validated and kept (0: the raw weights)
 
 
 def new_state(**extra) -> dict:
@@ -382,7 +397,7 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
 
     Under Paddle's launcher (stages.training.distributed) every process runs this: each trains on its share of
     every global batch of ``settings.batch_size`` and DataParallel averages the gradients; only the main
-    process validates, checkpoints and calls back (the others wait for it on the launcher's store, and
+    process keeps the weight average, validates, checkpoints and calls back (the others wait for it on the launcher's store, and
     return right after the last step)."""
     start = int(state["iter"])
     if start >= settings.iters:
@@ -400,6 +415,7 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
     loader = paddle.io.DataLoader(parts.train_dataset, batch_sampler=sampler, collate_fn=collate,
                                   num_workers=settings.num_workers, return_list=True,
                                   use_shared_memory=settings.num_workers > 0)
+    average = resumed_average(checkpoint_dir, state, settings.weight_average) if main else None
     model = parts.model
     if parts.config.to_static_training:
         model = paddle.jit.to_static(model)
@@ -428,6 +444,8 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
             if iteration % settings.eval_interval == 0 and iteration < settings.iters:
                 distributed.barrier()  # while the main process validates and checkpoints
             continue
+        if average.decay:
+            average.update(parts.model)
 
         if iteration % settings.log_interval == 0 or iteration == settings.iters:
             mean_loss = float(log_sum) / log_count
@@ -436,6 +454,7 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
             log_sum, log_count = paddle.zeros([]), 0
 
         if iteration % settings.eval_interval == 0 or iteration == settings.iters:
+            average.swap_in(parts.model)  # validated, and kept when best, in place of the raw weights
             scores = evaluate(parts.model, parts.val_dataset, num_classes, parts.val_dataset.ignore_index)
             row = {"epoch": epochs(iteration, per_epoch), "iter": iteration, "train_loss": float(eval_sum) / eval_count,
                    "val_mIoU": scores["mIoU"], "val_acc": scores["acc"]}  # summary.PLOT_COLUMNS
@@ -444,13 +463,14 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
             if scores["mIoU"] > state["best_val_mIoU"]:
                 state.update(best_val_mIoU=scores["mIoU"], best_iter=iteration, best_scores=scores)
                 save_best(checkpoint_dir, parts, scores, iteration)
+            average.swap_out(parts.model)
             now = time.perf_counter()
             state.update(iter=iteration, train_seconds=state["train_seconds"] + now - started,
                          train_step_seconds=state["train_step_seconds"] + step_seconds,
                          train_images=state["train_images"] + images)
             started, step_seconds, images = now, 0.0, 0
             on_eval(iteration, scores, row)
-            save_checkpoint(checkpoint_dir, parts, state, settings.keep_checkpoint_max)
+            save_checkpoint(checkpoint_dir, parts, state, settings.keep_checkpoint_max, average)
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_mIoU=f"{scores['mIoU']:.4f}")
             if iteration < settings.iters:
                 distributed.barrier()
