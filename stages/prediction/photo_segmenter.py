@@ -89,7 +89,8 @@ def open_photo(data, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:  # Pillow's own bound (~179 MP), also from the header
-        raise PhotoError(f"too large ({err}); the limit is {max_pixels:,} pixels") from None
+        raise PhotoError(f"too large: Pillow refuses it as a decompression bomb ({err}); the limit is "
+                         f"{max_pixels:,} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise PhotoError(f"not an image file Pillow can read (JPEG, PNG, WebP, TIFF, BMP, ...): {len(data):,} "
                          f"bytes starting {bytes(data[:16])!r}") from None
