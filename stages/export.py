@@ -49,7 +49,7 @@ SERVING_MODEL_NAME = "photo_segmenter"  # the served model (photos in, masks out
 def run(cfg) -> dict:
     params = cfg.export
     check_params(params)
-    registered_model_name(cfg, "serving")
+    registered_model_name(cfg, "serving")  # named in params, or a StageError before anything runs
     names = list(params.models)
     sources = {name: trainer_output_paths(cfg, name) for name in names}
     problems = []

@@ -9,11 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator
+
+from mlflow_server import wait_until_answering
 
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -43,17 +44,7 @@ def model_server(command: str, port: int, cwd: Path, env: dict[str, str], log: P
         process = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=output,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    with urllib.request.urlopen(url + "/ping", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"`{command}` did not start serving:\n{log.read_text()[-5000:]}")
-                time.sleep(0.5)
+            wait_until_answering(url + "/ping", process, timeout_s, f"`{command}`", log)
             yield url
         finally:
             with contextlib.suppress(ProcessLookupError):
