@@ -164,7 +164,7 @@ def main() -> None:
               f"{'req/s 1 client':>14} | {'req/s 2 clients':>15} | {'served / predict':>16} | masks = predict")
         with model_server(serve_command(str(model_dir), port), port, work, serving_env(), work / "serve.log") as url:
             for name, photos in sets.items():
-                width, height = Image.open(photos[0]).size
+                width, height = max(Image.open(photo).size for photo in photos)
                 out = work / f"predicted_{photos[0].parent.name}"
                 predict_s = predict_seconds_per_photo(work, photos[0].parent, out, len(photos))
                 predicted = out / MODEL_NAME / CLASS_ID_DIR
