@@ -160,7 +160,7 @@ def main() -> None:
         label = args.model_uri or f"random-init {meta.architecture}"
         print(f"{label}, input {meta.input_size[1]}x{meta.input_size[0]}, {os.cpu_count()} CPU cores; "
               f"`mlflow models serve --env-manager local`, one photo per request")
-        print(f"{'photos (mean file size)':35} | {'predict s/photo':>15} | {'pyfunc s/photo':>14} | {'served p50 / p90 s':>18} | "
+        print(f"{'photos (mean file size)':39} | {'predict s/photo':>15} | {'pyfunc s/photo':>14} | {'served p50 / p90 s':>18} | "
               f"{'req/s 1 client':>14} | {'req/s 2 clients':>15} | {'served / predict':>16} | masks = predict")
         with model_server(serve_command(str(model_dir), port), port, work, serving_env(), work / "serve.log") as url:
             for name, photos in sets.items():
@@ -171,7 +171,7 @@ def main() -> None:
                 pyfunc_s = pyfunc_seconds_per_photo(model_dir, photos)
                 served = bench_photos(url, photos, predicted)
                 size_kb = sum(photo.stat().st_size for photo in photos) / len(photos) / 1e3
-                print(f"{f'{len(photos)} x {name} {width}x{height}':26} {size_kb:5.0f} KB | {predict_s:15.3f} | "
+                print(f"{f'{len(photos)} x {name}, to {width}x{height}':30} {size_kb:5.0f} KB | {predict_s:15.3f} | "
                       f"{pyfunc_s:14.3f} | {served['p50']:8.3f} / {served['p90']:7.3f} | "
                       f"{served['one_client']:14.2f} | {served['two_clients']:15.2f} | "
                       f"{served['p50'] / predict_s:15.2f}x | {served['agreement']:.4%}", flush=True)
