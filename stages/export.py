@@ -15,7 +15,11 @@ onnxruntime must give logits within export.check.max_logit_diff (relative to the
 and the same class ids (at each photo's full size, as predict makes them) on at least
 export.check.min_mask_agreement of the pixels, or the stage fails and writes nothing. The figures go to
 <paths.metrics_dir>/export_<model>.json and to the model's MLflow training run, with the ONNX model
-(mlflow.onnx), next to the Paddle one. dvc.yaml runs one export stage per model (export@paddle, ...).
+(mlflow.onnx), next to the Paddle one. The run also gets the served model, photos in and masks out
+(stages.prediction.photo_segmenter on the ONNX model), registered as a new version of
+mlflow.registered_models.serving; that version goes into export_<model>.json (``serving_model``) and report
+points the serving model's alias ``champion`` at the champion's. dvc.yaml runs one export stage per model
+(export@paddle, ...).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +46,17 @@ from stages.models.onnx_model import (MAX_OPSET, MIN_OPSET, ONNX_NAME, Conversio
                                       input_shape, opset_of)
 from stages.models.paddleseg_model import can_rebuild, save_static
 from stages.prediction.masks import predict_masks
-from stages.training.tracking import finished_run_client
+from stages.prediction.photo_segmenter import DEPLOY_FILES, pyfunc_arguments
+from stages.training.tracking import finished_run_client, registered_model_name
 
 ONNX_MODEL_NAME = "onnx_model"  # beside the trainers' paddle_model / paddleseg_model in the training run
+SERVING_MODEL_NAME = "photo_segmenter"  # the served model (photos in, masks out), in the same run
 
 
 def run(cfg) -> dict:
     params = cfg.export
     check_params(params)
+    registered_model_name(cfg, "serving")  # named in params, or a StageError before anything runs
     names = list(params.models)
     sources = {name: trainer_output_paths(cfg, name) for name in names}
     problems = []
@@ -82,6 +90,8 @@ def check_params(params) -> None:
     if not 0 < float(params.check.min_mask_agreement) <= 1:
         raise StageError("export.check.min_mask_agreement must be in (0, 1], "
                          f"got {params.check.min_mask_agreement}")
+    if int(params.serving.max_image_pixels) < 1:
+        raise StageError(f"export.serving.max_image_pixels must be >= 1, got {params.serving.max_image_pixels}")
 
 
 def check_photos(cfg, count: int) -> list[tuple[str, np.ndarray]]:
@@ -125,7 +135,7 @@ def export_model(cfg, name: str, model_dir: Path, photos, client, training_run) 
         if conversion["onnx_conversion"] is None:
             metrics.update(conversion, check_passed=None)  # nothing to check: Paddle Inference is the only engine
             print(f"export: warning: {conversion['onnx_missing']}; {name} is exported for Paddle Inference only "
-                  "(predict uses it for this model)", file=sys.stderr, flush=True)
+                  "(predict uses it for this model; it is not served)", file=sys.stderr, flush=True)
         has_onnx = conversion["onnx_conversion"] is not None
         shape = metrics["onnx_input_shape"] if has_onnx else [None, 3, None, None]
         record_onnx(tmp, conversion, shape)
@@ -133,6 +143,8 @@ def export_model(cfg, name: str, model_dir: Path, photos, client, training_run) 
             deploy_config(meta, model_file.name, params_file.name, shape), sort_keys=False))
         # MLflow gets everything before the outputs go live: a logging failure leaves no new outputs.
         log_to_training_run(client, training_run, tmp / ONNX_NAME if has_onnx else None, meta, metrics)
+        if has_onnx:  # a model only Paddle Inference can run has nothing to serve on onnxruntime
+            metrics["serving_model"] = log_serving_model(cfg, client, training_run, tmp, meta)
     write_json_atomic(Path(cfg.paths.metrics_dir) / f"export_{name}.json", metrics)
     return metrics
 
@@ -249,6 +261,29 @@ def log_to_training_run(client, training_run, onnx_path: Path | None, meta, metr
                           metadata={"opset": metrics["opset"], "class_names": list(meta.class_names),
                                     "input_size": list(meta.input_size), "mean": list(meta.mean),
                                     "std": list(meta.std)})
+
+
+def log_serving_model(cfg, client, training_run, deploy_dir: Path, meta) -> dict:
+    """The photo segmenter on ``deploy_dir``'s ONNX model, logged to the finished training run and registered
+    as a new version of mlflow.registered_models.serving. Returns its name, version and models:/ URI."""
+    import mlflow.pyfunc
+    from mlflow.models import Model
+
+    name = registered_model_name(cfg, "serving")
+    run_id = training_run.info.run_id
+    logged = client.create_logged_model(training_run.info.experiment_id, name=SERVING_MODEL_NAME,
+                                        source_run_id=run_id)
+    with tempfile.TemporaryDirectory() as bundle:
+        for file in DEPLOY_FILES:  # the ONNX model and its meta only: the server needs no Paddle files
+            shutil.copyfile(deploy_dir / file, Path(bundle) / file)
+        # Model.log is what mlflow.pyfunc.log_model calls; it also takes the run to log to.
+        with warnings.catch_warnings():  # the signature says what the input is; an example would add nothing
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            info = Model.log(artifact_path=None, name=SERVING_MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
+                             model_id=logged.model_id, registered_model_name=name,
+                             **pyfunc_arguments(bundle, meta, int(cfg.export.serving.max_image_pixels)))
+    version = str(info.registered_model_version)
+    return {"name": name, "version": version, "uri": f"models:/{name}/{version}"}
 
 
 if __name__ == "__main__":

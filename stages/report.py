@@ -13,7 +13,9 @@ Writes <paths.reports_dir>/ as a whole (it is this stage's folder):
 It then adds the test metrics (test/mIoU, test/IoU/<class>, ...) and the report, as artifacts, to each
 model's training run in MLflow (the run id from <paths.models_dir>/<model>/mlflow_run.json) without
 reopening it, and sets the Model Registry alias ``champion`` on the registered version with the best
-test mIoU (the other models lose it).
+test mIoU (the other models lose it), and the served model's (mlflow.registered_models.serving) on the version
+the export stage logged from the champion's training run; metrics.json names each model's served version
+(``serving_model_uri``).
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ from stages.data.split_lists import Sample, read_split, split_file
 from stages.evaluation import figures
 from stages.prediction.files import CLASS_ID_DIR, METRICS_NAME
 from stages.training.summary import STEP_COLUMNS
-from stages.training.tracking import (FinishedRun, crown_champion, ensure_reachable, read_registered_version,
-                                      tracking_uri)
+from stages.training.tracking import (FinishedRun, crown_champion, crown_serving_champion, ensure_reachable,
+                                      read_registered_version, read_run_id, serving_model_uri, tracking_uri)
 
 FIGURES_DIR = "figures"
 RUN_ID_FILE = "mlflow_run.json"
@@ -74,10 +76,11 @@ def run(cfg) -> dict:
     results = load_results(cfg, names, samples)
     ensure_reachable(tracking_uri(cfg), float(cfg.mlflow.connect_timeout_s))
     registered = {result.name: read_registered_version(result.run_id_file) for result in results}
+    served = serving_uris(cfg, results)
 
     with atomic_dir(cfg.paths.reports_dir) as out:
         drawn = draw_figures(cfg, results, samples, out / FIGURES_DIR)
-        metrics = {result.name: {"test": dvc_metrics(result.scored)} for result in results}
+        metrics = {result.name: {"test": dvc_metrics(result.scored), **served[result.name]} for result in results}
         write_json_atomic(out / "metrics.json", metrics)
         blocks = document(cfg, results, samples, drawn)
         write_text_atomic(out / "report.md", to_markdown(blocks))
@@ -86,13 +89,25 @@ def run(cfg) -> dict:
         for result in results:
             log_to_mlflow(cfg, result, out)
         champion = crown_champion(cfg, {name: (m["test"]["mIoU"], registered[name]) for name, m in metrics.items()})
+        serving = crown_serving_champion(cfg, read_run_id(Path(cfg.paths.models_dir) / champion[0] / RUN_ID_FILE))
     return {
         "reports_dir": str(cfg.paths.reports_dir),
         "models": {name: {"mIoU": m["test"]["mIoU"], "acc": m["test"]["acc"]} for name, m in metrics.items()},
         "figures": sorted(path.name for path in drawn.values() if path is not None),
         "worst_samples": [stem for stem, _ in worst_samples(results, int(cfg.report.worst_samples))],
         "champion": dict(zip(("model", "registered_model", "version"), champion)),
+        "serving_champion": serving,
     }
+
+
+def serving_uris(cfg, results: list[ModelResult]) -> dict[str, dict]:
+    """Each model's version of the served model (the export stage's, from its training run), as
+    {"serving_model_uri": "models:/<name>/<version>"}; {} for a model whose run logged none."""
+    found = {}
+    for result in results:
+        uri = serving_model_uri(cfg, read_run_id(result.run_id_file))
+        found[result.name] = {"serving_model_uri": uri} if uri else {}
+    return found
 
 
 # --- inputs -------------------------------------------------------------------------------------

@@ -17,6 +17,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_answering(url: str, process: subprocess.Popen, timeout_s: float, what: str, log: Path) -> None:
+    """Poll ``url`` until it answers 200; RuntimeError with the log's end if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start:\n{log.read_text()[-5000:]}")
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def mlflow_server(workdir: Path, timeout_s: float = 120) -> Iterator[str]:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -29,17 +44,7 @@ def mlflow_server(workdir: Path, timeout_s: float = 120) -> Iterator[str]:
          "--artifacts-destination", str(workdir / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start:\n{(workdir / 'server.log').read_text()}")
-            time.sleep(0.5)
+        wait_until_answering(uri + "/health", process, timeout_s, "mlflow server", workdir / "server.log")
         yield uri
     finally:
         process.terminate()

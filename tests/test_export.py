@@ -1,5 +1,6 @@
 """The export stage on real tiny models: a random-weight DoveNet and an upsampling red detector, converted to
-ONNX for real, checked against Paddle Inference, read by PaddleSeg's deploy tooling, logged to MLflow."""
+ONNX for real, checked against Paddle Inference, read by PaddleSeg's deploy tooling, logged to MLflow with the
+served model (photos in, masks out: tests/test_photo_segmenter.py and tests/test_serve.py try it)."""
 import json
 import re
 from pathlib import Path
@@ -15,13 +16,12 @@ from stages import export, predict
 from stages.common.config import StageError
 from stages.data.images import read_rgb, save_rgb_png
 from stages.data.split_lists import read_split
-from stages.models.dovenet import DoveNet
 from stages.models.inference_model import ModelMeta, Predictor, preprocess, read_meta
 from stages.models.inference_model import export as export_inference_model
 from stages.models.onnx_model import ConversionError, OnnxPredictor, convert
 from stages.training.tracking import read_run_id, training_run
 
-from tiny_pipeline import CLASS_NAMES, export_model, make_cfg, make_dataset
+from tiny_pipeline import CLASS_NAMES, export_model, make_cfg, make_dataset, trained_models
 
 MODELS = ("paddle", "paddleseg")
 DEPLOY_FILES = {"inference.json", "inference.pdiparams", "meta.json", "deploy.yaml", "model.onnx"}
@@ -32,26 +32,6 @@ def mlflow_store(tmp_path_factory):
     """One SQLite MLflow store for this module (a fresh one costs seconds)."""
     root = tmp_path_factory.mktemp("mlflow")
     return [f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}", f"mlflow.artifact_location={root / 'mlruns'}"]
-
-
-def export_dovenet(model_dir: Path, size: int = 32) -> None:
-    """A random-weight DoveNet, exported as train_paddle does. Its class scores get a wider spread than
-    DoveNet's near-zero initial ones, so no pixel sits on a tie the two engines could break differently."""
-    paddle.seed(0)
-    net = DoveNet(len(CLASS_NAMES))
-    net.output_conv.weight.set_value(paddle.randn(net.output_conv.weight.shape) * 0.1)
-    export_inference_model(net, model_dir, ModelMeta((size, size), CLASS_NAMES, (0.5,) * 3, (0.5,) * 3, "DoveNet"))
-
-
-def trained_models(root: Path, cfg, names=MODELS) -> None:
-    """What the trainers leave: models/<name>/ and a finished MLflow run named in its mlflow_run.json."""
-    if "paddle" in names:
-        export_dovenet(root / "models" / "paddle")
-    if "paddleseg" in names:
-        export_model(root / "models" / "paddleseg", (24, 20), pool=2, upsample=True, architecture="UNet")
-    for name in names:
-        with training_run(cfg, f"train_{name}", root / "models" / name / "mlflow_run.json"):
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +98,17 @@ def test_the_check_passes_and_its_figures_go_to_the_metrics_file_and_the_trainin
         assert logged[0].model_id in {o.model_id for o in run.outputs.model_outputs}
         artifacts = {a.path for a in client.list_logged_model_artifacts(logged[0].model_id)}
         assert {"MLmodel", "model.onnx"} <= artifacts
+        # The served model: a new version of the serving registered model, from this run, named in the metrics.
+        served = metrics["serving_model"]
+        version = client.get_model_version(cfg.mlflow.registered_models.serving, served["version"])
+        assert served == {"name": "doveseg-segmenter", "version": str(version.version),
+                          "uri": f"models:/doveseg-segmenter/{version.version}"}
+        assert version.run_id == run.info.run_id
+        [segmenter] = [m for m in client.search_logged_models([run.info.experiment_id])
+                       if m.source_run_id == run.info.run_id and m.name == export.SERVING_MODEL_NAME]
+        assert segmenter.model_id in {o.model_id for o in run.outputs.model_outputs}
+        artifacts = {a.path for a in client.list_logged_model_artifacts(segmenter.model_id)}
+        assert {"MLmodel", "python_model.pkl", "code", "artifacts"} <= artifacts
 
 
 def test_deploy_yaml_is_paddleseg_deploy_format_and_its_tooling_reads_it(exported, tmp_path):
@@ -214,6 +205,10 @@ def test_bad_params_and_untrained_models_fail_before_writing(tmp_path):
         export.run(make_cfg(*overrides, "export.opset=5"))
     with pytest.raises(StageError, match=r"export.check.min_mask_agreement"):
         export.run(make_cfg(*overrides, "export.check.min_mask_agreement=1.5"))
+    with pytest.raises(StageError, match=r"export.serving.max_image_pixels must be >= 1, got 0"):
+        export.run(make_cfg(*overrides, "export.serving.max_image_pixels=0"))
+    with pytest.raises(StageError, match=r"mlflow.registered_models.serving is missing"):
+        export.run(make_cfg(*overrides, "~mlflow.registered_models.serving"))
     with pytest.raises(StageError, match=r"(?s)train the models first.*model 'paddle'.*model 'paddleseg'"):
         export.run(make_cfg(*overrides))
     export_model(tmp_path / "models" / "paddle")

@@ -2,21 +2,25 @@
 
 One repro serves every test here (it is the expensive part): data/raw under DVC, a real MLflow
 server on 127.0.0.1 as the tracking store. Then: status, metrics, the DAG, which params rerun what,
-a DVC remote round trip into a fresh clone, and a `dvc exp run -S` tagged in MLflow (last: it changes
-the workspace).
+a DVC remote round trip into a fresh clone, the champion served by `mlflow models serve`, and a `dvc exp run -S`
+tagged in MLflow (last: it changes the workspace).
 """
+import io
 import json
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from dvc_helpers import copy_repo, dvc, env, git
-from mlflow_server import mlflow_server
+from mlflow_server import free_port, mlflow_server
 from mlflow_ui import need_chromium, render
+from model_server import masks, model_server, photos_request, post, serve_command, serving_env
 
 pytestmark = pytest.mark.slow
 TRAINERS = ("train_paddle", "train_paddleseg")
@@ -133,6 +137,34 @@ def test_mlflow_runs_have_dvc_datasets_registered_models_a_champion_and_true_dur
     np.testing.assert_allclose(scores, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
+def test_the_champion_is_served_by_mlflow_models_serve_with_predicts_masks(team_repo, tmp_path):
+    """README's serve command on the smoke-trained champion, through the team's MLflow server: two test photos
+    in one request, their masks against predict's."""
+    repo, uri = team_repo
+    serving = yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["registered_models"]["serving"]
+    report = json.loads((repo / "reports" / "metrics.json").read_text())
+    champion = max(MODELS, key=lambda model: report[model]["test"]["mIoU"])
+    client, runs = MlflowClient(uri), training_runs(repo, uri)
+    # a version per export, each from its model's training run; the alias on the champion's
+    versions = client.search_model_versions(f"name = '{serving}'")
+    assert sorted(v.run_id for v in versions) == sorted(runs[f"train_{model}"].info.run_id for model in MODELS)
+    served = client.get_model_version_by_alias(serving, "champion")
+    assert served.run_id == runs[f"train_{champion}"].info.run_id
+    assert report[champion]["serving_model_uri"] == f"models:/{serving}/{served.version}"
+
+    stems_and_images = [line.split()[0] for line in (repo / "data" / "splits" / "test.txt").read_text().splitlines()[:2]]
+    photos = [repo / "data" / "processed" / image for image in stems_and_images]
+    port = free_port()
+    with model_server(serve_command(f"models:/{serving}@champion", port), port, repo, serving_env(uri),
+                      tmp_path / "serve.log") as url:
+        status, answer = post(url, photos_request([photo.read_bytes() for photo in photos]))
+    assert status == 200, answer
+    for photo, mask in zip(photos, masks(answer)):
+        expected = np.asarray(Image.open(repo / "predictions" / champion / "class_id" / f"{photo.parent.name}.png"))
+        got = np.asarray(Image.open(io.BytesIO(mask)))
+        assert got.shape == expected.shape and (got == expected).mean() >= 0.999
+
+
 def test_both_trainers_write_the_same_metric_keys(team_repo):
     repo, _ = team_repo
     shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
@@ -198,7 +230,8 @@ def test_each_model_is_exported_checked_and_logged_with_its_onnx_model(team_repo
         assert run.data.metrics["export/mask_agreement"] == pytest.approx(check["mask_agreement"])
         logged = {m.name for m in client.search_logged_models([run.info.experiment_id])
                   if m.source_run_id == run_id}
-        assert "onnx_model" in logged and len(logged) == 2  # beside the trainer's Paddle model
+        # beside the trainer's Paddle model: the ONNX model and the served model (photos in, masks out)
+        assert {"onnx_model", "photo_segmenter"} <= logged and len(logged) == 3
         assert json.loads((repo / "predictions" / model / "metrics.json").read_text())["engine"] == "onnxruntime"
 
 

@@ -12,12 +12,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 from paddle.static import InputSpec
 
-from stages import predict, report
+from stages import export, predict, report
 from stages.common.config import StageError
 from stages.data.split_lists import split_file
 from stages.evaluation.figures import curve_panels
 from stages.training.summary import STEP_COLUMNS
-from stages.training.tracking import CHAMPION, read_registered_version, read_run_id, registered_model_name, training_run
+from stages.models.inference_model import read_meta
+from stages.training.tracking import (CHAMPION, finished_run_client, read_registered_version, read_run_id,
+                                      registered_model_name, training_run)
 
 from tiny_pipeline import export_both_models, make_cfg, make_dataset, red_detector, write_training_outputs
 
@@ -48,6 +50,10 @@ def pipeline(tmp_path_factory, mlflow_store):
                                         registered_model_name=registered_model_name(cfg, name),
                                         input_spec=[InputSpec([None, 3, 16, 16], "float32", "image")],
                                         pip_requirements=mlflow.paddle.get_default_pip_requirements())
+            # and the served model, as the export stage logs it
+            client, run = finished_run_client(cfg, root / "models" / name / "mlflow_run.json")
+            deploy_dir = root / "exports" / name
+            export.log_serving_model(cfg, client, run, deploy_dir, read_meta(deploy_dir))
         yield overrides, report.run(cfg)
 
 
@@ -159,6 +165,16 @@ def test_champion_alias_goes_to_the_better_test_miou_and_loads_as_a_model(pipeli
     assert name == cfg.mlflow.registered_models[winner]
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == version
     assert CHAMPION not in client.get_registered_model(cfg.mlflow.registered_models[loser]).aliases
+    # The served model's champion is the version logged from the champion's training run; metrics.json names
+    # each model's served version.
+    serving = cfg.mlflow.registered_models.serving
+    served = client.get_model_version_by_alias(serving, CHAMPION)
+    assert served.run_id == read_run_id(Path(cfg.paths.models_dir) / winner / "mlflow_run.json")
+    assert result["serving_champion"] == f"models:/{serving}/{served.version}"
+    metrics = json.loads((Path(cfg.paths.reports_dir) / "metrics.json").read_text())
+    assert metrics[winner]["serving_model_uri"] == result["serving_champion"]
+    assert metrics[loser]["serving_model_uri"].startswith(f"models:/{serving}/")
+    assert metrics[loser]["serving_model_uri"] != result["serving_champion"]
 
     # models:/<name>@champion loads with MLflow's paddle flavour and predicts as the registered network did.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", str(cfg.mlflow.tracking_uri))  # as a user points MLflow at the store

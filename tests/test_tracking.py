@@ -158,3 +158,28 @@ def test_champion_alias_moves_to_the_best_and_leaves_the_others(cfg_in):
     # a missing score never wins; a tie goes to the first model
     assert tracking.crown_champion(cfg, {"a": (None, ("champ-a", "1")), "b": (0.1, ("champ-b", "1"))})[0] == "b"
     assert tracking.crown_champion(cfg, {"a": (0.5, ("champ-a", "1")), "b": (0.5, ("champ-b", "1"))})[0] == "a"
+
+
+def test_the_served_models_champion_follows_the_champions_training_run(cfg_in, tmp_path, capsys):
+    cfg = cfg_in("mlflow.registered_models.serving=served-here")
+    runs = []
+    for name in ("a", "b", "c"):
+        with tracking.training_run(cfg, "train_x", tmp_path / f"{name}.json") as run:
+            runs.append(run.info.run_id)
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    client.create_registered_model("served-here")
+    for run_id in (runs[0], runs[1], runs[0]):  # run a exported twice: its newest version counts
+        client.create_model_version("served-here", source=f"runs:/{run_id}/photo_segmenter", run_id=run_id)
+
+    assert tracking.serving_model_uri(cfg, runs[0]) == "models:/served-here/3"
+    assert tracking.crown_serving_champion(cfg, runs[1]) == "models:/served-here/2"
+    assert str(client.get_model_version_by_alias("served-here", tracking.CHAMPION).version) == "2"
+    assert tracking.crown_serving_champion(cfg, runs[0]) == "models:/served-here/3"
+    assert str(client.get_model_version_by_alias("served-here", tracking.CHAMPION).version) == "3"
+    # A champion with nothing to serve (no ONNX model): the alias goes rather than name another model.
+    assert tracking.serving_model_uri(cfg, runs[2]) is None
+    assert tracking.crown_serving_champion(cfg, runs[2]) is None
+    assert tracking.CHAMPION not in client.get_registered_model("served-here").aliases
+    assert f"run {runs[2]} logged no version of the served model 'served-here'" in capsys.readouterr().err
+    # ... also before the served model exists at all
+    assert tracking.crown_serving_champion(cfg_in("mlflow.registered_models.serving=never-made"), runs[2]) is None

@@ -145,6 +145,34 @@ def export_both_models(models_dir: Path) -> None:
         deploy_model(models_dir / name)
 
 
+def export_dovenet(model_dir: Path, size: int = 32) -> None:
+    """A random-weight DoveNet, exported as train_paddle does. Its class scores get a wider spread than
+    DoveNet's near-zero initial ones, so no pixel sits on a tie the two engines could break differently."""
+    import paddle
+
+    from stages.models.dovenet import DoveNet
+    from stages.models.inference_model import ModelMeta, export
+
+    paddle.seed(0)
+    net = DoveNet(len(CLASS_NAMES))
+    net.output_conv.weight.set_value(paddle.randn(net.output_conv.weight.shape) * 0.1)
+    export(net, model_dir, ModelMeta((size, size), CLASS_NAMES, (0.5,) * 3, (0.5,) * 3, "DoveNet"))
+
+
+def trained_models(root: Path, cfg, names=("paddle", "paddleseg")) -> None:
+    """What the trainers leave for the export stage: models/<name>/ (a random-weight DoveNet, an upsampling
+    red detector as the UNet) and a finished MLflow run named in its mlflow_run.json."""
+    from stages.training.tracking import training_run
+
+    if "paddle" in names:
+        export_dovenet(root / "models" / "paddle")
+    if "paddleseg" in names:
+        export_model(root / "models" / "paddleseg", (24, 20), pool=2, upsample=True, architecture="UNet")
+    for name in names:
+        with training_run(cfg, f"train_{name}", root / "models" / name / "mlflow_run.json"):
+            pass
+
+
 def write_training_outputs(cfg, name: str, epochs: int = 4) -> None:
     """metrics/train_<name>.json and plots/train_<name>.csv as the trainers write them."""
     metrics_dir, plots_dir = Path(cfg.paths.metrics_dir), Path(cfg.paths.plots_dir)
@@ -181,3 +209,33 @@ def metrics_schema(class_names=CLASS_NAMES) -> set[str]:
         num_params={"total": 1, "trainable": 1}, best_scores=None, class_names=class_names, iters=4, best_iter=2,
         resumed_from_iter=0, iters_per_epoch=2, train_seconds=1.0, train_step_seconds=1.0, train_images=8,
         input_size=32, crop_size=32, batch_size=2, device="cpu"))
+
+
+def write_photos(folder: Path, seed: int = 1) -> list[Path]:
+    """Two photo files as people send them: a PNG with an alpha channel, and a JPEG stored sideways with the
+    EXIF orientation that turns it upright (6: a quarter turn clockwise), as phones store portrait shots."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    upright, _ = make_photo(rng, 45, 60, with_dove=True)
+    png = folder / "upright.png"
+    Image.fromarray(np.dstack([upright, np.full(upright.shape[:2], 200, np.uint8)])).save(png)
+    sideways, _ = make_photo(rng, 52, 36, with_dove=True)
+    jpeg = folder / "portrait.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(sideways).save(jpeg, quality=95, exif=exif.tobytes())
+    return [png, jpeg]
+
+
+def load_served_model(uri: str):
+    """mlflow.pyfunc.load_model(uri), leaving sys.path as it was: loading puts the model's code/ folder (a copy
+    of stages/) first, and later imports of stages modules in this process would come from that copy."""
+    import sys
+
+    import mlflow.pyfunc
+
+    saved = list(sys.path)
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    finally:
+        sys.path[:] = saved

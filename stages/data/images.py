@@ -71,14 +71,15 @@ def save_rgb_png(path: str | Path, rgb: np.ndarray) -> None:
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(path, **LABEL_PNG_OPTIONS)
 
 
-def save_label_png(path: str | Path, label: np.ndarray) -> None:
-    """Save class ids (0..254, 255 = ignore) as a P-mode PNG with the labelme/VOC palette."""
+def save_label_png(path, label: np.ndarray) -> None:
+    """Save class ids (0..254, 255 = ignore) as a P-mode PNG with the labelme/VOC palette, to a path or a
+    binary file (the served model's answer)."""
     label = np.asarray(label)
     if label.ndim != 2 or label.min(initial=0) < 0 or label.max(initial=0) > 255:
         raise ValueError(f"label must be 2-D with ids in 0..255, got shape {label.shape}")
     image = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8), mode="P")
     image.putpalette(VOC_PALETTE.flatten().tolist())
-    image.save(path, **LABEL_PNG_OPTIONS)
+    image.save(path, format="PNG", **LABEL_PNG_OPTIONS)
 
 
 def read_label_png(path: str | Path) -> np.ndarray:

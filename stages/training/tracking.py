@@ -13,6 +13,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -299,3 +300,37 @@ def crown_champion(cfg, candidates: dict[str, tuple[float, tuple[str, str]]]) ->
         if CHAMPION in client.get_registered_model(other_name).aliases:
             client.delete_registered_model_alias(other_name, CHAMPION)
     return model, name, version
+
+
+def _newest_version(client, name: str, run_id: str):
+    """The newest version of the registered model ``name`` logged from training run ``run_id`` (export
+    registers one each time it runs), or None."""
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return max(versions, key=lambda version: int(version.version)) if versions else None
+
+
+def serving_model_uri(cfg, run_id: str) -> str | None:
+    """models:/<name>/<version> of the served model's (mlflow.registered_models.serving) newest version
+    logged from training run ``run_id``; None when it logged none."""
+    name = registered_model_name(cfg, "serving")
+    version = _newest_version(mlflow.MlflowClient(tracking_uri(cfg)), name, run_id)
+    return f"models:/{name}/{version.version}" if version else None
+
+
+def crown_serving_champion(cfg, champion_run_id: str) -> str | None:
+    """Point the served model's alias ``champion`` (mlflow.registered_models.serving) at the version logged
+    from the champion's training run, so `mlflow models serve -m models:/<serving>@champion` serves the
+    champion whichever architecture holds it. Returns that version's models:/ URI; None, with a warning and
+    the alias taken away, when the run logged none (its export made no ONNX model): the alias never names a
+    model that is not the champion."""
+    name = registered_model_name(cfg, "serving")
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    version = _newest_version(client, name, champion_run_id)
+    if version is not None:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        return f"models:/{name}/{version.version}"
+    print(f"warning: the champion's training run {champion_run_id} logged no version of the served model "
+          f"{name!r} (run the export stage); models:/{name}@{CHAMPION} is unset", file=sys.stderr)
+    if client.search_registered_models(f"name = '{name}'") and CHAMPION in client.get_registered_model(name).aliases:
+        client.delete_registered_model_alias(name, CHAMPION)
+    return None

@@ -1,0 +1,120 @@
+"""The served model in-process: photo files in, predict's class-id PNGs out; bad photos refused by row; no Paddle.
+
+The model is saved with mlflow.pyfunc.save_model from a tiny exported model (tests/tiny_pipeline.py), as the
+export stage logs it; tests/test_serve.py serves it with `mlflow models serve` from a registry.
+"""
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
+from PIL import Image
+
+from stages import predict
+from stages.models.inference_model import read_meta
+from stages.prediction.photo_segmenter import DEPLOY_FILES, pyfunc_arguments
+
+from tiny_pipeline import export_both_models, load_served_model, make_cfg, make_dataset, write_photos
+
+MAX_PIXELS = 50_000_000  # export.serving.max_image_pixels
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A real PNG of width x height pixels (1 bit each, so even 200 MP takes 25 MB to make and 24 KB to send)."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The UNet-like tiny model (coarse scores, resized back bilinearly) saved as the served model, beside
+    predict's class-id PNGs of two photos."""
+    root = tmp_path_factory.mktemp("segmenter")
+    overrides = [*make_dataset(root), "predict.models=[paddleseg]"]
+    export_both_models(root / "models")
+    photos = write_photos(root / "photos")
+    predict.run(make_cfg(*overrides, f"predict.input_dir={root / 'photos'}", f"predict.output_dir={root / 'out'}"))
+    bundle = root / "bundle"
+    bundle.mkdir()
+    for file in DEPLOY_FILES:
+        shutil.copyfile(root / "exports" / "paddleseg" / file, bundle / file)
+    mlflow.pyfunc.save_model(str(root / "model"), **pyfunc_arguments(bundle, read_meta(bundle), MAX_PIXELS))
+    return root / "model", photos, root / "out" / "paddleseg" / "class_id"
+
+
+def test_photo_files_in_predicts_class_id_pngs_out(saved):
+    model_dir, photos, predicted = saved
+    model = load_served_model(str(model_dir))
+    inputs, outputs = model.metadata.signature.inputs, model.metadata.signature.outputs
+    assert [(c.name, c.type.name) for c in inputs.inputs] == [("image", "binary")]
+    assert [(c.name, c.type.name) for c in outputs.inputs] == [("mask", "binary")]
+    assert model.metadata.metadata["class_names"] == ["_background_", "dove"]
+
+    answer = model.predict(pd.DataFrame({"image": [photo.read_bytes() for photo in photos]}))
+    assert list(answer.columns) == ["mask"] and len(answer) == 2
+    for photo, mask in zip(photos, answer["mask"]):
+        served = Image.open(io.BytesIO(mask))
+        expected = Image.open(predicted / f"{photo.stem}.png")
+        assert (served.format, served.mode) == ("PNG", "P")
+        assert served.getpalette() == expected.getpalette()
+        assert np.array_equal(np.asarray(served), np.asarray(expected))
+        assert np.asarray(served).any(), "the dove is found"
+    # the JPEG is stored sideways (36 x 52) and seen upright: EXIF orientation applied, as predict does
+    assert Image.open(io.BytesIO(answer["mask"][1])).size == (52, 36)
+
+
+def test_bad_photos_are_refused_by_row_before_any_is_decoded_and_the_model_keeps_working(saved):
+    model_dir, photos, predicted = saved
+    model = load_served_model(str(model_dir))
+    good = photos[0].read_bytes()
+    requests = [b"", b"this is not a photo", blank_png(10_000, 6_000), blank_png(20_000, 10_000), good]
+    with pytest.raises(MlflowException) as caught:
+        model.predict(pd.DataFrame({"image": requests}))
+    assert caught.value.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE)
+    assert caught.value.get_http_status_code() == 400
+    message = caught.value.message
+    assert message.startswith("cannot segment 4 of 5 photo(s): row 0: empty: 0 bytes; row 1: not an image file")
+    assert "row 2: too large: 10000 x 6000 = 60,000,000 pixels; the limit is 50,000,000 pixels" in message
+    assert "row 3: too large: Pillow refuses it as a decompression bomb (Image size (200000000 pixels)" in message
+    assert "row 4" not in message
+
+    jpeg = photos[1].read_bytes()
+    truncated = jpeg[:len(jpeg) // 2]  # the header, then the data stops
+    with pytest.raises(MlflowException, match=r"cannot segment 1 of 2 photo\(s\): row 1: cannot be decoded"):
+        model.predict(pd.DataFrame({"image": [good, truncated]}))
+
+    answer = model.predict(pd.DataFrame({"image": [good]}))
+    expected = np.asarray(Image.open(predicted / f"{photos[0].stem}.png"))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(answer["mask"][0]))), expected)
+
+
+def test_the_served_model_loads_and_predicts_without_paddle(saved, tmp_path):
+    model_dir, photos, _ = saved
+    script = f"""
+import io, json, sys
+import pandas as pd
+import mlflow.pyfunc
+model = mlflow.pyfunc.load_model({str(model_dir)!r})
+answer = model.predict(pd.DataFrame({{"image": [open({str(photos[0])!r}, "rb").read()]}}))
+import stages
+print(json.dumps({{"masks": len(answer), "stages": stages.__file__,
+                  "paddle": sorted(m for m in sys.modules if m.split(".")[0] in ("paddle", "paddleseg", "paddle2onnx"))}}))
+"""
+    # From an empty folder, as `mlflow models serve` runs: `stages` comes from the model's own copy.
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["masks"] == 1
+    assert found["paddle"] == []
+    assert Path(found["stages"]).is_relative_to(model_dir / "code")
