@@ -10,7 +10,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-PG_BIN = Path(os.environ.get("TEAM_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _postgres_bin() -> Path:
+    """Debian's PostgreSQL (15 on Debian 12, the version measured), or TEAM_PG_BIN."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    return Path(os.environ.get("TEAM_PG_BIN") or (found[-1].parent if found else "/usr/lib/postgresql/15/bin"))
+
+
+PG_BIN = _postgres_bin()
 BIN = Path(sys.executable).parent  # the venv's weed, mlflow and dvc
 
 
@@ -32,7 +40,7 @@ def http_answers(url: str, expect: int | None = 200) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
             return expect is None or response.status == expect
-    except urllib.error.HTTPError as err:
+    except urllib.error.HTTPError:
         return expect is None  # any HTTP answer means the server is up
     except OSError:
         return False
@@ -86,7 +94,7 @@ def _chown_to_postgres(*paths: Path) -> None:
 def postgres_start(folder: Path, port: int, superuser_password: str) -> None:
     data, log = folder / "data", folder / "postgres.log"
     if not (PG_BIN / "pg_ctl").exists():
-        raise StackError(f"PostgreSQL 15 is not installed ({PG_BIN}); apt-get install -y postgresql")
+        raise StackError(f"PostgreSQL is not installed ({PG_BIN}); apt-get install -y postgresql")
     folder.mkdir(parents=True, exist_ok=True)
     if not (data / "PG_VERSION").exists():
         pwfile = folder / "initdb.pw"
@@ -182,7 +190,9 @@ def mlflow_start(folder: Path, port: int, backend_uri: str, auth_uri: str, artif
     ini = folder / "basic_auth.ini"
     ini.write_text("[mlflow]\ndefault_permission = READ\n"
                    f"database_uri = {auth_uri}\nadmin_username = admin\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                   # one worker, so no stale logins across workers; else each request hashes the password
+                   "auth_cache_ttl_seconds = 60\n")
     argv = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
             "--workers", "1", "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts]
     return spawn(argv, folder / "mlflow.pid", folder / "mlflow.log",
