@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -25,6 +25,7 @@ EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # 
 
 def port_taken(port: int) -> bool:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is not taken
         try:
             sock.bind(("127.0.0.1", port))
             return False
@@ -158,6 +159,9 @@ class Stack:
         stopped = [name for name, stop in (("MLflow", lambda: servers.stop_pid(ml / "mlflow.pid")),
                                            ("SeaweedFS", lambda: servers.stop_pid(s3 / "weed.pid")),
                                            ("PostgreSQL", lambda: servers.postgres_stop(pg))) if stop()]
+        for port in [*self.ports.values(), self.ports["weed_admin"] + 10000]:  # weed's gRPC sockets stay behind
+            for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'} (data kept in {self.folder})")
 
     def status(self) -> bool:
