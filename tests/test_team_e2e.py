@@ -286,8 +286,9 @@ def test_object_store_down_during_push_then_a_rerun_pushes_everything(team):
         failed = dvc(bob, "push", "-r", "team", check=False, timeout=300)
     finally:
         bash("python -m team_stack up", team["alice"])
-    print("dvc push with the object store down:", failed.returncode, failed.stderr.strip().splitlines()[-1:])
-    assert failed.returncode != 0
+    errors = [line for line in (failed.stdout + failed.stderr).splitlines() if line.startswith("ERROR")]
+    print("dvc push with the object store down:", failed.returncode, errors)
+    assert failed.returncode != 0 and len(errors) == 1
     dvc(bob, "push", "-r", "team", timeout=300)
     assert "Cache and remote 'team' are in sync" in dvc(bob, "status", "-c", "-r", "team").stdout
 
@@ -301,20 +302,27 @@ def test_mlflow_restarted_while_a_training_stage_runs(team):
     mlflow = client(team, "bob")
     experiment = mlflow.get_experiment_by_name("doveseg").experiment_id
     deadline = time.monotonic() + 300
-    while not mlflow.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=1):
-        assert process.poll() is None and time.monotonic() < deadline, "the training run never started"
+    while True:  # restart once the first epoch is logged (and checkpointed)
+        running = mlflow.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=1)
+        if running and "epoch" in running[0].data.metrics:
+            break
+        assert process.poll() is None and time.monotonic() < deadline, "no epoch was logged"
         time.sleep(0.5)
+    run_id = running[0].info.run_id
     assert servers.stop_pid(stack.folder / "mlflow" / "mlflow.pid")
     restarted = time.perf_counter()
     bash("python -m team_stack up", team["alice"])
     print(f"MLflow down for {time.perf_counter() - restarted:.0f} s")
     out, _ = process.communicate(timeout=900)
-    print("training through the restart:", process.returncode, out.strip().splitlines()[-3:])
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    print("training through the restart:", process.returncode, errors)
     if process.returncode != 0:  # one clear error; the rerun resumes from the checkpoint and finishes
+        assert len(errors) == 1 and "rerun the stage" in errors[0] and "Traceback" not in out, out[-3000:]
         rerun = subprocess.run(cmd, cwd=bob, env={**env(), **as_user(team, "bob")}, capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
+        print("rerun:", [line for line in rerun.stdout.splitlines() if "checkpoint" in line.lower()][:2])
     run = json.loads((bob / "models" / "paddle" / "mlflow_run.json").read_text())
-    assert run["run_id"] != before
+    assert run["run_id"] == run_id != before  # the same run, resumed: nothing lost
     finished = client(team, "bob").get_run(run["run_id"])
     assert finished.info.status == "FINISHED"
     epochs = {metric.step for metric in client(team, "bob").get_metric_history(run["run_id"], "epoch")}

@@ -163,9 +163,13 @@ def training_run(cfg, stage: str, run_id_file: str | Path,
             })
             log_training_data(cfg)
         yield run
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # the server may be what failed
             mlflow.end_run(status="FAILED")
+        if isinstance(err, mlflow.exceptions.MlflowException):  # e.g. the server restarted: one line
+            raise StageError(f"MLflow store {tracking_uri(cfg)} failed during run {run.info.run_id} "
+                             f"({str(err).splitlines()[0][:200]}); rerun the stage: it resumes from its "
+                             "last checkpoint") from None
         raise
     mlflow.end_run()
     info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": tracking_uri(cfg)}
@@ -245,12 +249,7 @@ def log_metrics(metrics: dict, step: int | None = None) -> None:
     clean = {k: float(v) for k, v in metrics.items()
              if v is not None and not (isinstance(v, float) and math.isnan(v))}
     if clean:
-        try:
-            mlflow.log_metrics(clean, step=step)
-        except mlflow.exceptions.MlflowException as err:  # e.g. the server restarted: say so, in one line
-            raise StageError(f"MLflow tracking server {mlflow.get_tracking_uri()} failed while logging step "
-                             f"{step} ({str(err).splitlines()[0][:300]}); rerun the stage: it resumes from "
-                             "its last checkpoint") from None
+        mlflow.log_metrics(clean, step=step)
 
 
 def read_run_id(run_id_file: str | Path) -> str:
