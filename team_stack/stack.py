@@ -6,6 +6,7 @@ import secrets
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -156,9 +157,13 @@ class Stack:
 
     def down(self) -> None:
         pg, s3, ml = self.folder / "postgres", self.folder / "s3", self.folder / "mlflow"
-        stopped = [name for name, stop in (("MLflow", lambda: servers.stop_pid(ml / "mlflow.pid")),
-                                           ("SeaweedFS", lambda: servers.stop_pid(s3 / "weed.pid")),
-                                           ("PostgreSQL", lambda: servers.postgres_stop(pg))) if stop()]
+        stopped = []
+        for name, stop in (("MLflow", lambda: servers.stop_pid(ml / "mlflow.pid")),
+                           ("SeaweedFS", lambda: servers.stop_pid(s3 / "weed.pid")),
+                           ("PostgreSQL", lambda: servers.postgres_stop(pg))):
+            started = time.monotonic()
+            if stop():
+                stopped.append(f"{name} ({time.monotonic() - started:.0f} s)")
         for port in [*self.ports.values(), self.ports["weed_admin"] + 10000]:  # weed's gRPC sockets stay behind
             for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
                 sock.unlink(missing_ok=True)
