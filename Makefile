@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Stages run as `python -m stages.<name>`: put the venv first so dvc's commands find its python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup setup-dev demo test test-fast params bench mlflow-ui demo-data clean
+.PHONY: setup setup-dev setup-team demo test test-fast params bench mlflow-ui demo-data team-up team-down clean
 
 # What the pipeline needs (make demo), then the dev extra on top (make test: pytest, hypothesis, labelme 6).
 $(BIN)/.installed: pyproject.toml
@@ -16,10 +16,15 @@ $(BIN)/.installed: pyproject.toml
 
 $(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@ $(BIN)/.installed-team   # the dev extra includes the team one
+
+$(BIN)/.installed-team: $(BIN)/.installed
+	$(BIN)/python -m pip install -e ".[team]"
 	touch $@
 
 setup: $(BIN)/.installed
 setup-dev: $(BIN)/.installed-dev
+setup-team: $(BIN)/.installed-team
 
 demo: setup            ## run the whole pipeline on the bundled demo doves
 	dvc repro
@@ -45,6 +50,12 @@ mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000
 
 demo-data: setup       ## regenerate the bundled demo set (deterministic)
 	python -m demo_data.doves --out data/raw --count 124 --seed 0
+
+team-up: setup-team    ## PostgreSQL, S3 and MLflow with accounts under .team/ (README, "Working as a team")
+	python -m team_stack up $(TEAM_ARGS)
+
+team-down:             ## stop what team-up started (its data stays in .team/)
+	python -m team_stack down
 
 clean:                 ## remove pipeline outputs (not data/raw, not the MLflow store)
 	rm -rf data/processed data/splits models exports metrics plots predictions reports

@@ -6,7 +6,7 @@ from pathlib import Path
 
 # Subpackages, lowest layer first: each may import only those before it (the order in stages/__init__.py).
 LAYERS = ("common", "data", "labelme", "evaluation", "models", "prediction", "training")
-TOOLS = ("demo_data", "bench", "tests")  # beside stages/: they may import it; nothing in stages/ imports them
+TOOLS = ("demo_data", "team_stack", "bench", "tests")  # beside stages/: they may import it; nothing in stages/ imports them
 
 
 def module_name(path: Path, package_dir: Path) -> str:

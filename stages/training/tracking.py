@@ -70,12 +70,31 @@ def ensure_reachable(uri: str, timeout_s: float = 5) -> None:
         except (urllib.error.URLError, OSError) as err:
             raise StageError(f"MLflow tracking server {uri} is unreachable ({err}); start it, or set "
                              "MLFLOW_TRACKING_URI / mlflow.tracking_uri to a reachable store") from None
+        _check_login(uri, timeout_s)
     elif parsed.scheme == "sqlite":
         db_path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
         if db_path is not None and str(db_path) not in ("", ":memory:"):
             folder = db_path.parent if str(db_path.parent) else Path(".")
             if not folder.is_dir() or not os.access(folder, os.W_OK):
                 raise StageError(f"MLflow store {uri}: folder {folder} does not exist or is not writable")
+
+
+def _check_login(uri: str, timeout_s: float) -> None:
+    """A server with logins (mlflow server --app-name basic-auth) answers /health to anyone: ask it for
+    something that needs the login in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
+                                params={"max_results": 1}, max_retries=0, timeout=timeout_s)
+    except mlflow.exceptions.MlflowException as err:
+        raise StageError(f"MLflow tracking server {uri}: {err}") from None
+    if response.status_code == 401:
+        who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        raise StageError(f"MLflow tracking server {uri} refused the login "
+                         f"{'of ' + repr(who) if who else '(none given)'}: set MLFLOW_TRACKING_USERNAME and "
+                         "MLFLOW_TRACKING_PASSWORD to your account on it")
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -145,8 +164,13 @@ def training_run(cfg, stage: str, run_id_file: str | Path,
             })
             log_training_data(cfg)
         yield run
-    except BaseException:
-        mlflow.end_run(status="FAILED")
+    except BaseException as err:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # the server may be what failed
+            mlflow.end_run(status="FAILED")
+        if isinstance(err, mlflow.exceptions.MlflowException):  # e.g. the server restarted: one line
+            raise StageError(f"MLflow store {tracking_uri(cfg)} failed during run {run.info.run_id} "
+                             f"({str(err).splitlines()[0][:200]}); rerun the stage: it resumes from its "
+                             "last checkpoint") from None
         raise
     mlflow.end_run()
     info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": tracking_uri(cfg)}
