@@ -195,5 +195,7 @@ def mlflow_start(folder: Path, port: int, backend_uri: str, auth_uri: str, artif
                    "auth_cache_ttl_seconds = 60\n")
     argv = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
             "--workers", "1", "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts]
+    # MLflow's GenAI job runner (about ten huey worker processes) serves nothing a training team uses here
     return spawn(argv, folder / "mlflow.pid", folder / "mlflow.log",
-                 {**os.environ, **env, "MLFLOW_AUTH_CONFIG_PATH": str(ini)})
+                 {**os.environ, **env, "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})

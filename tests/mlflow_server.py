@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -42,6 +43,8 @@ def mlflow_server(workdir: Path, timeout_s: float = 120) -> Iterator[str]:
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
          "--artifacts-destination", str(workdir / "artifacts")],
+        # without MLflow's GenAI job runner: about ten huey worker processes the tests never use
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until_answering(uri + "/health", process, timeout_s, "mlflow server", workdir / "server.log")
