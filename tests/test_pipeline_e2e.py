@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from dvc_helpers import copy_repo, dvc, env, git
+from dvc_helpers import dvc, env, git, smoke_copy
 from mlflow_server import mlflow_server
 from mlflow_ui import need_chromium, render
 
@@ -26,12 +26,11 @@ MODELS = ("paddle", "paddleseg")
 @pytest.fixture(scope="module")
 def team_repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    repo = copy_repo(root / "repo")
-    subprocess.run([sys.executable, "-m", "stages.common.config", "profile=smoke"], cwd=repo, env=env(), check=True)
+    repo = smoke_copy(root / "repo")
     git(repo, "rm", "-r", "-q", "--cached", "data/raw")
     dvc(repo, "add", "data/raw")
     git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "smoke profile; data/raw under DVC")
+    git(repo, "commit", "-qm", "data/raw under DVC")
     with mlflow_server(root / "mlflow") as uri:
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo,

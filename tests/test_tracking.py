@@ -233,3 +233,24 @@ def test_a_stage_in_a_temp_copy_tracks_to_the_project_store_names_its_run_and_re
     assert json.loads((copy / "run.json").read_text())["tracking_uri"] == "sqlite:///mlflow.db"
     monkeypatch.delenv("DVC_EXP_NAME")
     assert tracking.run_name("train_x") == "train_x"  # the workspace's runs, as before
+
+
+def test_store_call_retries_a_locked_database_and_gives_up_on_anything_else(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    answers = iter([mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database is locked")] * 2 + ["ok"])
+
+    def flaky():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    before = tracking.STORE_RETRIES["count"]
+    assert tracking.store_call(flaky) == "ok" and tracking.STORE_RETRIES["count"] == before + 2
+    with pytest.raises(mlflow.exceptions.MlflowException, match="locked"):
+        tracking.store_call(flaky_forever, attempts=3)
+    with pytest.raises(ValueError):
+        tracking.store_call(int, "not a number")
+
+
+def flaky_forever():
+    raise mlflow.exceptions.MlflowException("database is locked")
