@@ -7,8 +7,8 @@ in batches, tags, per-step metrics, a registered model version), then report's p
 through MlflowClient, the champion alias). Every MLflow call is counted: done, retried after "database
 is locked", failed. Two configurations on fresh stores, in the same run:
   plain     MLflow as it comes (its own 20 s SQLite busy timeout, the rollback journal)
-  doveseg   stages.training.tracking's care: WAL journal (prepare_sqlite_store) and retries
-            around "database is locked" (store_call)
+  doveseg   the same calls through stages.training.tracking.store_call (retries on "database is locked")
+--fresh starts the writers on a store that does not exist yet (each creates the tables and the experiment).
 Printed per configuration and writer count: calls, retries, failures, wall time, and whether every metric
 arrived and the registered versions are distinct.
 """
@@ -49,8 +49,6 @@ def writer(uri: str, care: bool, index: int, runs: int, steps: int, results, bar
 
     versions = []
     barrier.wait()  # all writers start together, imports done
-    if care:
-        call(tracking.prepare_sqlite_store, uri)
     client = mlflow.MlflowClient(uri)
     experiment = call(client.get_experiment_by_name, "bench")  # on a fresh store: each writer creates it
     if experiment is None:
@@ -75,11 +73,12 @@ def writer(uri: str, care: bool, index: int, runs: int, steps: int, results, bar
             now = int(time.time() * 1000)
             call(client.log_batch, run_id, metrics=[mlflow.entities.Metric(key, step * 0.01, now, step)
                                                    for key in ("train/loss", "val/mIoU", "val/acc", "epoch")])
-        if not client.search_registered_models(f"name = '{MODEL}'"):
-            try:
-                call(client.create_registered_model, MODEL)
-            except Exception:  # noqa: BLE001 - another writer made it first
-                pass
+        if not call(client.search_registered_models, f"name = '{MODEL}'"):
+            try:  # as mlflow's log_model(registered_model_name=...) does: another writer may make it first
+                client.create_registered_model(MODEL)
+            except mlflow.exceptions.MlflowException as err:
+                if "already exists" not in str(err):
+                    raise
         version = call(client.create_model_version, MODEL, source=f"runs:/{run_id}/model", run_id=run_id)
         if version is not None:
             versions.append(str(version.version))
@@ -95,14 +94,10 @@ def writer(uri: str, care: bool, index: int, runs: int, steps: int, results, bar
 def measure(writers: int, care: bool, runs: int, steps: int, fresh: bool) -> dict:
     import mlflow
 
-    from stages.training import tracking
-
     with tempfile.TemporaryDirectory() as root:
         uri = f"sqlite:///{root}/mlflow.db"
         client = mlflow.MlflowClient(uri)
         if not fresh:  # a store made before (by the first `dvc repro`), as usual
-            if care:
-                tracking.prepare_sqlite_store(uri)
             client.create_experiment("bench", artifact_location=Path(root, "mlruns").as_uri())
         context = multiprocessing.get_context("spawn")
         results, barrier = context.Queue(), context.Barrier(writers + 1)

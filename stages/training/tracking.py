@@ -9,12 +9,10 @@ times alone (reopening it with ``start_run`` would move its end time), and repor
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
 import random
-import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -100,12 +98,12 @@ def _use_tracking_uri(uri: str) -> None:
 STORE_RETRIES = {"count": 0}  # how often store_call retried in this process (bench/mlflow_sqlite_writers.py)
 
 
-def store_call(fn, *args, attempts: int = 8, **kwargs):
+def store_call(fn, *args, attempts: int = 6, **kwargs):
     """``fn(*args, **kwargs)``, retried with a growing pause while SQLite answers "database is locked".
-    MLflow's 20 s busy timeout covers waiting for another writer, but not a transaction that read and
-    then wants to write while another process writes (SQLite then refuses at once, to avoid a deadlock):
-    with two queued experiments on one store that happens. A failed MLflow call wrote nothing (its
-    transaction rolled back), so calling it again is safe."""
+    Parallel experiments (`dvc queue start -j 2`) write to one SQLite store; MLflow waits up to 20 s for
+    another writer (its busy timeout), and bench/mlflow_sqlite_writers.py measured no call that needed
+    more with 2-4 writers; this covers a longer write (a busy disk, a reader holding the file). A call
+    that failed so wrote nothing (its transaction rolled back), so calling it again is safe."""
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
@@ -114,29 +112,6 @@ def store_call(fn, *args, attempts: int = 8, **kwargs):
                 raise
             STORE_RETRIES["count"] += 1
             time.sleep(min(0.05 * 2 ** attempt, 2.0) * (1 + random.random()))
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    path = uri[len("sqlite:///"):].split("?", 1)[0] if uri.startswith("sqlite:///") else ""
-    return Path(path) if path not in ("", ":memory:") else None
-
-
-def prepare_sqlite_store(uri: str) -> None:
-    """Ready a SQLite store for several processes at once (`dvc queue start -j 2`): the WAL journal, in
-    which readers never wait for a writer nor a writer for readers (a setting of the database file, kept),
-    and MLflow's schema created by one process at a time (two creating a fresh store both migrate it)."""
-    db_path = _sqlite_path(uri)
-    if db_path is None:
-        return
-    with open(db_path.with_name(db_path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            with contextlib.closing(sqlite3.connect(db_path, timeout=30)) as connection:
-                if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    connection.execute("PRAGMA journal_mode=WAL")
-            mlflow.MlflowClient(uri).search_experiments(max_results=1)  # creates or migrates the schema
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ensure_reachable(uri: str, timeout_s: float = 5) -> None:
@@ -199,10 +174,9 @@ def _use_experiment(cfg, uri: str) -> str:
 
 
 def open_store(cfg) -> str:
-    """Check cfg's store, ready it for parallel experiments, make it MLflow's current one; its URI."""
+    """Check cfg's store and make it MLflow's current one; its URI."""
     uri = tracking_uri(cfg)
     ensure_reachable(uri, float(cfg.mlflow.connect_timeout_s))
-    prepare_sqlite_store(uri)
     _use_tracking_uri(uri)
     return uri
 
