@@ -172,6 +172,8 @@ def test_the_champion_is_the_best_version_on_the_same_test_set_and_a_worse_exper
     better = scored_version(client, cfg, "champ-b", 0.9)
     assert tracking.crown_champion(cfg, names, "set-1")[:2] == ("champ-b", better)
     assert aliases(client, "champ-a") == {} and aliases(client, "champ-b") == {"champion": better}
+    assert scored_version(client, cfg, "champ-a", 0.9) == better  # same score and version number: still b's
+    assert tracking.crown_champion(cfg, names, "set-1")[:2] == ("champ-b", better)
     # scores on another test set, or none, do not compete
     scored_version(client, cfg, "champ-a", 0.99, test_set="set-2")
     scored_version(client, cfg, "champ-a", None)

@@ -374,13 +374,14 @@ def crown_champion(cfg, names: list[str], test_set: str) -> tuple[str, str, str]
     for _ in range(3):  # another experiment's report may crown at the same time: settle on what both see
         scored, current = [], None
         for name in names:
+            for model in store_call(client.search_registered_models, f"name = '{name}'"):  # [] if none yet
+                if CHAMPION in model.aliases:  # (search_model_versions leaves versions' aliases out)
+                    current = (name, str(model.aliases[CHAMPION]))
             for version in store_call(client.search_model_versions, f"name = '{name}'"):
                 run = store_call(client.get_run, version.run_id) if version.run_id else None
                 miou = run.data.metrics.get("test/mIoU") if run else None
                 if run and run.data.tags.get(TEST_SET_TAG) == test_set and miou is not None and not math.isnan(miou):
                     scored.append((miou, name, str(version.version), version.run_id))
-                    if CHAMPION in (version.aliases or []):
-                        current = (name, str(version.version))
         if not scored:
             return None
         best_score = max(item[0] for item in scored)
