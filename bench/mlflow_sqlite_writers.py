@@ -1,6 +1,6 @@
 """Several processes writing to one SQLite MLflow store at once, as `dvc queue start -j N` does.
 
-    .venv/bin/python bench/mlflow_sqlite_writers.py [--writers 2 3 4] [--runs 4] [--steps 20]
+    .venv/bin/python bench/mlflow_sqlite_writers.py [--writers 2 4] [--runs 6] [--steps 40] [--fresh]
 
 Each writer process does what a queued experiment's stages do, --runs times over: a training run (params
 in batches, tags, per-step metrics, a registered model version), then report's part (test metrics added
@@ -130,9 +130,9 @@ def measure(writers: int, care: bool, runs: int, steps: int, fresh: bool) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--writers", type=int, nargs="+", default=[2, 3, 4])
-    parser.add_argument("--runs", type=int, default=4, help="training runs per writer")
-    parser.add_argument("--steps", type=int, default=20, help="metric steps per run")
+    parser.add_argument("--writers", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--runs", type=int, default=6, help="training runs per writer")
+    parser.add_argument("--steps", type=int, default=40, help="metric steps per run")
     parser.add_argument("--fresh", action="store_true", help="the writers start on a store that does not exist yet")
     args = parser.parse_args()
     store = "fresh store" if args.fresh else "existing store"
