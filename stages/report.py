@@ -12,15 +12,18 @@ Writes <paths.reports_dir>/ as a whole (it is this stage's folder):
   figures/*.png
 It then adds the test metrics (test/mIoU, test/IoU/<class>, ...) and the report, as artifacts, to each
 model's training run in MLflow (the run id from <paths.models_dir>/<model>/mlflow_run.json) without
-reopening it, and sets the Model Registry alias ``champion`` on the registered version with the best
-test mIoU (the other models lose it), and the served model's (mlflow.registered_models.serving) on the version
-the export stage logged from the champion's training run; metrics.json names each model's served version
-(``serving_model_uri``).
+reopening it, tags it with the test set it was scored on (``test_set``: a hash of the test samples'
+names and labels), and sets the Model Registry alias ``champion`` on the registered version, of either
+model, with the best test mIoU among all versions scored on that test set: every earlier run and DVC
+experiment counts, so a worse experiment's report leaves the champion where it is (a tie too). The served
+model's alias (mlflow.registered_models.serving) follows: it moves to the version the export stage logged
+from the champion's training run; metrics.json names each model's served version (``serving_model_uri``).
 """
 from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
 import json
 import math
@@ -37,8 +40,9 @@ from stages.data.split_lists import Sample, read_split, split_file
 from stages.evaluation import figures
 from stages.prediction.files import CLASS_ID_DIR, METRICS_NAME
 from stages.training.summary import STEP_COLUMNS
-from stages.training.tracking import (FinishedRun, crown_champion, crown_serving_champion, ensure_reachable,
-                                      read_registered_version, read_run_id, serving_model_uri, tracking_uri)
+from stages.training.tracking import (TEST_SET_TAG, FinishedRun, crown_champion, crown_serving_champion,
+                                      ensure_reachable, read_registered_version, read_run_id, serving_model_uri,
+                                      tracking_uri)
 
 FIGURES_DIR = "figures"
 RUN_ID_FILE = "mlflow_run.json"
@@ -86,16 +90,17 @@ def run(cfg) -> dict:
         write_text_atomic(out / "report.md", to_markdown(blocks))
         write_text_atomic(out / "index.html", to_html(blocks, out, str(cfg.report.title)))
         # Inside atomic_dir: if MLflow refuses, no half-reported reports/ is left behind.
+        scored_on = test_set_id(samples)
         for result in results:
-            log_to_mlflow(cfg, result, out)
-        champion = crown_champion(cfg, {name: (m["test"]["mIoU"], registered[name]) for name, m in metrics.items()})
-        serving = crown_serving_champion(cfg, read_run_id(Path(cfg.paths.models_dir) / champion[0] / RUN_ID_FILE))
+            log_to_mlflow(cfg, result, out, scored_on)
+        champion = crown_champion(cfg, sorted({name for name, _ in registered.values()}), scored_on)
+        serving = crown_serving_champion(cfg, champion[2]) if champion else None
     return {
         "reports_dir": str(cfg.paths.reports_dir),
         "models": {name: {"mIoU": m["test"]["mIoU"], "acc": m["test"]["acc"]} for name, m in metrics.items()},
         "figures": sorted(path.name for path in drawn.values() if path is not None),
         "worst_samples": [stem for stem, _ in worst_samples(results, int(cfg.report.worst_samples))],
-        "champion": dict(zip(("model", "registered_model", "version"), champion)),
+        "champion": champion_summary(cfg, champion),
         "serving_champion": serving,
     }
 
@@ -108,6 +113,25 @@ def serving_uris(cfg, results: list[ModelResult]) -> dict[str, dict]:
         uri = serving_model_uri(cfg, read_run_id(result.run_id_file))
         found[result.name] = {"serving_model_uri": uri} if uri else {}
     return found
+
+
+def test_set_id(samples: list[Sample]) -> str:
+    """What test/mIoU is measured on: the test samples' names and label files, hashed (12 hex digits).
+    Scores are comparable, and the champion chosen among them, only when this is equal."""
+    digest = hashlib.sha256()
+    for sample in sorted(samples, key=lambda sample: sample.stem):
+        digest.update(sample.stem.encode() + b"\0" + sample.label.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def champion_summary(cfg, champion: tuple[str, str, str] | None) -> dict | None:
+    """{model, registered_model, version, run_id} of the champion, ``model`` as in predict.models (None when
+    the champion is a registered model this config does not name)."""
+    if champion is None:
+        return None
+    name, version, run_id = champion
+    models = {str(registered): model for model, registered in (cfg.mlflow.get("registered_models") or {}).items()}
+    return {"model": models.get(name), "registered_model": name, "version": version, "run_id": run_id}
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -219,10 +243,11 @@ def metric_safe(name: str) -> str:
     return re.sub(r"[^\w\-. :/]", "_", name)
 
 
-def log_to_mlflow(cfg, result: ModelResult, out: Path) -> None:
+def log_to_mlflow(cfg, result: ModelResult, out: Path, scored_on: str) -> None:
     """Test metrics and the report added to the training run, whose duration stays the training's."""
     run = FinishedRun(cfg, result.run_id_file)
     run.log_metrics(mlflow_metrics(result.scored))
+    run.set_tag(TEST_SET_TAG, scored_on)
     run.log_artifacts(out / FIGURES_DIR, "report/figures")
     for name in ("report.md", "index.html", "metrics.json"):
         run.log_artifact(out / name, "report")

@@ -24,6 +24,18 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+def smoke_copy(dest: Path) -> Path:
+    """copy_repo with the smoke profile as conf/'s default, committed: params.yaml is the smoke one, and
+    so is what DVC's Hydra composition makes of `dvc exp run -S key=value` (a README command as written)."""
+    copy_repo(dest)
+    config = dest / "conf" / "config.yaml"
+    config.write_text(config.read_text().replace("  - profile: demo\n", "  - profile: smoke\n", 1))
+    subprocess.run([sys.executable, "-m", "stages.common.config"], cwd=dest, env=env(), check=True)
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "smoke profile")
+    return dest
+
+
 def env() -> dict:
     """The venv's python and dvc first on PATH, so `python -m stages.x` in dvc.yaml resolves to it."""
     bin_dir = str(Path(sys.executable).parent)

@@ -34,14 +34,15 @@ def wait_until_answering(url: str, process: subprocess.Popen, timeout_s: float, 
 
 
 @contextlib.contextmanager
-def mlflow_server(workdir: Path, timeout_s: float = 120) -> Iterator[str]:
+def mlflow_server(workdir: Path, timeout_s: float = 120, backend: str | None = None) -> Iterator[str]:
+    """A server on a new store in ``workdir``, or on the store ``backend`` (e.g. a project's SQLite file)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     log = open(workdir / "server.log", "w")
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
+         "--workers", "1", "--backend-store-uri", backend or f"sqlite:///{workdir / 'server.db'}",
          "--artifacts-destination", str(workdir / "artifacts")],
         # without MLflow's GenAI job runner: about ten huey worker processes the tests never use
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},

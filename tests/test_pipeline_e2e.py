@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from dvc_helpers import copy_repo, dvc, env, git
+from dvc_helpers import dvc, env, git, smoke_copy
 from mlflow_server import free_port, mlflow_server
 from mlflow_ui import need_chromium, render
 from model_server import masks, model_server, photos_request, post, serve_command, serving_env
@@ -30,12 +30,11 @@ MODELS = ("paddle", "paddleseg")
 @pytest.fixture(scope="module")
 def team_repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    repo = copy_repo(root / "repo")
-    subprocess.run([sys.executable, "-m", "stages.common.config", "profile=smoke"], cwd=repo, env=env(), check=True)
+    repo = smoke_copy(root / "repo")
     git(repo, "rm", "-r", "-q", "--cached", "data/raw")
     dvc(repo, "add", "data/raw")
     git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "smoke profile; data/raw under DVC")
+    git(repo, "commit", "-qm", "data/raw under DVC")
     with mlflow_server(root / "mlflow") as uri:
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo,

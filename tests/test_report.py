@@ -161,7 +161,10 @@ def test_champion_alias_goes_to_the_better_test_miou_and_loads_as_a_model(pipeli
     winner = max(test_miou, key=test_miou.get)
     loser = min(test_miou, key=test_miou.get)
     name, version = read_registered_version(Path(cfg.paths.models_dir) / winner / "mlflow_run.json")
-    assert result["champion"] == {"model": winner, "registered_model": name, "version": version}
+    run_id = read_run_id(Path(cfg.paths.models_dir) / winner / "mlflow_run.json")
+    assert result["champion"] == {"model": winner, "registered_model": name, "version": version, "run_id": run_id}
+    assert client.get_run(run_id).data.tags["test_set"] == client.get_run(
+        read_run_id(Path(cfg.paths.models_dir) / loser / "mlflow_run.json")).data.tags["test_set"]
     assert name == cfg.mlflow.registered_models[winner]
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == version
     assert CHAMPION not in client.get_registered_model(cfg.mlflow.registered_models[loser]).aliases

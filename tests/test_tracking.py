@@ -140,24 +140,122 @@ def aliases(client, name: str) -> dict[str, str]:
     return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
 
 
-def test_champion_alias_moves_to_the_best_and_leaves_the_others(cfg_in):
-    cfg = cfg_in()
-    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
-    for name in ("champ-a", "champ-b"):
+def scored_version(client, cfg, name: str, test_miou: float | None, test_set: str = "set-1") -> str:
+    """A registered version of ``name`` whose training run report scored ``test_miou`` on ``test_set``."""
+    experiment = client.get_experiment_by_name(str(cfg.mlflow.experiment)) or client.get_experiment(
+        client.create_experiment(str(cfg.mlflow.experiment)))
+    run = client.create_run(experiment.experiment_id)
+    if test_miou is not None:
+        client.log_metric(run.info.run_id, "test/mIoU", test_miou)
+    client.set_tag(run.info.run_id, tracking.TEST_SET_TAG, test_set)
+    if not client.search_registered_models(f"name = '{name}'"):
         client.create_registered_model(name)
-        for _ in range(2):
-            client.create_model_version(name, source=f"{cfg.mlflow.artifact_location}/{name}")
-    first = tracking.crown_champion(cfg, {"a": (0.7, ("champ-a", "2")), "b": (0.6, ("champ-b", "1"))})
-    assert first == ("a", "champ-a", "2")
-    assert aliases(client, "champ-a") == {"champion": "2"}
-    assert aliases(client, "champ-b") == {}
-    second = tracking.crown_champion(cfg, {"a": (0.7, ("champ-a", "2")), "b": (0.8, ("champ-b", "2"))})
-    assert second == ("b", "champ-b", "2")
-    assert aliases(client, "champ-a") == {}
-    assert aliases(client, "champ-b") == {"champion": "2"}
-    # a missing score never wins; a tie goes to the first model
-    assert tracking.crown_champion(cfg, {"a": (None, ("champ-a", "1")), "b": (0.1, ("champ-b", "1"))})[0] == "b"
-    assert tracking.crown_champion(cfg, {"a": (0.5, ("champ-a", "1")), "b": (0.5, ("champ-b", "1"))})[0] == "a"
+    return str(client.create_model_version(name, source=f"{cfg.mlflow.artifact_location}/{name}",
+                                           run_id=run.info.run_id).version)
+
+
+def test_the_champion_is_the_best_version_on_the_same_test_set_and_a_worse_experiment_cannot_take_it(cfg_in):
+    cfg = cfg_in("mlflow.experiment=champions")
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    names = ["champ-a", "champ-b"]
+    scored_version(client, cfg, "champ-a", 0.6)
+    best = scored_version(client, cfg, "champ-a", 0.7)
+    assert tracking.crown_champion(cfg, names, "set-1")[:2] == ("champ-a", best)
+    # a later, worse experiment (today's code gave the alias to whatever its own report scored best)
+    scored_version(client, cfg, "champ-b", 0.65)
+    name, version, run_id = tracking.crown_champion(cfg, names, "set-1")
+    assert (name, version) == ("champ-a", best) and aliases(client, "champ-b") == {}
+    assert client.get_model_version("champ-a", best).run_id == run_id  # the champion's training run
+    # a tie keeps the current champion; a better one takes it from the other model
+    scored_version(client, cfg, "champ-b", 0.7)
+    assert tracking.crown_champion(cfg, names, "set-1")[:2] == ("champ-a", best)
+    better = scored_version(client, cfg, "champ-b", 0.9)
+    assert tracking.crown_champion(cfg, names, "set-1")[:2] == ("champ-b", better)
+    assert aliases(client, "champ-a") == {} and aliases(client, "champ-b") == {"champion": better}
+    assert scored_version(client, cfg, "champ-a", 0.9) == better  # same score and version number: still b's
+    assert tracking.crown_champion(cfg, names, "set-1")[:2] == ("champ-b", better)
+    # scores on another test set, or none, do not compete
+    scored_version(client, cfg, "champ-a", 0.99, test_set="set-2")
+    scored_version(client, cfg, "champ-a", None)
+    assert tracking.crown_champion(cfg, names, "set-1")[:2] == ("champ-b", better)
+    assert tracking.crown_champion(cfg, names, "set-3") is None
+
+
+URI_CASES = [
+    ("sqlite:///mlflow.db", "sqlite:///{root}/mlflow.db"),
+    ("sqlite:///stores/team.db?timeout=30", "sqlite:///{root}/stores/team.db?timeout=30"),
+    ("sqlite:////abs/mlflow.db", "sqlite:////abs/mlflow.db"),
+    ("sqlite:///:memory:", "sqlite:///:memory:"),
+    ("file:mlruns", "file://{root}/mlruns"),
+    ("file:///abs/mlruns", "file:///abs/mlruns"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("https://mlflow.internal", "https://mlflow.internal"),
+    ("postgresql://mlflow@db/mlflow", "postgresql://mlflow@db/mlflow"),
+    ("databricks", "databricks"),
+]
+
+
+@pytest.mark.parametrize(("uri", "expected"), URI_CASES)
+def test_relative_local_stores_resolve_against_dvc_root(uri, expected, tmp_path, monkeypatch):
+    """DVC_ROOT is the parent repo of a queued experiment's temp copy: its store, not a new one there."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)
+    assert tracking.resolve_local_uri(uri) == expected.format(root=tmp_path)
+
+
+@pytest.mark.parametrize(("uri", "expected"), URI_CASES)
+def test_without_dvc_root_relative_local_stores_resolve_against_the_working_folder(uri, expected, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.resolve_local_uri(uri) == expected.format(root=tmp_path)
+
+
+def test_a_stage_in_a_temp_copy_tracks_to_the_project_store_names_its_run_and_records_the_configured_uri(
+        tmp_path, make_cfg, monkeypatch):
+    """What a queued experiment does: run from .dvc/tmp/exps/<copy>, DVC_ROOT the project."""
+    project, copy = tmp_path / "project", tmp_path / "project" / ".dvc" / "tmp" / "exps" / "run1"
+    copy.mkdir(parents=True)
+    data = make_dataset(copy / "data")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    monkeypatch.setenv("DVC_EXP_NAME", "q-lr")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abc")
+    cfg = make_cfg(*data, "mlflow.tracking_uri=sqlite:///mlflow.db", "mlflow.artifact_location=mlruns",
+                   "mlflow.experiment=queued")
+    with tracking.training_run(cfg, "train_x", copy / "run.json") as run:
+        tracking.log_metrics({"train/loss": 1.0}, step=0)
+    assert not (copy / "mlflow.db").exists() and not (copy / "mlruns").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    logged = client.get_run(run.info.run_id)
+    assert logged.info.run_name == "train_x · q-lr"
+    assert logged.data.tags["dvc_exp_name"] == "q-lr" and logged.data.tags["dvc_exp_baseline_rev"] == "0123abc"
+    assert client.get_experiment(run.info.experiment_id).artifact_location == (project / "mlruns").as_uri()
+    assert json.loads((copy / "run.json").read_text())["tracking_uri"] == "sqlite:///mlflow.db"
+    monkeypatch.delenv("DVC_EXP_NAME")
+    assert tracking.run_name("train_x") == "train_x"  # the workspace's runs, as before
+
+
+def test_store_call_retries_a_locked_database_and_gives_up_on_anything_else(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    answers = iter([mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database is locked")] * 2 + ["ok"])
+
+    def flaky():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    before = tracking.STORE_RETRIES["count"]
+    assert tracking.store_call(flaky) == "ok" and tracking.STORE_RETRIES["count"] == before + 2
+    with pytest.raises(mlflow.exceptions.MlflowException, match="locked"):
+        tracking.store_call(flaky_forever, attempts=3)
+    with pytest.raises(ValueError):
+        tracking.store_call(int, "not a number")
+
+
+def flaky_forever():
+    raise mlflow.exceptions.MlflowException("database is locked")
 
 
 def test_the_served_models_champion_follows_the_champions_training_run(cfg_in, tmp_path, capsys):

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -43,8 +44,45 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 CHAMPION = "champion"  # the Model Registry alias of the best model on the test split
 
 
-def tracking_uri(cfg) -> str:
+def configured_tracking_uri(cfg) -> str:
+    """The store as configured (MLFLOW_TRACKING_URI, else mlflow.tracking_uri), before resolving."""
     return os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.mlflow.tracking_uri)
+
+
+def tracking_uri(cfg) -> str:
+    """The store every stage, tool and test uses: the configured URI, a relative local one resolved
+    against the project root (resolve_local_uri)."""
+    return resolve_local_uri(configured_tracking_uri(cfg))
+
+
+def project_root() -> Path:
+    """The DVC project's root, where relative local MLflow locations live. DVC sets DVC_ROOT for every
+    stage it runs, to the parent repo's root for queued and --temp experiments, which run in a throwaway
+    copy (.dvc/tmp/exps/...): without it each would write a new, empty store there. A stage run by
+    hand runs from the repo root (stage_main insists on ./params.yaml)."""
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
+def resolve_local_uri(uri: str) -> str:
+    """``sqlite:///mlflow.db`` -> ``sqlite:////<project root>/mlflow.db`` (a relative ``file:`` store
+    likewise); absolute paths, in-memory databases and server URIs stay as they are."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite" and uri.startswith("sqlite:///"):
+        path, query = (uri[len("sqlite:///"):].split("?", 1) + [""])[:2]
+        if path in ("", ":memory:") or Path(path).is_absolute():
+            return uri
+        return f"sqlite:///{project_root() / path}" + (f"?{query}" if query else "")
+    if parsed.scheme == "file" and not parsed.netloc and not Path(parsed.path).is_absolute():
+        return (project_root() / parsed.path).as_uri()
+    return uri
+
+
+def artifact_root(cfg) -> str:
+    """mlflow.artifact_location as a URI for a new experiment on a local store (relative: to the project root)."""
+    location = str(cfg.mlflow.artifact_location)
+    if len(urlparse(location).scheme) > 1:  # s3://, file://, ... (one letter: a Windows drive)
+        return location
+    return (project_root() / location).resolve().as_uri()
 
 
 def _use_tracking_uri(uri: str) -> None:
@@ -56,6 +94,25 @@ def _use_tracking_uri(uri: str) -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+STORE_RETRIES = {"count": 0}  # how often store_call retried in this process (bench/mlflow_sqlite_writers.py)
+
+
+def store_call(fn, *args, attempts: int = 6, **kwargs):
+    """``fn(*args, **kwargs)``, retried with a growing pause while SQLite answers "database is locked".
+    Parallel experiments (`dvc queue start -j 2`) write to one SQLite store; MLflow waits up to 20 s for
+    another writer (its busy timeout), and bench/mlflow_sqlite_writers.py measured no call that needed
+    more with 2-4 writers; this covers a longer write (a busy disk, a reader holding the file). A call
+    that failed so wrote nothing (its transaction rolled back), so calling it again is safe."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # MlflowException or SQLAlchemy's OperationalError, depending on the call
+            if "database is locked" not in str(err) or attempt == attempts - 1:
+                raise
+            STORE_RETRIES["count"] += 1
+            time.sleep(min(0.05 * 2 ** attempt, 2.0) * (1 + random.random()))
 
 
 def ensure_reachable(uri: str, timeout_s: float = 5) -> None:
@@ -119,26 +176,44 @@ def git_commit() -> str:
 def _use_experiment(cfg, uri: str) -> str:
     """The experiment's id, created if needed, tagged for the "Model training" view (older ones too)."""
     name = str(cfg.mlflow.experiment)
-    experiment = mlflow.get_experiment_by_name(name)
+    experiment = store_call(mlflow.get_experiment_by_name, name)
     if experiment is None:
-        local = urlparse(uri).scheme in ("sqlite", "")
-        location = Path(cfg.mlflow.artifact_location).resolve().as_uri() if local else None
-        return mlflow.create_experiment(name, artifact_location=location,
-                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        local = urlparse(uri).scheme in ("sqlite", "", "file")
+        location = artifact_root(cfg) if local else None
+        try:
+            return store_call(mlflow.create_experiment, name, artifact_location=location,
+                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except mlflow.exceptions.MlflowException:
+            experiment = mlflow.get_experiment_by_name(name)  # a parallel experiment's stage made it first
+            if experiment is None:
+                raise
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        store_call(mlflow.MlflowClient().set_experiment_tag, experiment.experiment_id, EXPERIMENT_KIND_TAG,
+                   EXPERIMENT_KIND)
     return experiment.experiment_id
 
 
-def _start(cfg, **start_kwargs):
+def open_store(cfg) -> str:
+    """Check cfg's store and make it MLflow's current one; its URI."""
     uri = tracking_uri(cfg)
     ensure_reachable(uri, float(cfg.mlflow.connect_timeout_s))
     _use_tracking_uri(uri)
+    return uri
+
+
+def _start(cfg, **start_kwargs):
+    uri = open_store(cfg)
     try:
         experiment_id = _use_experiment(cfg, uri)
-        return mlflow.start_run(experiment_id=experiment_id, **start_kwargs)
+        return store_call(mlflow.start_run, experiment_id=experiment_id, **start_kwargs)
     except mlflow.exceptions.MlflowException as err:
         raise StageError(f"MLflow store {uri}: {err}") from None
+
+
+def run_name(stage: str) -> str:
+    """``train_paddle · q-lr`` under a DVC experiment (DVC_EXP_NAME), else the stage's name."""
+    experiment = os.environ.get("DVC_EXP_NAME", "").strip()
+    return f"{stage} · {experiment}" if experiment else stage
 
 
 @contextlib.contextmanager
@@ -147,34 +222,37 @@ def training_run(cfg, stage: str, run_id_file: str | Path,
     """One MLflow run for one training stage execution (or the resumed run of a killed one)."""
     if resume_run_id and not _run_exists(cfg, resume_run_id):
         resume_run_id = None
-    run = _start(cfg, run_id=resume_run_id) if resume_run_id else _start(cfg, run_name=stage)
+    run = _start(cfg, run_id=resume_run_id) if resume_run_id else _start(cfg, run_name=run_name(stage))
     try:
         if not resume_run_id:
             resolved = OmegaConf.to_container(cfg, resolve=True)
             params = list(flatten(resolved).items())
             for start in range(0, len(params), 100):  # MLflow's batch limit
-                mlflow.log_params(dict(params[start:start + 100]))
+                store_call(mlflow.log_params, dict(params[start:start + 100]))
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/params.yaml")
-            mlflow.set_tags({
+            store_call(mlflow.set_tags, {
                 "stage": stage,
                 "profile": str(cfg.get("profile", "")),
                 "git_commit": git_commit(),
                 "data_version": data_version(cfg),
                 "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+                "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
             })
             log_training_data(cfg)
         yield run
     except BaseException as err:
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # the server may be what failed
-            mlflow.end_run(status="FAILED")
+            store_call(mlflow.end_run, status="FAILED")
         if isinstance(err, mlflow.exceptions.MlflowException):  # e.g. the server restarted: one line
             raise StageError(f"MLflow store {tracking_uri(cfg)} failed during run {run.info.run_id} "
                              f"({str(err).splitlines()[0][:200]}); rerun the stage: it resumes from its "
                              "last checkpoint") from None
         raise
-    mlflow.end_run()
-    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": tracking_uri(cfg)}
-    versions = mlflow.MlflowClient().search_model_versions(f"run_id = '{run.info.run_id}'")
+    store_call(mlflow.end_run)
+    # As configured (sqlite:///mlflow.db: the project's store wherever it is cloned), not this machine's path.
+    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+            "tracking_uri": configured_tracking_uri(cfg)}
+    versions = store_call(mlflow.MlflowClient().search_model_versions, f"run_id = '{run.info.run_id}'")
     if versions:  # the version this run registered (one per training run)
         newest = max(versions, key=lambda version: int(version.version))
         info["registered_model"] = {"name": newest.name, "version": str(newest.version)}
@@ -209,7 +287,7 @@ def log_training_data(cfg) -> None:
     """The training run's dataset (computed as DVC does, so it matches dvc.lock under `dvc repro` and
     an ad-hoc run outside DVC gets the hash DVC would record)."""
     if Path(cfg.data.processed_dir).is_dir():
-        mlflow.log_input(TrainingData(cfg), context="training")
+        store_call(mlflow.log_input, TrainingData(cfg), context="training")
 
 
 def experiment_page(cfg, ui_url: str) -> str:
@@ -236,9 +314,7 @@ def registered_model_name(cfg, model: str) -> str:
 
 
 def _run_exists(cfg, run_id: str) -> bool:
-    uri = tracking_uri(cfg)
-    ensure_reachable(uri, float(cfg.mlflow.connect_timeout_s))
-    _use_tracking_uri(uri)
+    open_store(cfg)
     try:
         mlflow.get_run(run_id)
         return True
@@ -250,7 +326,7 @@ def log_metrics(metrics: dict, step: int | None = None) -> None:
     clean = {k: float(v) for k, v in metrics.items()
              if v is not None and not (isinstance(v, float) and math.isnan(v))}
     if clean:
-        mlflow.log_metrics(clean, step=step)
+        store_call(mlflow.log_metrics, clean, step=step)
 
 
 def read_run_id(run_id_file: str | Path) -> str:
@@ -266,12 +342,10 @@ def finished_run_client(cfg, run_id_file: str | Path) -> tuple[mlflow.MlflowClie
     without reopening it (reopening and ending it moves its end time). Also makes that store MLflow's
     current one, for flavor ``log_model(..., run_id=...)`` calls."""
     run_id = read_run_id(run_id_file)
-    uri = tracking_uri(cfg)
-    ensure_reachable(uri, float(cfg.mlflow.connect_timeout_s))
-    _use_tracking_uri(uri)
+    uri = open_store(cfg)
     client = mlflow.MlflowClient(uri)
     try:
-        return client, client.get_run(run_id)
+        return client, store_call(client.get_run, run_id)
     except mlflow.exceptions.MlflowException:
         raise StageError(f"{run_id_file}: run {run_id} is not in the MLflow store {uri}; "
                          "rerun the training stage") from None
@@ -300,7 +374,10 @@ class FinishedRun:
         batch = [Metric(key, float(value), now, step) for key, value in metrics.items()
                  if value is not None and not (isinstance(value, float) and math.isnan(value))]
         for start in range(0, len(batch), 1000):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, metrics=batch[start:start + 1000])
+            store_call(self.client.log_batch, self.run_id, metrics=batch[start:start + 1000])
+
+    def set_tag(self, key: str, value: str) -> None:
+        store_call(self.client.set_tag, self.run_id, key, value)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -309,21 +386,41 @@ class FinishedRun:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
 
 
-def crown_champion(cfg, candidates: dict[str, tuple[float, tuple[str, str]]]) -> tuple[str, str, str]:
-    """Set the alias ``champion`` on the registered version with the best score, and take it away from
-    the other models' registered versions, so one model is the champion. ``candidates``: model ->
-    (test score, (registered name, version)); ties go to the first. Returns (model, name, version)."""
-    def score(item):
-        value = item[1][0]
-        return -math.inf if value is None or math.isnan(value) else value
+TEST_SET_TAG = "test_set"  # report's hash of the test split and its labels: what test/mIoU was measured on
 
-    model, (_, (name, version)) = max(candidates.items(), key=score)
+
+def crown_champion(cfg, names: list[str], test_set: str) -> tuple[str, str, str] | None:
+    """Set the alias ``champion`` on the registered version, of all the models ``names``, with the best
+    test/mIoU among the versions whose run was scored on ``test_set`` (the run tag TEST_SET_TAG), and take
+    it from every other model, so one version is the champion. A tie keeps the current champion, so an
+    experiment that is no better cannot take it. Returns (registered name, version, training run id), or
+    None when no version has been scored on this test set."""
     client = mlflow.MlflowClient(tracking_uri(cfg))
-    client.set_registered_model_alias(name, CHAMPION, version)
-    for other_name in {registered[0] for _, registered in candidates.values()} - {name}:
-        if CHAMPION in client.get_registered_model(other_name).aliases:
-            client.delete_registered_model_alias(other_name, CHAMPION)
-    return model, name, version
+    for _ in range(3):  # another experiment's report may crown at the same time: settle on what both see
+        scored, current = [], None
+        for name in names:
+            for model in store_call(client.search_registered_models, f"name = '{name}'"):  # [] if none yet
+                if CHAMPION in model.aliases:  # (search_model_versions leaves versions' aliases out)
+                    current = (name, str(model.aliases[CHAMPION]))
+            for version in store_call(client.search_model_versions, f"name = '{name}'"):
+                run = store_call(client.get_run, version.run_id) if version.run_id else None
+                miou = run.data.metrics.get("test/mIoU") if run else None
+                if run and run.data.tags.get(TEST_SET_TAG) == test_set and miou is not None and not math.isnan(miou):
+                    scored.append((miou, name, str(version.version), version.run_id))
+        if not scored:
+            return None
+        best_score = max(item[0] for item in scored)
+        best = sorted((item for item in scored if item[0] == best_score), key=lambda item: int(item[2]))
+        _, name, version, run_id = next((item for item in best if item[1:3] == current), best[0])
+        if (name, version) != current:
+            store_call(client.set_registered_model_alias, name, CHAMPION, version)
+        for other in sorted(set(names) - {name}):
+            for model in store_call(client.search_registered_models, f"name = '{other}'"):  # [] if none yet
+                if CHAMPION in model.aliases:
+                    store_call(client.delete_registered_model_alias, other, CHAMPION)
+        if (name, version) == current:
+            return name, version, run_id
+    return name, version, run_id
 
 
 def _newest_version(client, name: str, run_id: str):

@@ -1,0 +1,186 @@
+"""The README's queued sweep for real: `dvc exp run --queue` + `dvc queue start -j 2` on the default SQLite store.
+
+One smoke `dvc repro` in a temp copy (tracking to the project's sqlite:///mlflow.db, as a user's first
+`make demo` does), then the README's "Experiments" commands as written: a grid over train_paddle.lr in DVC's
+Hydra syntax and one named experiment, queued, run two at a time in DVC's temp copies (.dvc/tmp/exps/...).
+Every experiment must land in the project's one store, named and tagged, agree with `dvc exp show`, register
+its own model version, and leave the champion on the best one. The queue's workers are stopped at the end.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO_ROOT
+from dvc_helpers import dvc, git, smoke_copy
+from mlflow_ui import need_chromium, render
+
+pytestmark = pytest.mark.slow
+
+# The README's queued sweep (its "Experiments" section shows these lines, as written).
+QUEUE_COMMANDS = [
+    ["exp", "run", "--queue", "-S", "train_paddle.lr=0.001,0.003"],
+    ["exp", "run", "--queue", "-n", "q-ep", "-S", "train_paddle.epochs=3"],
+]
+README_LINES = ["dvc exp run --queue -S 'train_paddle.lr=0.001,0.003'",
+                "dvc exp run --queue -n q-ep -S train_paddle.epochs=3",
+                "dvc queue start -j 2", "dvc queue status", "dvc exp show --only-changed"]
+EXPERIMENTS = 3
+
+
+def no_tracking_override() -> dict:
+    """The default store (params' sqlite:///mlflow.db), whatever the calling shell exports."""
+    return {"MLFLOW_TRACKING_URI": ""}
+
+
+def queue_workers(repo: Path) -> list[int]:
+    """Processes running in the repo (DVC's celery queue workers and what they run), this test's only."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if cwd == str(repo) or cwd.startswith(f"{repo}/"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def wait_for_queue(repo: Path, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = dvc(repo, "queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            return status
+        time.sleep(5)
+    raise AssertionError(f"the queue did not finish in {timeout_s} s:\n{status}")
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    repo = smoke_copy(tmp_path_factory.mktemp("sweep") / "repo")
+    started = time.perf_counter()
+    dvc(repo, "repro", extra_env=no_tracking_override())
+    print(f"smoke dvc repro: {time.perf_counter() - started:.1f} s")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "dvc repro")
+    try:
+        for command in QUEUE_COMMANDS:
+            dvc(repo, *command)
+        started = time.perf_counter()
+        dvc(repo, "queue", "start", "-j", "2", extra_env=no_tracking_override())
+        status = wait_for_queue(repo, 1800)
+        print(f"queued sweep of {EXPERIMENTS} smoke experiments, -j 2: {time.perf_counter() - started:.1f} s")
+        yield repo, status
+    finally:
+        dvc(repo, "queue", "stop", "--kill", check=False)
+        deadline = time.monotonic() + 30
+        while queue_workers(repo) and time.monotonic() < deadline:
+            time.sleep(1)
+        for pid in queue_workers(repo):  # left over after `dvc queue stop`: ours, by id
+            os.kill(pid, signal.SIGKILL)
+
+
+def store_runs(repo: Path) -> tuple[MlflowClient, dict]:
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["experiment"])
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return client, {run.data.tags.get("dvc_exp_name", ""): run for run in runs
+                    if run.data.tags.get("stage") == "train_paddle"}
+
+
+def shown_experiments(repo: Path) -> dict:
+    """name -> (test mIoU of paddle in reports/metrics.json, train_paddle.lr) from `dvc exp show --json`."""
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    found = {}
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            for revision in experiment.get("revs") or []:
+                data = (revision.get("data") or {})
+                metrics = data.get("metrics", {}).get("reports/metrics.json", {}).get("data", {})
+                params = data.get("params", {}).get("params.yaml", {}).get("data", {})
+                if revision.get("name") and metrics:
+                    found[revision["name"]] = (metrics["paddle"]["test"]["mIoU"], params["train_paddle"]["lr"],
+                                               params["train_paddle"]["epochs"])
+    return found
+
+
+def test_the_readme_shows_the_sweep_this_test_runs():
+    readme = (REPO_ROOT / "README.md").read_text()
+    for line in README_LINES:
+        assert line in readme, line
+
+
+def test_every_queued_experiment_succeeds_and_none_leaves_a_store_in_its_temp_copy(swept):
+    repo, status = swept
+    assert status.count("Success") == EXPERIMENTS and "Failed" not in status, status
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))  # no throwaway store in DVC's temp copies
+
+
+def test_the_project_store_holds_each_experiments_run_named_and_tagged_as_dvc_shows_it(swept):
+    repo, _ = swept
+    client, runs = store_runs(repo)
+    shown = shown_experiments(repo)
+    assert len(shown) == EXPERIMENTS and "q-ep" in shown, shown
+    default_lr = yaml.safe_load((repo / "params.yaml").read_text())["train_paddle"]["lr"]
+    assert sorted(lr for _, lr, _ in shown.values()) == sorted([0.001, 0.003, default_lr])
+    baseline = git(repo, "rev-parse", "HEAD").strip()
+    for name, (test_miou, lr, epochs) in shown.items():
+        run = runs[name]
+        assert run.info.run_name == f"train_paddle · {name}"
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["dvc_exp_baseline_rev"] == baseline
+        assert float(run.data.params["train_paddle.lr"]) == lr and int(run.data.params["train_paddle.epochs"]) == epochs
+        assert run.data.metrics["test/mIoU"] == pytest.approx(test_miou, abs=1e-9)  # DVC and MLflow agree
+        assert len(client.get_metric_history(run.info.run_id, "val/mIoU")) == epochs  # every epoch arrived
+    assert runs[""].info.run_name == "train_paddle"  # the workspace's repro, as before
+
+
+def test_each_experiment_registers_its_own_version_and_the_champion_is_the_best(swept):
+    repo, _ = swept
+    client, runs = store_runs(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["registered_models"]
+    versions = client.search_model_versions(f"name = '{params['paddle']}'")
+    assert sorted(int(v.version) for v in versions) == list(range(1, EXPERIMENTS + 2))  # + the workspace's
+    assert {v.run_id for v in versions} == {run.info.run_id for run in runs.values()}
+    scored = [(client.get_run(v.run_id).data.metrics["test/mIoU"], name, str(v.version))
+              for name in params.values() for v in client.search_model_versions(f"name = '{name}'")]
+    best = max(score for score, _, _ in scored)
+    holders = [(name, version) for name in params.values()
+               for alias, version in client.get_registered_model(name).aliases.items() if alias == "champion"]
+    assert len(holders) == 1, holders
+    name, version = holders[0]
+    assert (best, name, str(version)) in scored
+
+
+def test_the_queue_leaves_no_worker_behind(swept):
+    repo, _ = swept
+    dvc(repo, "queue", "stop")
+    deadline = time.monotonic() + 30
+    while queue_workers(repo) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert queue_workers(repo) == []
+
+
+def test_mlflow_ui_lists_the_experiments_runs_beside_the_workspaces(swept, tmp_path):
+    need_chromium()
+    repo, _ = swept
+    from mlflow_server import mlflow_server
+
+    with mlflow_server(tmp_path / "ui", backend=f"sqlite:///{repo / 'mlflow.db'}") as uri:
+        from stages.common.config import load_params
+        from stages.training.tracking import experiment_page
+
+        text = render(experiment_page(load_params([f"mlflow.tracking_uri={uri}"], repo), uri), tmp_path / "sweep.png")
+    print(f"screenshot: {tmp_path / 'sweep.png'}")
+    names = [line for line in text if line.startswith("train_paddle")]
+    assert "train_paddle" in names and "train_paddle · q-ep" in names, text[:80]
+    assert len([name for name in names if " · " in name]) == EXPERIMENTS
