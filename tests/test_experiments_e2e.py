@@ -184,3 +184,19 @@ def test_mlflow_ui_lists_the_experiments_runs_beside_the_workspaces(swept, tmp_p
     names = [line for line in text if line.startswith("train_paddle")]
     assert "train_paddle" in names and "train_paddle · q-ep" in names, text[:80]
     assert len([name for name in names if " · " in name]) == EXPERIMENTS
+
+
+def test_a_named_workspace_experiment_and_metrics_diff_as_the_readme_shows_them(swept):
+    """The README's first Experiments lines (after the sweep, so the queue's tests saw the baseline)."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    for line in ("dvc exp run -n lr-2e-3 -S train_paddle.lr=0.002", "dvc metrics diff"):
+        assert line in readme, line
+    repo, _ = swept
+    ran = dvc(repo, "exp", "run", "-n", "lr-2e-3", "-S", "train_paddle.lr=0.002", extra_env=no_tracking_override())
+    stages_run = re.findall(r"Running stage '([^']+)'", ran.stdout + ran.stderr)
+    assert "train_paddle" in stages_run and "train_paddleseg" not in stages_run, stages_run  # what lr touches
+    _, runs = store_runs(repo)
+    assert runs["lr-2e-3"].info.run_name == "train_paddle · lr-2e-3"
+    assert float(runs["lr-2e-3"].data.params["train_paddle.lr"]) == 0.002
+    diff = dvc(repo, "metrics", "diff").stdout
+    assert "metrics/train_paddle.json" in diff, diff  # the workspace's new training against HEAD
