@@ -16,8 +16,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"first of 11 local ports (default {DEFAULT_BASE_PORT}, or the one of the last up)")
     parser.add_argument("--users", default="alice,bob", help="the team's MLflow and S3 accounts (first up only)")
     args = parser.parse_args(argv)
-    stack = Stack(args.dir, base_port=args.base_port, users=[u for u in args.users.split(",") if u])
     try:
+        stack = Stack(args.dir, base_port=args.base_port, users=[u for u in args.users.split(",") if u])
         if args.command == "up":
             stack.up()
         elif args.command == "down":

@@ -147,7 +147,8 @@ def test_the_project_store_holds_each_experiments_run_named_and_tagged_as_dvc_sh
 def test_each_experiment_registers_its_own_version_and_the_champion_is_the_best(swept):
     repo, _ = swept
     client, runs = store_runs(repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["registered_models"]
+    registered = yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["registered_models"]
+    params = {model: registered[model] for model in ("paddle", "paddleseg")}  # the trainers' (not the served one)
     versions = client.search_model_versions(f"name = '{params['paddle']}'")
     assert sorted(int(v.version) for v in versions) == list(range(1, EXPERIMENTS + 2))  # + the workspace's
     assert {v.run_id for v in versions} == {run.info.run_id for run in runs.values()}
@@ -159,6 +160,10 @@ def test_each_experiment_registers_its_own_version_and_the_champion_is_the_best(
     assert len(holders) == 1, holders
     name, version = holders[0]
     assert (best, name, str(version)) in scored
+    # the served model's champion is the version exported from the champion's training run
+    champion_run = client.get_model_version(name, version).run_id
+    served = client.get_model_version_by_alias(registered["serving"], "champion")
+    assert served.run_id == champion_run
 
 
 def test_the_queue_leaves_no_worker_behind(swept):

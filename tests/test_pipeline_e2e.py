@@ -327,6 +327,10 @@ def test_exp_run_with_another_paddleseg_config_finishes_through_report(team_repo
     """README "Other PaddleSeg models": PP-LiteSeg at the smoke profile's 32 px is too small for its static
     ONNX conversion (its 4x4 pooling of a 1x1 feature), so export keeps Paddle Inference only and predict uses it."""
     repo, uri = team_repo
+    # the workspace as committed: the test before applied its experiment (lr 0.0021) there, and train_paddle,
+    # whose checkpoints persist, never comes from DVC's run cache
+    git(repo, "checkout", "--", ".")
+    dvc(repo, "checkout", "--force")
     result = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-n", "pp-liteseg", "-S", "profile=smoke",
                              "-S", "train_paddleseg.config=conf/paddleseg/pp_liteseg_stdc1.yml"],
                             cwd=repo, env={**env(), "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True,

@@ -11,17 +11,34 @@ from team_stack import servers
 from team_stack.stack import Stack
 
 
+def taken_port(sock: socket.socket) -> int:
+    """Listen on a free port that team_stack accepts as a base port (the OS's own picks may lie above it)."""
+    for port in range(21000, 40000, 97):
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        sock.listen()
+        return port
+    raise RuntimeError("no free port found in 21000..40000")
+
+
 def test_a_taken_port_fails_in_one_line_before_anything_starts(tmp_path):
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        port = sock.getsockname()[1]
+        port = taken_port(sock)
         result = subprocess.run([sys.executable, "-m", "team_stack", "up", "--dir", str(tmp_path / "team"),
                                  "--base-port", str(port)], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip() == (f"team_stack: port {port} (mlflow) on 127.0.0.1 is taken; free it or choose "
                                      "other ports: python -m team_stack up --base-port N")
     assert not (tmp_path / "team" / "postgres").exists() and not (tmp_path / "team" / "s3").exists()
+
+
+def test_a_base_port_out_of_range_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "team_stack", "up", "--dir", str(tmp_path / "team"),
+                             "--base-port", "60075"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "team_stack: --base-port 60075: choose one between 1025 and 55524"
 
 
 def test_secrets_and_env_files_are_readable_by_their_owner_only(tmp_path):
