@@ -23,6 +23,13 @@ DVC_BUCKET, ARTIFACT_BUCKET = "doveseg-dvc", "doveseg-mlflow"
 DVC_REMOTE = "team"
 EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # as stages/training/tracking.py
 
+TOKEN_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def token(length: int = 32) -> str:
+    """A password or key that needs no quoting anywhere it goes: shell exports, URIs, CLI arguments."""
+    return "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(length))
+
 
 def port_taken(port: int) -> bool:
     with socket.socket() as sock:
@@ -52,7 +59,6 @@ class Stack:
     def _secrets(self) -> dict:
         if self.secrets_file.exists():
             return json.loads(self.secrets_file.read_text())
-        token = lambda: secrets.token_urlsafe(24)  # noqa: E731
         created = {"postgres": token(), "mlflow_db": token(), "mlflow_admin": token(), "flask_secret": token(),
                    "s3": {name: {"key": "K" + secrets.token_hex(10).upper(), "secret": token()}
                           for name in ["mlflow", *self.users]},
@@ -138,10 +144,11 @@ class Stack:
             return None
         user = self.users[0]
         dvc = [str(servers.BIN / "dvc"), "remote"]
-        for argv in (["add", "--local", "-f", DVC_REMOTE, f"s3://{DVC_BUCKET}/dvc"],
-                     ["modify", "--local", DVC_REMOTE, "endpointurl", self.s3_uri],
-                     ["modify", "--local", DVC_REMOTE, "access_key_id", secret["s3"][user]["key"]],
-                     ["modify", "--local", DVC_REMOTE, "secret_access_key", secret["s3"][user]["secret"]]):
+        # "--" before each value: a secret may begin with "-" (one from an older .team/secrets.json can)
+        for argv in (["add", "--local", "-f", DVC_REMOTE, "--", f"s3://{DVC_BUCKET}/dvc"],
+                     ["modify", "--local", DVC_REMOTE, "endpointurl", "--", self.s3_uri],
+                     ["modify", "--local", DVC_REMOTE, "access_key_id", "--", secret["s3"][user]["key"]],
+                     ["modify", "--local", DVC_REMOTE, "secret_access_key", "--", secret["s3"][user]["secret"]]):
             subprocess.run(dvc + argv, check=True, capture_output=True)
         return user
 

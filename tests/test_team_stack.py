@@ -8,7 +8,7 @@ import sys
 
 from conftest import REPO_ROOT
 from team_stack import servers
-from team_stack.stack import Stack
+from team_stack.stack import Stack, token
 
 
 def taken_port(sock: socket.socket) -> int:
@@ -52,6 +52,26 @@ def test_secrets_and_env_files_are_readable_by_their_owner_only(tmp_path):
     assert f"MLFLOW_TRACKING_PASSWORD={secrets['users']['bob']}" in stack.env_file("bob").read_text()
     assert secrets["mlflow_admin"] not in stack.env_file("alice").read_text()
     assert len(secrets["mlflow_admin"]) >= 12  # MLflow refuses shorter admin passwords
+
+
+def test_generated_secrets_need_no_quoting():
+    drawn = [token() for _ in range(2000)]  # token_urlsafe began with "-" about once in 64 and broke `dvc remote`
+    assert all(re.fullmatch(r"[A-Za-z0-9]{32}", value) for value in drawn)
+    assert len(set(drawn)) == len(drawn)
+
+
+def test_the_dvc_remote_takes_keys_that_begin_with_a_dash(tmp_path, monkeypatch):
+    """A .team/secrets.json from an older team_stack may hold such a key; dvc must not read it as an option."""
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([str(servers.BIN / "dvc"), "init", "-q"], check=True)
+    stack = Stack(tmp_path / ".team", base_port=30000, users=["alice", "bob"])
+    keys = {"alice": {"key": "-Kalice", "secret": "-rD7MFJpc-Gv_y3T8"}, "bob": {"key": "Kbob", "secret": "bob"}}
+    assert stack._configure_dvc_remote({"s3": keys}) == "alice"
+    config = (tmp_path / ".dvc" / "config.local").read_text()
+    assert "access_key_id = -Kalice" in config and "secret_access_key = -rD7MFJpc-Gv_y3T8" in config
+    assert f"endpointurl = {stack.s3_uri}" in config and "url = s3://doveseg-dvc/dvc" in config
+    assert "bob" not in config and "-Kalice" not in (tmp_path / ".dvc" / "config").read_text()
 
 
 def test_readme_deployment_runs_mlflow_as_team_stack_does(tmp_path, monkeypatch):
