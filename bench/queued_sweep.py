@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/queued_sweep.py [--jobs 1 2] [--repo DIR]
 
+With --repo, a clone already reproduced and committed instead, on its own profile: after a fresh-clone
+`make demo` and `make setup-dev` (the bench imports the tests' helpers), `git add -A && git commit -m demo`,
+then `--repo <clone> --jobs 2 1` times the demo profile.
+
 One temp copy of the repo on the smoke profile (tests/dvc_helpers.smoke_copy), one `dvc repro` on the
 default SQLite store, then per -j value a sweep of three experiments as the README queues them (a grid of
 two train_paddle.lr values and one train_paddle.epochs experiment; each round its own values, so DVC's
@@ -41,8 +45,8 @@ def sweep(repo: Path, jobs: int, round_number: int) -> tuple[float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repo", type=Path, help="a smoke copy already reproduced, e.g. the sweep e2e test's "
-                        "(default: make one in a temp folder)")
+    parser.add_argument("--repo", type=Path, help="a clone already reproduced and committed, on any "
+                        "profile (default: a smoke copy in a temp folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
         repo = args.repo or smoke_copy(Path(temp) / "repo")
