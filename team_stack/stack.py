@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import string
 import subprocess
 import tempfile
 import time
@@ -23,7 +24,7 @@ DVC_BUCKET, ARTIFACT_BUCKET = "doveseg-dvc", "doveseg-mlflow"
 DVC_REMOTE = "team"
 EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # as stages/training/tracking.py
 
-TOKEN_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+TOKEN_ALPHABET = string.ascii_letters + string.digits
 
 
 def token(length: int = 32) -> str:
