@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Stages run as `python -m stages.<name>`: put the venv first so dvc's commands find its python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup setup-dev setup-team demo test test-fast params bench mlflow-ui demo-data team-up team-down clean
+.PHONY: setup setup-dev setup-team demo test test-fast lint params bench mlflow-ui demo-data team-up team-down clean
 
 # What the pipeline needs (make demo), then the dev extra on top (make test: pytest, hypothesis, labelme 6).
 $(BIN)/.installed: pyproject.toml
@@ -30,11 +30,15 @@ demo: setup            ## run the whole pipeline on the bundled demo doves
 	dvc repro
 	dvc metrics show
 
-test: setup-dev        ## every test, slow ones included (what CI runs)
+test: setup-dev lint   ## lint, then every test, slow ones included (what CI runs)
 	pytest -m "slow or not slow"
 
 test-fast: setup-dev   ## the fast tests only
 	pytest
+
+lint: setup-dev        ## ruff's rules (pyproject.toml) and its formatting, checked; `ruff format .` fixes the latter
+	ruff check .
+	ruff format --check .
 
 params: setup          ## recompose params.yaml from conf/, e.g. make params PROFILE=smoke
 	python -m stages.common.config $(if $(PROFILE),profile=$(PROFILE),)

@@ -7,6 +7,7 @@ stage also writes label_viz.png, class_names.txt and the manifest, and validates
     .venv/bin/python bench/convert.py                 # the demo set, data/raw
     .venv/bin/python bench/convert.py --workers 2 --repeat 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,13 +83,21 @@ def main() -> None:
     class_ids = {name: index for index, name in enumerate(labels.names)} | {IGNORE_NAME: IGNORE_INDEX}
     import labelme.utils  # noqa: F401  (imported before timing: PyQt5 and onnxruntime take seconds)
     from loguru import logger
+
     logger.disable("labelme")  # one debug line per image otherwise
 
-    with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp_name:
+        tmp = Path(tmp_name)
         ours_dir = tmp / "ours"
-        cfg = load_params([f"data.raw_dir={args.raw}", f"data.labels={args.labels}",
-                           f"data.processed_dir={ours_dir}", f"convert_json.workers={args.workers}"], REPO_ROOT)
+        cfg = load_params(
+            [
+                f"data.raw_dir={args.raw}",
+                f"data.labels={args.labels}",
+                f"data.processed_dir={ours_dir}",
+                f"convert_json.workers={args.workers}",
+            ],
+            REPO_ROOT,
+        )
 
         def run_labelme():
             theirs = tmp / "labelme"
@@ -104,9 +113,15 @@ def main() -> None:
         ours_wall, ours_cpu = best_time(run_ours, args.repeat)
 
         def differ(name: str, read, ours_name=None) -> list[str]:
-            return [path.stem for path in json_paths
-                    if not np.array_equal(read(ours_dir / path.stem / (ours_name or {}).get(path.stem, name)),
-                                          read(tmp / "labelme" / path.stem / name))]
+            return [
+                path.stem
+                for path in json_paths
+                if not np.array_equal(
+                    read(ours_dir / path.stem / (ours_name or {}).get(path.stem, name)),
+                    read(tmp / "labelme" / path.stem / name),
+                )
+            ]
+
         image_files = image_file_names(json.loads((ours_dir / convert_json.MANIFEST_FILE).read_text()))
         label_differs = differ("label.png", read_label_png)
         processed = sum(path.stat().st_size for path in ours_dir.rglob("*") if path.is_file())
@@ -114,20 +129,30 @@ def main() -> None:
         image_differs = differ("img.png", read_rgb, image_files)
 
     n = len(json_paths)
-    print(f"{n} annotations in {args.raw}; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; "
-          f"convert_json workers={result['workers']}; best of {args.repeat}")
-    print(f"labelme path (1 process): {labelme_wall:6.2f} s {n / labelme_wall:7.1f} img/s   "
-          f"CPU {labelme_cpu / n * 1000:5.1f} ms/img")
-    print(f"convert_json.run:         {ours_wall:6.2f} s {n / ours_wall:7.1f} img/s   "
-          f"CPU {ours_cpu / n * 1000:5.1f} ms/img  (also writes label_viz.png and the manifest)")
+    print(
+        f"{n} annotations in {args.raw}; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; "
+        f"convert_json workers={result['workers']}; best of {args.repeat}"
+    )
+    print(
+        f"labelme path (1 process): {labelme_wall:6.2f} s {n / labelme_wall:7.1f} img/s   "
+        f"CPU {labelme_cpu / n * 1000:5.1f} ms/img"
+    )
+    print(
+        f"convert_json.run:         {ours_wall:6.2f} s {n / ours_wall:7.1f} img/s   "
+        f"CPU {ours_cpu / n * 1000:5.1f} ms/img  (also writes label_viz.png and the manifest)"
+    )
     print(f"speed-up: {labelme_wall / ours_wall:.2f}x wall clock, {labelme_cpu / ours_cpu:.2f}x less CPU per image")
     print(f"label PNGs identical: {n - len(label_differs)}/{n}")
     # Both re-encode EXIF-rotated photos as JPEG before decoding them (labelme at quality 95, we with the
     # photo's own tables), so those differ.
-    print(f"images identical (decoded): {n - len(image_differs)}/{n}"
-          + (f" (differ: {', '.join(image_differs)})" if image_differs else ""))
-    print(f"data/processed: {processed / 1e6:.1f} MB for {raw_bytes / 1e6:.1f} MB of raw data "
-          f"({processed / raw_bytes:.2f}x)")
+    print(
+        f"images identical (decoded): {n - len(image_differs)}/{n}"
+        + (f" (differ: {', '.join(image_differs)})" if image_differs else "")
+    )
+    print(
+        f"data/processed: {processed / 1e6:.1f} MB for {raw_bytes / 1e6:.1f} MB of raw data "
+        f"({processed / raw_bytes:.2f}x)"
+    )
     if label_differs:
         sys.exit(f"label PNGs differ from labelme's: {', '.join(label_differs)}")
 

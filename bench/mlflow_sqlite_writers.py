@@ -12,6 +12,7 @@ is locked", failed. Two configurations on fresh stores, in the same run:
 Printed per configuration and writer count: calls, retries, failures, wall time, and whether every metric
 arrived and the registered versions are distinct.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,9 @@ def writer(uri: str, care: bool, index: int, runs: int, steps: int, results, bar
     experiment = call(client.get_experiment_by_name, "bench")  # on a fresh store: each writer creates it
     if experiment is None:
         try:
-            client.create_experiment("bench", artifact_location=Path(uri[len("sqlite:///"):]).with_name("mlruns").as_uri())
+            client.create_experiment(
+                "bench", artifact_location=Path(uri[len("sqlite:///") :]).with_name("mlruns").as_uri()
+            )
         except Exception:  # noqa: BLE001 - another writer made it first
             pass
         experiment = call(client.get_experiment_by_name, "bench")
@@ -67,12 +70,18 @@ def writer(uri: str, care: bool, index: int, runs: int, steps: int, results, bar
         run_id = run.info.run_id
         params = [mlflow.entities.Param(f"p{k}", str(k)) for k in range(150)]
         for start in range(0, len(params), 100):
-            call(client.log_batch, run_id, params=params[start:start + 100])
+            call(client.log_batch, run_id, params=params[start : start + 100])
         call(client.set_tag, run_id, "dvc_exp_name", f"w{index}")
         for step in range(steps):
             now = int(time.time() * 1000)
-            call(client.log_batch, run_id, metrics=[mlflow.entities.Metric(key, step * 0.01, now, step)
-                                                   for key in ("train/loss", "val/mIoU", "val/acc", "epoch")])
+            call(
+                client.log_batch,
+                run_id,
+                metrics=[
+                    mlflow.entities.Metric(key, step * 0.01, now, step)
+                    for key in ("train/loss", "val/mIoU", "val/acc", "epoch")
+                ],
+            )
         if not call(client.search_registered_models, f"name = '{MODEL}'"):
             try:  # as mlflow's log_model(registered_model_name=...) does: another writer may make it first
                 client.create_registered_model(MODEL)
@@ -101,8 +110,9 @@ def measure(writers: int, care: bool, runs: int, steps: int, fresh: bool) -> dic
             client.create_experiment("bench", artifact_location=Path(root, "mlruns").as_uri())
         context = multiprocessing.get_context("spawn")
         results, barrier = context.Queue(), context.Barrier(writers + 1)
-        procs = [context.Process(target=writer, args=(uri, care, i, runs, steps, results, barrier))
-                 for i in range(writers)]
+        procs = [
+            context.Process(target=writer, args=(uri, care, i, runs, steps, results, barrier)) for i in range(writers)
+        ]
         for proc in procs:
             proc.start()
         barrier.wait()
@@ -113,19 +123,33 @@ def measure(writers: int, care: bool, runs: int, steps: int, fresh: bool) -> dic
         wall = time.perf_counter() - started
         experiment = client.get_experiment_by_name("bench")
         if experiment is None:
-            return {"calls": sum(c["calls"] for c in counts), "retries": sum(c["retries"] for c in counts),
-                    "failures": sum(c["failures"] for c in counts), "wall_s": time.perf_counter() - started,
-                    "runs_complete": f"0/{writers * runs}", "versions_distinct": False,
-                    "errors": sorted({e for c in counts for e in c["errors"]})[:3]}
+            return {
+                "calls": sum(c["calls"] for c in counts),
+                "retries": sum(c["retries"] for c in counts),
+                "failures": sum(c["failures"] for c in counts),
+                "wall_s": time.perf_counter() - started,
+                "runs_complete": f"0/{writers * runs}",
+                "versions_distinct": False,
+                "errors": sorted({e for c in counts for e in c["errors"]})[:3],
+            }
         stored = client.search_runs([experiment.experiment_id], max_results=1000)
-        complete = sum(1 for run in stored if len(client.get_metric_history(run.info.run_id, "val/mIoU")) == steps
-                       and len(run.data.params) == 150 and "test/m29" in run.data.metrics)
+        complete = sum(
+            1
+            for run in stored
+            if len(client.get_metric_history(run.info.run_id, "val/mIoU")) == steps
+            and len(run.data.params) == 150
+            and "test/m29" in run.data.metrics
+        )
         versions = [v for c in counts for v in c["versions"]]
-    return {"calls": sum(c["calls"] for c in counts), "retries": sum(c["retries"] for c in counts),
-            "failures": sum(c["failures"] for c in counts), "wall_s": wall,
-            "runs_complete": f"{complete}/{writers * runs}",
-            "versions_distinct": len(versions) == len(set(versions)) and len(versions) == writers * runs,
-            "errors": sorted({e for c in counts for e in c["errors"]})[:3]}
+    return {
+        "calls": sum(c["calls"] for c in counts),
+        "retries": sum(c["retries"] for c in counts),
+        "failures": sum(c["failures"] for c in counts),
+        "wall_s": wall,
+        "runs_complete": f"{complete}/{writers * runs}",
+        "versions_distinct": len(versions) == len(set(versions)) and len(versions) == writers * runs,
+        "errors": sorted({e for c in counts for e in c["errors"]})[:3],
+    }
 
 
 def main() -> None:
@@ -140,12 +164,17 @@ def main() -> None:
         figures = {}
         for name, care in (("plain", False), ("doveseg", True)):
             figures[name] = result = measure(writers, care, args.runs, args.steps, args.fresh)
-            print(f"{store}, {writers} writers, {name:8s} calls {result['calls']:5d}  retries {result['retries']:4d}  "
-                  f"failures {result['failures']:4d}  runs complete {result['runs_complete']:>6s}  "
-                  f"versions distinct {result['versions_distinct']}  wall {result['wall_s']:6.1f} s", flush=True)
+            print(
+                f"{store}, {writers} writers, {name:8s} calls {result['calls']:5d}  retries {result['retries']:4d}  "
+                f"failures {result['failures']:4d}  runs complete {result['runs_complete']:>6s}  "
+                f"versions distinct {result['versions_distinct']}  wall {result['wall_s']:6.1f} s",
+                flush=True,
+            )
             for error in result["errors"]:
                 print(f"    {error}")
-        print(f"{store}, {writers} writers: doveseg/plain wall {figures['doveseg']['wall_s'] / figures['plain']['wall_s']:.2f}x")
+        print(
+            f"{store}, {writers} writers: doveseg/plain wall {figures['doveseg']['wall_s'] / figures['plain']['wall_s']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

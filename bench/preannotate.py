@@ -10,6 +10,7 @@ rasterised as convert_json does, against the model's masks (worst per-class IoU)
     .venv/bin/python bench/preannotate.py --photos 24 --models paddle
     .venv/bin/python bench/preannotate.py paths.models_dir=/tmp/models   # any params override after the flags
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,16 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from demo_data.doves import write_dataset  # noqa: E402
 from stages import preannotate  # noqa: E402
 from stages.common.config import load_params  # noqa: E402
 from stages.data.images import read_rgb  # noqa: E402
 from stages.data.labels import read_labels  # noqa: E402
-from demo_data.doves import write_dataset  # noqa: E402
 from stages.labelme.polygons import worst_iou  # noqa: E402
 from stages.labelme.shapes import shapes_to_label  # noqa: E402
 from stages.models.inference_model import Predictor  # noqa: E402
@@ -61,8 +60,11 @@ def main() -> None:
     args = parser.parse_args()
     base = load_params(args.overrides, REPO_ROOT)
     models_dir = Path(base.paths.models_dir)
-    names = args.models or sorted(p.name for p in models_dir.iterdir() if (p / "meta.json").is_file()) \
-        if models_dir.is_dir() else []
+    names = (
+        args.models or sorted(p.name for p in models_dir.iterdir() if (p / "meta.json").is_file())
+        if models_dir.is_dir()
+        else []
+    )
     if not names:
         sys.exit(f"no trained model in {models_dir}: run `make demo` (or pass paths.models_dir=...) first")
     labels = read_labels(base.data.labels)
@@ -78,9 +80,17 @@ def main() -> None:
         for name in names:
             best = None
             for _ in range(args.repeat):
-                cfg = load_params([*args.overrides, f"preannotate.input_dir={photos}", f"preannotate.model={name}",
-                                   f"preannotate.output_dir={Path(work) / 'out'}", "preannotate.overwrite=true",
-                                   "preannotate.page_photos=0"], REPO_ROOT)
+                cfg = load_params(
+                    [
+                        *args.overrides,
+                        f"preannotate.input_dir={photos}",
+                        f"preannotate.model={name}",
+                        f"preannotate.output_dir={Path(work) / 'out'}",
+                        "preannotate.overwrite=true",
+                        "preannotate.page_photos=0",
+                    ],
+                    REPO_ROOT,
+                )
                 started = time.perf_counter()
                 with contextlib.redirect_stderr(io.StringIO()):
                     result = preannotate.run(cfg)
@@ -90,15 +100,21 @@ def main() -> None:
             wall, seconds = best
             worst, vertices = check_drafts(photos, models_dir / name, labels)
             count = len(sizes)
-            print(f"model {name}: {count / wall:5.2f} photos/s over the whole command (model loading included), "
-                  f"{count / (seconds['predict'] + seconds['score'] + seconds['trace_and_write']):5.2f} photos/s "
-                  f"in the loop")
-            print(f"  predict {seconds['predict']:6.2f} s   score {seconds['score']:5.2f} s   trace + write JSON "
-                  f"{seconds['trace_and_write']:5.2f} s   ratio trace/predict: "
-                  f"{seconds['trace_and_write'] / seconds['predict']:.1%} (budget 25%)")
-            print(f"  drafts vs the model's masks: worst per-class IoU {worst:.4f} (bound "
-                  f"{float(cfg.preannotate.min_iou)}), {vertices:.0f} vertices per photo at tolerance "
-                  f"{float(cfg.preannotate.tolerance_px)} px")
+            print(
+                f"model {name}: {count / wall:5.2f} photos/s over the whole command (model loading included), "
+                f"{count / (seconds['predict'] + seconds['score'] + seconds['trace_and_write']):5.2f} photos/s "
+                f"in the loop"
+            )
+            print(
+                f"  predict {seconds['predict']:6.2f} s   score {seconds['score']:5.2f} s   trace + write JSON "
+                f"{seconds['trace_and_write']:5.2f} s   ratio trace/predict: "
+                f"{seconds['trace_and_write'] / seconds['predict']:.1%} (budget 25%)"
+            )
+            print(
+                f"  drafts vs the model's masks: worst per-class IoU {worst:.4f} (bound "
+                f"{float(cfg.preannotate.min_iou)}), {vertices:.0f} vertices per photo at tolerance "
+                f"{float(cfg.preannotate.tolerance_px)} px"
+            )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Ratios are against paddleseg.core.predict and, for onnxruntime, against Paddle I
     .venv/bin/python bench/predict.py --models unet --sizes 128 --images 40
     .venv/bin/python bench/predict.py --test-split             # data/processed's test photos (after build_splits)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -130,32 +131,50 @@ def run_paddleseg(model, weights: Path, photos: list[Path], size: int, out: Path
 
     transforms = Compose([Resize(target_size=(size, size)), Normalize(mean=MEAN, std=STD)])
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress bar
-        paddleseg_predict(model, model_path=str(weights), transforms=transforms,
-                          image_list=[str(p) for p in photos], image_dir=str(photos[0].parent), save_dir=str(out))
+        paddleseg_predict(
+            model,
+            model_path=str(weights),
+            transforms=transforms,
+            image_list=[str(p) for p in photos],
+            image_dir=str(photos[0].parent),
+            save_dir=str(out),
+        )
 
 
 def run_stage(work: Path, name: str, engine: str, photo_dir: Path, out: Path, batch_size: int, threads: int) -> dict:
-    cfg = load_params([f"paths.exports_dir={work / 'exports'}", f"predict.models=[{name}]",
-                       f"predict.engine={engine}", f"predict.input_dir={photo_dir}", f"predict.output_dir={out}",
-                       f"predict.batch_size={batch_size}", f"predict.cpu_threads={threads}"], REPO_ROOT)
+    cfg = load_params(
+        [
+            f"paths.exports_dir={work / 'exports'}",
+            f"predict.models=[{name}]",
+            f"predict.engine={engine}",
+            f"predict.input_dir={photo_dir}",
+            f"predict.output_dir={out}",
+            f"predict.batch_size={batch_size}",
+            f"predict.cpu_threads={threads}",
+        ],
+        REPO_ROOT,
+    )
     with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
         return predict.run(cfg)
 
 
-def model_only_rates(work: Path, name: str, photos: list[Path], batch_size: int, threads: int,
-                     repeat: int) -> dict[str, float]:
+def model_only_rates(
+    work: Path, name: str, photos: list[Path], batch_size: int, threads: int, repeat: int
+) -> dict[str, float]:
     """img/s of each engine's logits alone, on the stage's preprocessed batches."""
-    engines = {"paddle": Predictor(work / "exports" / name, use_gpu=False, cpu_threads=threads),
-               "onnxruntime": OnnxPredictor(work / "exports" / name, cpu_threads=threads)}
+    engines = {
+        "paddle": Predictor(work / "exports" / name, use_gpu=False, cpu_threads=threads),
+        "onnxruntime": OnnxPredictor(work / "exports" / name, cpu_threads=threads),
+    }
     meta = engines["paddle"].meta
     images = [preprocess(read_rgb(p), meta) for p in photos]
-    batches = [np.stack(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    batches = [np.stack(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     best = dict.fromkeys(engines, float("inf"))
     for predictor in engines.values():
         predictor.logits(batches[0])  # warm-up: first-run graph optimisation
     for _ in range(repeat):
         for engine, predictor in engines.items():
-            best[engine] = min(best[engine], timed(lambda: [predictor.logits(b) for b in batches]))
+            best[engine] = min(best[engine], timed(lambda p=predictor: [p.logits(b) for b in batches]))
     return {engine: len(images) / seconds for engine, seconds in best.items()}
 
 
@@ -179,20 +198,23 @@ def bench(work: Path, name: str, size: int, photos: list[Path], args) -> dict:
     model, weights = make_model(work, name, size)
     seconds = {"core.predict": [], "paddle": [], "onnxruntime": []}
     for attempt in range(args.repeat):
-        seconds["core.predict"].append(timed(lambda: run_paddleseg(model, weights, photos, size,
-                                                                   work / f"core_{name}_{size}_{attempt}")))
+        core_out = work / f"core_{name}_{size}_{attempt}"
+        seconds["core.predict"].append(timed(lambda out=core_out: run_paddleseg(model, weights, photos, size, out)))
         for engine in ENGINES:
-            seconds[engine].append(timed(lambda: run_stage(work, name, engine, photo_dir,
-                                                           work / f"{engine}_{name}_{size}_{attempt}",
-                                                           args.batch_size, args.threads)))
+            out = work / f"{engine}_{name}_{size}_{attempt}"
+            seconds[engine].append(
+                timed(lambda e=engine, o=out: run_stage(work, name, e, photo_dir, o, args.batch_size, args.threads))
+            )
     rates = {key: len(photos) / min(values) for key, values in seconds.items()}
     model_rates = model_only_rates(work, name, photos, args.batch_size, args.threads, args.repeat)
     masks = {engine: work / f"{engine}_{name}_{size}_0" / name / CLASS_ID_DIR for engine in ENGINES}
     return {
-        "rates": rates, "model_rates": model_rates,
+        "rates": rates,
+        "model_rates": model_rates,
         "engines_agree": agreement(masks["paddle"], masks["onnxruntime"], photos),
-        "core_agrees": agreement(work / f"core_{name}_{size}_0" / "pseudo_color_prediction", masks["onnxruntime"],
-                                 photos),
+        "core_agrees": agreement(
+            work / f"core_{name}_{size}_0" / "pseudo_color_prediction", masks["onnxruntime"], photos
+        ),
     }
 
 
@@ -203,8 +225,12 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--test-split", action="store_true", help="use data/processed's test photos instead")
     parser.add_argument("--models", nargs="+", default=["unet", "dovenet"], choices=["unet", "dovenet"])
-    parser.add_argument("--sizes", nargs="+", default=["demo", "512"],
-                        help="input sides; 'demo': the demo profile's (UNet 80, DoveNet 160)")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["demo", "512"],
+        help="input sides; 'demo': the demo profile's (UNet 80, DoveNet 160)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads of both engines (0: one per core)")
     parser.add_argument("--repeat", type=int, default=2)
@@ -218,24 +244,30 @@ def main() -> None:
         else:
             photos = demo_like_photos(work / "photos", args.images, args.width, args.height)
         source = "test split" if args.test_split else f"{args.width}x{args.height} JPEG"
-        print(f"{len(photos)} photos ({source}), 2 classes, random init, batch {args.batch_size}, "
-              f"{threads} threads, best of {args.repeat}; img/s (ratio to core.predict)")
-        print(f"{'model':8} {'size':>5} | {'core.predict':>12} | {'engine=paddle':>18} | {'engine=onnxruntime':>18} "
-              f"| {'onnx/paddle':>11} | {'model only: paddle':>18} {'onnxruntime':>11} {'onnx/paddle':>11} "
-              f"| masks equal")
+        print(
+            f"{len(photos)} photos ({source}), 2 classes, random init, batch {args.batch_size}, "
+            f"{threads} threads, best of {args.repeat}; img/s (ratio to core.predict)"
+        )
+        print(
+            f"{'model':8} {'size':>5} | {'core.predict':>12} | {'engine=paddle':>18} | {'engine=onnxruntime':>18} "
+            f"| {'onnx/paddle':>11} | {'model only: paddle':>18} {'onnxruntime':>11} {'onnx/paddle':>11} "
+            f"| masks equal"
+        )
         for name in args.models:
             for size_arg in args.sizes:
                 size = demo_sizes()[name] if size_arg == "demo" else int(size_arg)
                 result = bench(work, name, size, photos, args)
                 rates, model_rates = result["rates"], result["model_rates"]
                 core = rates["core.predict"]
-                print(f"{name:8} {size:5d} | {core:12.2f} | {rates['paddle']:8.2f} ({rates['paddle'] / core:5.2f}x) "
-                      f"| {rates['onnxruntime']:8.2f} ({rates['onnxruntime'] / core:5.2f}x) "
-                      f"| {rates['onnxruntime'] / rates['paddle']:10.2f}x "
-                      f"| {model_rates['paddle']:18.2f} {model_rates['onnxruntime']:11.2f} "
-                      f"{model_rates['onnxruntime'] / model_rates['paddle']:10.2f}x "
-                      f"| engines {result['engines_agree']:.4%}, core.predict {result['core_agrees']:.2%}",
-                      flush=True)
+                print(
+                    f"{name:8} {size:5d} | {core:12.2f} | {rates['paddle']:8.2f} ({rates['paddle'] / core:5.2f}x) "
+                    f"| {rates['onnxruntime']:8.2f} ({rates['onnxruntime'] / core:5.2f}x) "
+                    f"| {rates['onnxruntime'] / rates['paddle']:10.2f}x "
+                    f"| {model_rates['paddle']:18.2f} {model_rates['onnxruntime']:11.2f} "
+                    f"{model_rates['onnxruntime'] / model_rates['paddle']:10.2f}x "
+                    f"| engines {result['engines_agree']:.4%}, core.predict {result['core_agrees']:.2%}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ shows nothing Queued or Running. Prints each wall time, the -j 2 / -j 1 ratio an
 Training dominates; on the smoke profile the fixed costs (DVC, imports, export, predict) weigh more than
 on the demo one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from dvc_helpers import dvc, git, smoke_copy  # noqa: E402
+from dvc_helpers import dvc, git, smoke_copy
 
 DEFAULT_STORE = {"MLFLOW_TRACKING_URI": ""}  # params' sqlite:///mlflow.db, whatever the shell exports
 
@@ -45,8 +46,11 @@ def sweep(repo: Path, jobs: int, round_number: int) -> tuple[float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repo", type=Path, help="a clone already reproduced and committed, on any "
-                        "profile (default: a smoke copy in a temp folder)")
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        help="a clone already reproduced and committed, on any profile (default: a smoke copy in a temp folder)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
         repo = args.repo or smoke_copy(Path(temp) / "repo")
@@ -61,8 +65,11 @@ def main() -> None:
             for number, jobs in enumerate(args.jobs):
                 walls[jobs], status = sweep(repo, jobs, number)
                 done = status.count("Success")
-                print(f"-j {jobs}: 3 experiments in {walls[jobs]:.1f} s ({done} new Success in total, "
-                      f"load average {os.getloadavg()[0]:.1f})", flush=True)
+                print(
+                    f"-j {jobs}: 3 experiments in {walls[jobs]:.1f} s ({done} new Success in total, "
+                    f"load average {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
         finally:
             dvc(repo, "queue", "stop", "--kill", check=False)
         if 1 in walls and 2 in walls:

@@ -24,6 +24,7 @@ machine hurts both alike. The targets are issue 12's.
   labels; peak RSS (VmHWM) and seconds. Then the same 8 photos as a folder, with that model and with a
   2-class one: the peak does not grow with the classes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from demo_data.multiclass import MAX_CLASSES, parse_size, write_multiclass_dataset  # noqa: E402
 from stages import convert_json  # noqa: E402
 from stages.common.config import load_params  # noqa: E402
 from stages.data.split_lists import format_line, image_file_names  # noqa: E402
-from demo_data.multiclass import MAX_CLASSES, parse_size, write_multiclass_dataset  # noqa: E402
 
 WARMUP_BATCHES = 2
 TARGETS = {"convert photos/s": 4.0, "processed/raw": 1.5, "training ratio": 0.8, "predict GB": 2.5}
@@ -53,8 +54,7 @@ TARGETS = {"convert photos/s": 4.0, "processed/raw": 1.5, "training ratio": 0.8,
 
 def generate(root: Path, count: int, size: tuple[int, int], classes: int, seed: int) -> Path:
     started = time.perf_counter()
-    write_multiclass_dataset(root / "raw", count, seed, size, classes, labels_file=root / "labels.txt",
-                             progress=False)
+    write_multiclass_dataset(root / "raw", count, seed, size, classes, labels_file=root / "labels.txt", progress=False)
     print(f"  generated {count} photos of {size[0]}x{size[1]} in {time.perf_counter() - started:.1f} s")
     return root
 
@@ -66,16 +66,28 @@ def cpu_seconds() -> float:
 
 
 def convert(root: Path, workers: int) -> dict:
-    cfg = load_params([f"data.raw_dir={root / 'raw'}", f"data.labels={root / 'labels.txt'}",
-                       f"data.processed_dir={root / 'processed'}", f"convert_json.workers={workers}"], REPO_ROOT)
+    cfg = load_params(
+        [
+            f"data.raw_dir={root / 'raw'}",
+            f"data.labels={root / 'labels.txt'}",
+            f"data.processed_dir={root / 'processed'}",
+            f"convert_json.workers={workers}",
+        ],
+        REPO_ROOT,
+    )
     cpu = cpu_seconds()
     result = convert_json.run(cfg)
     cpu = cpu_seconds() - cpu
     raw = sum(path.stat().st_size for path in (root / "raw").glob("*.jpg"))
     processed = sum(path.stat().st_size for path in (root / "processed").rglob("*") if path.is_file())
-    return {"photos/s": result["samples"] / result["seconds"], "processed/raw": processed / raw,
-            "photos/CPU-s": result["samples"] / cpu,
-            "raw MB": raw / 1e6, "processed MB": processed / 1e6, "workers": result["workers"]}
+    return {
+        "photos/s": result["samples"] / result["seconds"],
+        "processed/raw": processed / raw,
+        "photos/CPU-s": result["samples"] / cpu,
+        "raw MB": raw / 1e6,
+        "processed MB": processed / 1e6,
+        "workers": result["workers"],
+    }
 
 
 def write_splits(root: Path, val: int, test: int) -> list[str]:
@@ -87,9 +99,14 @@ def write_splits(root: Path, val: int, test: int) -> list[str]:
     splits.mkdir(exist_ok=True)
     for name, chosen in (("train", stems), ("val", stems[:val]), ("test", stems[:test])):
         (splits / f"{name}.txt").write_text("".join(format_line(s, " ", files[s]) + "\n" for s in chosen))
-    return [f"data.labels={root / 'labels.txt'}", f"data.processed_dir={root / 'processed'}",
-            f"data.splits_dir={splits}", f"paths.models_dir={root / 'models'}",
-            f"paths.predictions_dir={root / 'predictions'}", f"paths.checkpoints_dir={root / 'checkpoints'}"]
+    return [
+        f"data.labels={root / 'labels.txt'}",
+        f"data.processed_dir={root / 'processed'}",
+        f"data.splits_dir={splits}",
+        f"paths.models_dir={root / 'models'}",
+        f"paths.predictions_dir={root / 'predictions'}",
+        f"paths.checkpoints_dir={root / 'checkpoints'}",
+    ]
 
 
 def dovenet_throughput(overrides: list[str], epochs: int) -> dict:
@@ -107,9 +124,14 @@ def dovenet_throughput(overrides: list[str], epochs: int) -> dict:
     on_gpu = configure_device(params)
     labels = read_labels(cfg.data.labels)
     aug = params.augment
-    dataset = SegDataset(read_split(cfg, "train"), int(params.input_size), params.mean, params.std,
-                         Augment(int(params.crop_size), tuple(aug.scale_range), float(aug.flip_prob),
-                                 float(aug.color_jitter)), seed=0)
+    dataset = SegDataset(
+        read_split(cfg, "train"),
+        int(params.input_size),
+        params.mean,
+        params.std,
+        Augment(int(params.crop_size), tuple(aug.scale_range), float(aug.flip_prob), float(aug.color_jitter)),
+        seed=0,
+    )
     fill = dataset.fill_cache("training photos")["seconds"]
     loader = make_loader(dataset, int(params.batch_size), train=True, num_workers=int(params.num_workers))
     times, images = [], []
@@ -128,8 +150,11 @@ def dovenet_throughput(overrides: list[str], epochs: int) -> dict:
         model = build_model(net, build_optimizer(params, net.parameters(), 1000), params, labels.num_classes, on_gpu)
         model.fit(loader, epochs=epochs, verbose=0, callbacks=[Timer()])
     timed = sum(images[WARMUP_BATCHES:])
-    return {"img/s": timed / (times[-1] - times[WARMUP_BATCHES - 1]), "fill s": fill,
-            "run images": int(params.epochs) * len(dataset)}
+    return {
+        "img/s": timed / (times[-1] - times[WARMUP_BATCHES - 1]),
+        "fill s": fill,
+        "run images": int(params.epochs) * len(dataset),
+    }
 
 
 def unet_throughput(overrides: list[str], iters: int, work: Path) -> dict:
@@ -140,8 +165,9 @@ def unet_throughput(overrides: list[str], iters: int, work: Path) -> dict:
     cfg = load_params(overrides, REPO_ROOT)
     params = cfg.train_paddleseg
     labels = read_labels(cfg.data.labels)
-    document = resolve_config(params.config, cfg, {"labels": {"num_classes": labels.num_classes,
-                                                              "names": list(labels.names)}})
+    document = resolve_config(
+        params.config, cfg, {"labels": {"num_classes": labels.num_classes, "names": list(labels.names)}}
+    )
     with contextlib.redirect_stdout(io.StringIO()):  # PaddleSeg prints the whole config
         parts = build(document)
     started = time.perf_counter()
@@ -149,12 +175,21 @@ def unet_throughput(overrides: list[str], iters: int, work: Path) -> dict:
     parts.val_dataset.fill_cache("validation photos")
     fill = time.perf_counter() - started
     stamps = []
-    settings = LoopSettings(iters=iters, batch_size=int(document["batch_size"]), eval_interval=iters,
-                            log_interval=1, keep_checkpoint_max=1, seed=0)
+    settings = LoopSettings(
+        iters=iters,
+        batch_size=int(document["batch_size"]),
+        eval_interval=iters,
+        log_interval=1,
+        keep_checkpoint_max=1,
+        seed=0,
+    )
     train(parts, settings, work, new_state(), on_log=lambda step, values: stamps.append(time.perf_counter()))
     timed = (len(stamps) - WARMUP_BATCHES) * settings.batch_size
-    return {"img/s": timed / (stamps[-1] - stamps[WARMUP_BATCHES - 1]), "fill s": fill,
-            "run images": int(params.iters) * settings.batch_size}
+    return {
+        "img/s": timed / (stamps[-1] - stamps[WARMUP_BATCHES - 1]),
+        "fill s": fill,
+        "run images": int(params.iters) * settings.batch_size,
+    }
 
 
 PREDICT_CHILD = """
@@ -186,17 +221,26 @@ def predict_memory(overrides: list[str], root: Path, classes: int, folder: bool 
     models = root / f"models_{classes}"
     export(DoveNet(classes), models / "paddle", ModelMeta((size, size), names, (0.5,) * 3, (0.5,) * 3, "DoveNet"))
     convert(models / "paddle", models / "paddle" / ONNX_NAME, 13, "paddle")  # the folder as export deploys it
-    overrides = [*overrides, f"paths.models_dir={models}", f"paths.exports_dir={models}", "predict.models=[paddle]",
-                 "predict.batch_size=8",
-                 f"paths.predictions_dir={root / f'predictions_{classes}'}"]
+    overrides = [
+        *overrides,
+        f"paths.models_dir={models}",
+        f"paths.exports_dir={models}",
+        "predict.models=[paddle]",
+        "predict.batch_size=8",
+        f"paths.predictions_dir={root / f'predictions_{classes}'}",
+    ]
     if folder:
         photos = root / "eight_photos"
         photos.mkdir(exist_ok=True)
         for path in sorted((root / "raw").glob("*.jpg"))[:8]:
             shutil.copyfile(path, photos / path.name)
         overrides += [f"predict.input_dir={photos}", f"predict.output_dir={root / f'folder_{classes}'}"]
-    child = subprocess.run([sys.executable, "-c", PREDICT_CHILD.format(repo=str(REPO_ROOT), overrides=overrides)],
-                           capture_output=True, text=True, cwd=REPO_ROOT)
+    child = subprocess.run(
+        [sys.executable, "-c", PREDICT_CHILD.format(repo=str(REPO_ROOT), overrides=overrides)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     if child.returncode:
         sys.exit(f"predict failed:\n{child.stderr[-3000:]}")
     return json.loads(child.stdout.strip().splitlines()[-1])
@@ -224,8 +268,10 @@ def main() -> None:
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-real-photos-"))
     sizes = {"phone": args.size, "demo": args.demo_size}
-    print(f"{args.count} photos of {args.size[0]}x{args.size[1]} vs {args.demo_size[0]}x{args.demo_size[1]}, "
-          f"{args.classes} classes; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; in {work}")
+    print(
+        f"{args.count} photos of {args.size[0]}x{args.size[1]} vs {args.demo_size[0]}x{args.demo_size[1]}, "
+        f"{args.classes} classes; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; in {work}"
+    )
     results: dict[str, dict] = {kind: {} for kind in sizes}
     overrides = {}
     try:
@@ -234,10 +280,13 @@ def main() -> None:
             results[kind]["convert"] = convert(root, args.workers)
             overrides[kind] = write_splits(root, val=2, test=8)
         # alternating (phone, demo, demo, phone, ...) so that a busy machine hurts both alike; the best counts
-        order = [kind for turn in range(args.repeat) for kind in (("phone", "demo") if turn % 2 == 0
-                                                                  else ("demo", "phone"))]
-        measures = {"dovenet": lambda kind: dovenet_throughput(overrides[kind], args.epochs),
-                    "unet": lambda kind: unet_throughput(overrides[kind], args.iters, work / kind / "unet")}
+        order = [
+            kind for turn in range(args.repeat) for kind in (("phone", "demo") if turn % 2 == 0 else ("demo", "phone"))
+        ]
+        measures = {
+            "dovenet": lambda kind: dovenet_throughput(overrides[kind], args.epochs),
+            "unet": lambda kind: unet_throughput(overrides[kind], args.iters, work / kind / "unet"),
+        }
         for key, measure in measures.items():
             for kind in order:
                 run = measure(kind)
@@ -246,37 +295,68 @@ def main() -> None:
         for kind in sizes:
             results[kind]["predict"] = predict_memory(overrides[kind], work / kind, args.classes + 1)
         for classes in (args.classes + 1, 2):
-            results["phone"][f"folder_{classes}"] = predict_memory(overrides["phone"], work / "phone", classes,
-                                                                   folder=True)
+            results["phone"][f"folder_{classes}"] = predict_memory(
+                overrides["phone"], work / "phone", classes, folder=True
+            )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
     phone, demo = results["phone"], results["demo"]
     print(f"\n  {'':<44}{'phone':>20}{'demo-sized':>20}{'ratio':>9}  target")
-    line("convert_json photos/s", phone["convert"]["photos/s"], demo["convert"]["photos/s"], "photos/s",
-         f">= {TARGETS['convert photos/s']} photos/s on 2 cores")
+    line(
+        "convert_json photos/s",
+        phone["convert"]["photos/s"],
+        demo["convert"]["photos/s"],
+        "photos/s",
+        f">= {TARGETS['convert photos/s']} photos/s on 2 cores",
+    )
     cores = os.cpu_count() or 1
-    line(f"  photos per CPU-second x {cores} cores (idle machine)", phone["convert"]["photos/CPU-s"] * cores,
-         demo["convert"]["photos/CPU-s"] * cores, "photos/s")
-    line("data/processed bytes / raw photo bytes", phone["convert"]["processed/raw"],
-         demo["convert"]["processed/raw"], "x", f"<= {TARGETS['processed/raw']}x")
+    line(
+        f"  photos per CPU-second x {cores} cores (idle machine)",
+        phone["convert"]["photos/CPU-s"] * cores,
+        demo["convert"]["photos/CPU-s"] * cores,
+        "photos/s",
+    )
+    line(
+        "data/processed bytes / raw photo bytes",
+        phone["convert"]["processed/raw"],
+        demo["convert"]["processed/raw"],
+        "x",
+        f"<= {TARGETS['processed/raw']}x",
+    )
     for key, title in (("dovenet", "train_paddle (DoveNet)"), ("unet", "train_paddleseg (UNet, 1 process)")):
-        line(f"{title} img/s", phone[key]["img/s"], demo[key]["img/s"], "img/s",
-             f">= {TARGETS['training ratio']}x demo-sized")
-        amortised = {kind: r[key]["run images"] / (r[key]["run images"] / r[key]["img/s"] + r[key]["fill s"])
-                     for kind, r in results.items()}
+        line(
+            f"{title} img/s",
+            phone[key]["img/s"],
+            demo[key]["img/s"],
+            "img/s",
+            f">= {TARGETS['training ratio']}x demo-sized",
+        )
+        amortised = {
+            kind: r[key]["run images"] / (r[key]["run images"] / r[key]["img/s"] + r[key]["fill s"])
+            for kind, r in results.items()
+        }
         line("  incl. the cache fill over a demo-profile run", amortised["phone"], amortised["demo"], "img/s")
         line("  cache fill (once per run)", phone[key]["fill s"], demo[key]["fill s"], "s")
-    line(f"predict 8 photos, {args.classes + 1} classes: peak RSS", phone["predict"]["peak_GB"],
-         demo["predict"]["peak_GB"], "GB", f"<= {TARGETS['predict GB']} GB")
+    line(
+        f"predict 8 photos, {args.classes + 1} classes: peak RSS",
+        phone["predict"]["peak_GB"],
+        demo["predict"]["peak_GB"],
+        "GB",
+        f"<= {TARGETS['predict GB']} GB",
+    )
     line("  seconds", phone["predict"]["seconds"], demo["predict"]["seconds"], "s")
     many, two = phone[f"folder_{args.classes + 1}"], phone["folder_2"]
-    print(f"  predict, folder of the 8 phone photos: peak RSS {many['peak_GB']:.2f} GB with {args.classes + 1} "
-          f"classes, {two['peak_GB']:.2f} GB with 2 ({many['peak_GB'] / two['peak_GB']:.2f}x); "
-          f"{many['seconds']:.1f} s and {two['seconds']:.1f} s")
-    print(f"  raw photos: {phone['convert']['raw MB']:.1f} MB vs {demo['convert']['raw MB']:.1f} MB; "
-          f"convert_json workers {phone['convert']['workers']}; load average now {os.getloadavg()[0]:.1f}")
+    print(
+        f"  predict, folder of the 8 phone photos: peak RSS {many['peak_GB']:.2f} GB with {args.classes + 1} "
+        f"classes, {two['peak_GB']:.2f} GB with 2 ({many['peak_GB'] / two['peak_GB']:.2f}x); "
+        f"{many['seconds']:.1f} s and {two['seconds']:.1f} s"
+    )
+    print(
+        f"  raw photos: {phone['convert']['raw MB']:.1f} MB vs {demo['convert']['raw MB']:.1f} MB; "
+        f"convert_json workers {phone['convert']['workers']}; load average now {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ served latency to predict's time per photo, and how many mask pixels equal predi
 Photo sets: the first --demo-photos of data/raw (the bundled demo, 500 x 375 JPEGs) and --phone-photos
 generated 12 MP phone photos (demo_data.multiclass, 4032 x 3024, some stored sideways with an EXIF rotation).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,9 +84,16 @@ def deploy_folder(model_dir: Path, exports_dir: Path) -> None:
 
 
 def predict_seconds_per_photo(work: Path, photo_dir: Path, out: Path, count: int) -> float:
-    cfg = load_params([f"paths.exports_dir={work / 'exports'}", f"predict.models=[{MODEL_NAME}]",
-                       "predict.engine=onnxruntime", f"predict.input_dir={photo_dir}", f"predict.output_dir={out}"],
-                      REPO_ROOT)
+    cfg = load_params(
+        [
+            f"paths.exports_dir={work / 'exports'}",
+            f"predict.models=[{MODEL_NAME}]",
+            "predict.engine=onnxruntime",
+            f"predict.input_dir={photo_dir}",
+            f"predict.output_dir={out}",
+        ],
+        REPO_ROOT,
+    )
     started = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
         predict.run(cfg)
@@ -129,8 +137,13 @@ def bench_photos(url: str, photos: list[Path], predicted: Path) -> dict:
         expected = read_label_png(predicted / f"{photo.stem}.png")
         agree += int((served == expected).sum())
         total += expected.size
-    return {"p50": statistics.median(latencies), "p90": latencies[math.ceil(0.9 * len(latencies)) - 1],
-            "one_client": one_client, "two_clients": two_clients, "agreement": agree / total}
+    return {
+        "p50": statistics.median(latencies),
+        "p90": latencies[math.ceil(0.9 * len(latencies)) - 1],
+        "one_client": one_client,
+        "two_clients": two_clients,
+        "agreement": agree / total,
+    }
 
 
 def main() -> None:
@@ -148,20 +161,31 @@ def main() -> None:
         sets = {}
         demo = work / "demo"
         demo.mkdir()
-        for photo in sorted((REPO_ROOT / "data" / "raw").glob("*.jpg"))[:args.demo_photos]:
+        for photo in sorted((REPO_ROOT / "data" / "raw").glob("*.jpg"))[: args.demo_photos]:
             shutil.copyfile(photo, demo / photo.name)
         sets["demo photo"] = sorted(demo.iterdir())
         phone = work / "phone"
-        write_multiclass_dataset(phone, count=args.phone_photos, seed=0, size=(4032, 3024), classes=4,
-                                 labels_file=work / "labels.txt", progress=False)
+        write_multiclass_dataset(
+            phone,
+            count=args.phone_photos,
+            seed=0,
+            size=(4032, 3024),
+            classes=4,
+            labels_file=work / "labels.txt",
+            progress=False,
+        )
         sets["12 MP photo"] = sorted(phone.glob("*.jpg"))
 
         port = free_port()
         label = args.model_uri or f"random-init {meta.architecture}"
-        print(f"{label}, input {meta.input_size[1]}x{meta.input_size[0]}, {os.cpu_count()} CPU cores; "
-              f"`mlflow models serve --env-manager local`, one photo per request")
-        print(f"{'photos (mean file size)':39} | {'predict s/photo':>15} | {'pyfunc s/photo':>14} | {'served p50 / p90 s':>18} | "
-              f"{'req/s 1 client':>14} | {'req/s 2 clients':>15} | {'served / predict':>16} | masks = predict")
+        print(
+            f"{label}, input {meta.input_size[1]}x{meta.input_size[0]}, {os.cpu_count()} CPU cores; "
+            f"`mlflow models serve --env-manager local`, one photo per request"
+        )
+        print(
+            f"{'photos (mean file size)':39} | {'predict s/photo':>15} | {'pyfunc s/photo':>14} | {'served p50 / p90 s':>18} | "
+            f"{'req/s 1 client':>14} | {'req/s 2 clients':>15} | {'served / predict':>16} | masks = predict"
+        )
         with model_server(serve_command(str(model_dir), port), port, work, serving_env(), work / "serve.log") as url:
             for name, photos in sets.items():
                 width, height = max(Image.open(photo).size for photo in photos)
@@ -171,10 +195,13 @@ def main() -> None:
                 pyfunc_s = pyfunc_seconds_per_photo(model_dir, photos)
                 served = bench_photos(url, photos, predicted)
                 size_kb = sum(photo.stat().st_size for photo in photos) / len(photos) / 1e3
-                print(f"{f'{len(photos)} x {name}, to {width}x{height}':30} {size_kb:5.0f} KB | {predict_s:15.3f} | "
-                      f"{pyfunc_s:14.3f} | {served['p50']:8.3f} / {served['p90']:7.3f} | "
-                      f"{served['one_client']:14.2f} | {served['two_clients']:15.2f} | "
-                      f"{served['p50'] / predict_s:15.2f}x | {served['agreement']:.4%}", flush=True)
+                print(
+                    f"{f'{len(photos)} x {name}, to {width}x{height}':30} {size_kb:5.0f} KB | {predict_s:15.3f} | "
+                    f"{pyfunc_s:14.3f} | {served['p50']:8.3f} / {served['p90']:7.3f} | "
+                    f"{served['one_client']:14.2f} | {served['two_clients']:15.2f} | "
+                    f"{served['p50'] / predict_s:15.2f}x | {served['agreement']:.4%}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

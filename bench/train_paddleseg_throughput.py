@@ -25,6 +25,7 @@ paddleseg.core.train 2.346, stage in 2 processes 3.233 img/s: ratio 1.378, on 42
 demo profile therefore trains in 2 processes (nproc: auto); with its batch of 8 (4 per process) the stage ran at
 4.4 img/s in `dvc repro`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,17 +59,33 @@ def cpu_seconds() -> float:
 
 
 def stage_path(parts, document: dict, iters: int, seed: int, work: Path) -> None:
-    settings = LoopSettings(iters=iters, batch_size=int(document["batch_size"]), eval_interval=iters,
-                            log_interval=max(1, iters // 2), keep_checkpoint_max=1, seed=seed)
+    settings = LoopSettings(
+        iters=iters,
+        batch_size=int(document["batch_size"]),
+        eval_interval=iters,
+        log_interval=max(1, iters // 2),
+        keep_checkpoint_max=1,
+        seed=seed,
+    )
     train(parts, settings, work / "stage", new_state(), on_log=lambda step, values: None)
 
 
 def paddleseg_path(parts, document: dict, iters: int, seed: int, work: Path) -> None:
     from paddleseg.core import train as paddleseg_train  # patched by stages.training.paddleseg_compat on import above
 
-    paddleseg_train(parts.model, parts.train_dataset, val_dataset=parts.val_dataset, optimizer=parts.optimizer,
-                    save_dir=str(work / "paddleseg"), iters=iters, batch_size=int(document["batch_size"]),
-                    save_interval=iters, log_iters=max(1, iters // 2), losses=parts.losses, keep_checkpoint_max=1)
+    paddleseg_train(
+        parts.model,
+        parts.train_dataset,
+        val_dataset=parts.val_dataset,
+        optimizer=parts.optimizer,
+        save_dir=str(work / "paddleseg"),
+        iters=iters,
+        batch_size=int(document["batch_size"]),
+        save_interval=iters,
+        log_iters=max(1, iters // 2),
+        losses=parts.losses,
+        keep_checkpoint_max=1,
+    )
 
 
 def timed(function, document: dict, iters: int, seed: int, work: Path) -> tuple[float, float]:
@@ -85,8 +102,9 @@ def timed(function, document: dict, iters: int, seed: int, work: Path) -> tuple[
 def resolved_document(overrides: list[str], iters: int) -> tuple[dict, object]:
     cfg = load_params(overrides, REPO_ROOT)
     labels = read_labels(cfg.data.labels)
-    document = resolve_config(cfg.train_paddleseg.config, cfg, {"labels": {"num_classes": labels.num_classes,
-                                                                          "names": list(labels.names)}})
+    document = resolve_config(
+        cfg.train_paddleseg.config, cfg, {"labels": {"num_classes": labels.num_classes, "names": list(labels.names)}}
+    )
     document["iters"] = iters
     return document, cfg
 
@@ -97,8 +115,14 @@ def data_parallel_run(args, nproc: int, work: Path) -> tuple[float, float]:
     results.mkdir(parents=True, exist_ok=True)
     command = distributed.launch_command("-", nproc, log_dir=str(work / "dp-logs"))
     # launch_command ends with `python -u -m <module>`: this script in worker mode instead
-    command = command[:command.index("-u") + 1] + [str(Path(__file__).resolve()), "--worker", str(results),
-                                                   "--iters", str(args.iters), *args.overrides]
+    command = command[: command.index("-u") + 1] + [
+        str(Path(__file__).resolve()),
+        "--worker",
+        str(results),
+        "--iters",
+        str(args.iters),
+        *args.overrides,
+    ]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"data-parallel run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -141,18 +165,26 @@ def main() -> None:
                 else:
                     wall, cpu = data_parallel_run(args, nproc, work)
                 results[name].append((wall, cpu))
-                print(f"{name:24s} run {round_number + 1}: {args.iters * batch / wall:6.3f} img/s "
-                      f"({wall:.1f} s wall, {cpu:.1f} s CPU)", flush=True)
+                print(
+                    f"{name:24s} run {round_number + 1}: {args.iters * batch / wall:6.3f} img/s "
+                    f"({wall:.1f} s wall, {cpu:.1f} s CPU)",
+                    flush=True,
+                )
 
     best = {name: min(runs) for name, runs in results.items()}
     reference = best[PADDLESEG][0]
     summary = {
-        "iters": args.iters, "batch_size": batch,
-        "crop_size": int(cfg.train_paddleseg.crop_size), "input_size": int(cfg.train_paddleseg.input_size),
-        "model": document["model"]["type"], "device": str(paddle.get_device()), "cores": os.cpu_count(),
+        "iters": args.iters,
+        "batch_size": batch,
+        "crop_size": int(cfg.train_paddleseg.crop_size),
+        "input_size": int(cfg.train_paddleseg.input_size),
+        "model": document["model"]["type"],
+        "device": str(paddle.get_device()),
+        "cores": os.cpu_count(),
         **{f"{name} img/s": round(args.iters * batch / wall, 3) for name, (wall, _) in best.items()},
-        **{f"{name} img/CPU-s": round(args.iters * batch / min(cpu for _, cpu in results[name]), 3)
-           for name in results},
+        **{
+            f"{name} img/CPU-s": round(args.iters * batch / min(cpu for _, cpu in results[name]), 3) for name in results
+        },
         **{f"ratio ({name} / {PADDLESEG})": round(reference / best[name][0], 3) for name in names if name != PADDLESEG},
     }
     print(json.dumps(summary, indent=2))

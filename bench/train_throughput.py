@@ -28,6 +28,7 @@ NHWC layout: ~10% more img/CPU-s (4.5 vs 4.1) but needs a second layout through 
 DataLoader workers: num_workers=1 gave the same rate (decoding + augmenting costs ~6 ms/image vs ~250 ms
 of training compute per image), so 0 is the default.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,12 +43,12 @@ import paddle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common.config import StageError, load_params  # noqa: E402
-from stages.data.images import save_label_png, save_rgb_png  # noqa: E402
-from stages.data.split_lists import Sample, read_split  # noqa: E402
-from stages.models.dovenet import DoveNet  # noqa: E402
-from stages.train_paddle import build_model, build_optimizer, configure_device, math_threads  # noqa: E402
-from stages.training.dataset import Augment, SegDataset, make_loader  # noqa: E402
+from stages.common.config import StageError, load_params
+from stages.data.images import save_label_png, save_rgb_png
+from stages.data.split_lists import Sample, read_split
+from stages.models.dovenet import DoveNet
+from stages.train_paddle import build_model, build_optimizer, configure_device, math_threads
+from stages.training.dataset import Augment, SegDataset, make_loader
 
 REFERENCE_PADDLE, REFERENCE_TORCH = 4.0, 16.0
 WARMUP_BATCHES = 2
@@ -88,8 +89,7 @@ class BatchTimer(paddle.callbacks.Callback):
             self.images += logs["batch_size"]
 
     def rates(self) -> tuple[float, float]:
-        return (self.images / (time.perf_counter() - self.start),
-                self.images / (time.process_time() - self.cpu_start))
+        return (self.images / (time.perf_counter() - self.start), self.images / (time.process_time() - self.cpu_start))
 
 
 def stage_path(cfg, samples, batches: int) -> tuple[float, float]:
@@ -97,8 +97,9 @@ def stage_path(cfg, samples, batches: int) -> tuple[float, float]:
     size, batch = int(params.input_size), int(params.batch_size)
     augment = Augment(int(params.crop_size), tuple(params.augment.scale_range))
     dataset = SegDataset(samples, size, params.mean, params.std, augment, seed=0)
-    loader = make_loader(dataset, batch, train=True, num_workers=int(params.num_workers),
-                         max_samples=(batches + WARMUP_BATCHES) * batch)
+    loader = make_loader(
+        dataset, batch, train=True, num_workers=int(params.num_workers), max_samples=(batches + WARMUP_BATCHES) * batch
+    )
     with paddle.utils.unique_name.guard():
         net = DoveNet(2)
         model = build_model(net, build_optimizer(params, net.parameters(), 1000), params, 2, on_gpu=False)
@@ -134,8 +135,7 @@ def main() -> None:
     args = parser.parse_args()
 
     # Both paths train on size x size images: the stage's crops are set to that size.
-    overrides = [f"train_paddle.input_size={args.size}", f"train_paddle.crop_size={args.size}",
-                 *args.overrides]
+    overrides = [f"train_paddle.input_size={args.size}", f"train_paddle.crop_size={args.size}", *args.overrides]
     if args.batch:
         overrides.append(f"train_paddle.batch_size={args.batch}")
     cfg = load_params(overrides)
@@ -154,15 +154,19 @@ def main() -> None:
         bare_wall, bare_cpu = bare_dygraph(int(params.input_size), int(params.batch_size), args.batches)
 
     threads = math_threads(params)
-    print(f"DoveNet training at {params.input_size}x{params.input_size}, batch {params.batch_size}, "
-          f"{'GPU' if on_gpu else f'CPU, {threads} thread(s)'}, to_static={params.to_static}, "
-          f"num_workers={params.num_workers}; data: {source}; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"DoveNet training at {params.input_size}x{params.input_size}, batch {params.batch_size}, "
+        f"{'GPU' if on_gpu else f'CPU, {threads} thread(s)'}, to_static={params.to_static}, "
+        f"num_workers={params.num_workers}; data: {source}; load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'path':<34}{'img/s (wall)':>14}{'img/CPU-s':>12}")
     print(f"{'stage (paddle.Model.fit + data)':<34}{stage_wall:>14.2f}{stage_cpu:>12.2f}")
     print(f"{'bare dygraph loop':<34}{bare_wall:>14.2f}{bare_cpu:>12.2f}")
     print(f"stage / bare dygraph: {stage_wall / bare_wall:.2f}x (wall), {stage_cpu / bare_cpu:.2f}x (CPU)")
-    print(f"stage vs references: {stage_wall / REFERENCE_PADDLE:.2f}x Paddle dygraph ({REFERENCE_PADDLE:g} img/s), "
-          f"{stage_wall / REFERENCE_TORCH:.2f}x PyTorch ({REFERENCE_TORCH:g} img/s)")
+    print(
+        f"stage vs references: {stage_wall / REFERENCE_PADDLE:.2f}x Paddle dygraph ({REFERENCE_PADDLE:g} img/s), "
+        f"{stage_wall / REFERENCE_TORCH:.2f}x PyTorch ({REFERENCE_TORCH:g} img/s)"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Then the mean and the spread (max - min) of the test mIoU; issue 20 asks for eve
 <= 0.02. ``--compare`` adds the same seeds with ``train_paddleseg.weight_average=0`` and the previous
 ``eval_interval`` (70), taken in the same run, and prints the spread's ratio against them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,14 +34,25 @@ TARGET_MIN, TARGET_SPREAD = 0.82, 0.02
 
 
 def one_seed(seed: int, extra: list[str], workdir: Path) -> dict:
-    overrides = [f"seed={seed}", f"paths.models_dir={workdir}/models", f"paths.exports_dir={workdir}/exports",
-                 f"paths.checkpoints_dir={workdir}/checkpoints", f"paths.metrics_dir={workdir}/metrics",
-                 f"paths.plots_dir={workdir}/plots", f"paths.predictions_dir={workdir}/predictions",
-                 f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db", f"mlflow.artifact_location={workdir}/mlruns",
-                 *extra]
+    overrides = [
+        f"seed={seed}",
+        f"paths.models_dir={workdir}/models",
+        f"paths.exports_dir={workdir}/exports",
+        f"paths.checkpoints_dir={workdir}/checkpoints",
+        f"paths.metrics_dir={workdir}/metrics",
+        f"paths.plots_dir={workdir}/plots",
+        f"paths.predictions_dir={workdir}/predictions",
+        f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
+        f"mlflow.artifact_location={workdir}/mlruns",
+        *extra,
+    ]
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "stages.train_paddleseg", *overrides], cwd=REPO_ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "stages.train_paddleseg", *overrides],
+        cwd=REPO_ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     train_seconds = time.perf_counter() - started
     cfg = load_params([*overrides, "export.models=[paddleseg]", "predict.models=[paddleseg]"], REPO_ROOT)
     cwd = os.getcwd()
@@ -51,8 +63,13 @@ def one_seed(seed: int, extra: list[str], workdir: Path) -> dict:
     finally:
         os.chdir(cwd)
     trained = json.loads((workdir / "metrics" / "train_paddleseg.json").read_text())
-    return {"seed": seed, "best_val_mIoU": trained["best_val_mIoU"], "best_iter": trained.get("best_iter"),
-            "test_mIoU": scored["mIoU"], "train_s": train_seconds}
+    return {
+        "seed": seed,
+        "best_val_mIoU": trained["best_val_mIoU"],
+        "best_iter": trained.get("best_iter"),
+        "test_mIoU": scored["mIoU"],
+        "train_s": train_seconds,
+    }
 
 
 def sweep(seeds: list[int], extra: list[str], label: str) -> list[float]:
@@ -62,11 +79,17 @@ def sweep(seeds: list[int], extra: list[str], label: str) -> list[float]:
         with tempfile.TemporaryDirectory(prefix=f"unet-seed{seed}-") as folder:
             result = one_seed(seed, extra, Path(folder))
         results.append(result["test_mIoU"])
-        print(f"  seed {seed}: best val mIoU {result['best_val_mIoU']:.4f} at iter {result['best_iter']}, "
-              f"test mIoU {result['test_mIoU']:.4f}, training {result['train_s']:.0f} s", flush=True)
+        print(
+            f"  seed {seed}: best val mIoU {result['best_val_mIoU']:.4f} at iter {result['best_iter']}, "
+            f"test mIoU {result['test_mIoU']:.4f}, training {result['train_s']:.0f} s",
+            flush=True,
+        )
     spread = max(results) - min(results)
-    print(f"  test mIoU: mean {statistics.mean(results):.4f}, min {min(results):.4f}, spread {spread:.4f} "
-          f"(targets: each >= {TARGET_MIN}, spread <= {TARGET_SPREAD})", flush=True)
+    print(
+        f"  test mIoU: mean {statistics.mean(results):.4f}, min {min(results):.4f}, spread {spread:.4f} "
+        f"(targets: each >= {TARGET_MIN}, spread <= {TARGET_SPREAD})",
+        flush=True,
+    )
     return results
 
 
@@ -81,8 +104,10 @@ def main() -> None:
     if args.compare:
         previous = sweep(args.seeds, PREVIOUS, "previous settings")
         spreads = [max(r) - min(r) for r in (averaged, previous)]
-        print(f"spread with / without weight averaging: {spreads[0]:.4f} / {spreads[1]:.4f} "
-              f"= {spreads[0] / max(spreads[1], 1e-9):.2f}x")
+        print(
+            f"spread with / without weight averaging: {spreads[0]:.4f} / {spreads[1]:.4f} "
+            f"= {spreads[0] / max(spreads[1], 1e-9):.2f}x"
+        )
 
 
 if __name__ == "__main__":

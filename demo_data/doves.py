@@ -14,6 +14,7 @@ after every `dove` polygon (labelme paints later shapes over earlier ones). The 
 shape list is then the very mask through which dove pixels are composited onto the scene, so annotation and
 drawn doves agree pixel for pixel, and the traced polygons stay within a pixel of the geometric silhouettes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,8 @@ EXIF_ORIENTATION = {17: 6, 58: 8, 101: 3}
 # Pillow transpose that turns the oriented picture (what labelme shows) into the stored pixels.
 STORE_TRANSPOSE = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270, 3: Image.Transpose.ROTATE_180}
 CONTOUR_EPSILON_PX = 0.8  # approxPolyDP tolerance when tracing visible dove regions
-MIN_REGION_PX = 30        # smaller visible dove fragments are neither annotated nor drawn
-MIN_HOLE_PX = 10          # smaller gaps enclosed by doves are painted as dove
+MIN_REGION_PX = 30  # smaller visible dove fragments are neither annotated nor drawn
+MIN_HOLE_PX = 10  # smaller gaps enclosed by doves are painted as dove
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -74,8 +75,9 @@ def ellipse(cx: float, cy: float, rx: float, ry: float, angle: float = 0.0, n: i
     return np.array(points)
 
 
-def blob(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float, angle: float,
-         roughness: float, n: int = 40) -> np.ndarray:
+def blob(
+    rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float, angle: float, roughness: float, n: int = 40
+) -> np.ndarray:
     """An irregular closed outline (stone, bag, bread): an ellipse with a few random low harmonics."""
     harmonics = [(k, rng.uniform(-roughness, roughness) / k, rng.uniform(0, 2 * math.pi)) for k in range(2, 6)]
     c, s = math.cos(angle), math.sin(angle)
@@ -129,8 +131,10 @@ def bbox_slices(mask: np.ndarray, pad: int) -> tuple[slice, slice] | None:
     if len(ys) == 0:
         return None
     h, w = mask.shape
-    return (slice(max(0, ys.min() - pad), min(h, ys.max() + pad + 1)),
-            slice(max(0, xs.min() - pad), min(w, xs.max() + pad + 1)))
+    return (
+        slice(max(0, ys.min() - pad), min(h, ys.max() + pad + 1)),
+        slice(max(0, xs.min() - pad), min(w, xs.max() + pad + 1)),
+    )
 
 
 # ------------------------------------------------------------------------------------------- noise, shading
@@ -143,15 +147,15 @@ def smooth_noise(rng: np.random.Generator, h: int, w: int, cell_x: float, cell_y
     coarse = rng.integers(0, 256, size=(grid_h, grid_w), dtype=np.uint8)
     big = Image.fromarray(coarse, "L").resize((round(grid_w * cell_x), round(grid_h * cell_y)), Image.BICUBIC)
     top, left = round(cell_y), round(cell_x)
-    return np.asarray(big, dtype=np.float64)[top:top + h, left:left + w] / 255.0
+    return np.asarray(big, dtype=np.float64)[top : top + h, left : left + w] / 255.0
 
 
 def fbm(rng: np.random.Generator, h: int, w: int, cell: float, octaves: int = 3) -> np.ndarray:
     """Fractal noise in about 0..1: octaves of value noise, each half the cell and half the weight."""
     total, weight = np.zeros((h, w)), 0.0
     for octave in range(octaves):
-        amplitude = 0.5 ** octave
-        total += amplitude * smooth_noise(rng, h, w, max(1.0, cell / 2 ** octave))
+        amplitude = 0.5**octave
+        total += amplitude * smooth_noise(rng, h, w, max(1.0, cell / 2**octave))
         weight += amplitude
     return total / weight
 
@@ -197,8 +201,18 @@ def mix(a, b, t):
     return a + (np.asarray(b, dtype=np.float64) - a) * t
 
 
-def paint_shaded(canvas: np.ndarray, mask: np.ndarray, frame: Frame, colour, light, rng: np.random.Generator,
-                 texture: float = 0.08, cylinder: bool = False, opacity: float = 1.0, soft: float = 0.7) -> None:
+def paint_shaded(
+    canvas: np.ndarray,
+    mask: np.ndarray,
+    frame: Frame,
+    colour,
+    light,
+    rng: np.random.Generator,
+    texture: float = 0.08,
+    cylinder: bool = False,
+    opacity: float = 1.0,
+    soft: float = 0.7,
+) -> None:
     """Paint a solid object through `mask` onto `canvas` (image coordinates): shaded colour, grain, soft edge."""
     window = bbox_slices(mask, pad=3)
     if window is None:
@@ -235,40 +249,130 @@ class Plumage:
     legs: tuple
     breast: tuple | None = None
     neck_sheen: tuple | None = None  # a second neck colour (a pigeon's green/purple sheen)
-    bars: tuple | None = None         # two dark wing bars (rock pigeon)
-    spots: tuple | None = None        # dark wing spots (mourning dove)
-    collar: tuple | None = None       # black half collar (collared dove)
-    tail_band: tuple | None = None    # band at the tail's tip
+    bars: tuple | None = None  # two dark wing bars (rock pigeon)
+    spots: tuple | None = None  # dark wing spots (mourning dove)
+    collar: tuple | None = None  # black half collar (collared dove)
+    tail_band: tuple | None = None  # band at the tail's tip
     cere: tuple = (226, 222, 214)
     texture: float = 0.10
 
 
 PLUMAGES = (
-    Plumage("grey", body=(140, 146, 160), head=(120, 126, 142), neck=(92, 134, 114), neck_sheen=(128, 98, 142),
-            wing=(162, 167, 178), primaries=(88, 90, 100), bars=(36, 36, 42), tail=(128, 133, 146),
-            tail_band=(48, 48, 54), beak=(58, 50, 50), iris=(218, 112, 40), legs=(196, 88, 92)),
-    Plumage("dark grey", body=(104, 108, 120), head=(90, 94, 108), neck=(70, 104, 92), neck_sheen=(104, 78, 116),
-            wing=(118, 122, 134), primaries=(62, 62, 70), spots=(42, 42, 48), tail=(96, 100, 112),
-            tail_band=(38, 38, 42), beak=(50, 44, 44), iris=(210, 100, 40), legs=(190, 84, 88), texture=0.13),
-    Plumage("white", body=(234, 234, 230), head=(240, 240, 236), neck=(236, 236, 232), wing=(242, 242, 238),
-            primaries=(214, 214, 218), tail=(232, 232, 229), beak=(214, 160, 150), iris=(64, 40, 36),
-            legs=(214, 110, 116), cere=(236, 226, 224), texture=0.06),
-    Plumage("collared", body=(196, 178, 158), head=(206, 190, 174), neck=(200, 184, 166), breast=(204, 178, 168),
-            collar=(36, 32, 32), wing=(182, 162, 142), primaries=(108, 98, 92), tail=(172, 154, 136),
-            tail_band=(232, 228, 218), beak=(46, 40, 40), iris=(150, 40, 40), legs=(190, 100, 100)),
-    Plumage("mourning", body=(176, 150, 124), head=(186, 162, 138), neck=(180, 156, 132), breast=(190, 160, 140),
-            wing=(164, 140, 116), primaries=(102, 90, 84), spots=(58, 46, 40), tail=(150, 130, 110),
-            tail_band=(52, 46, 44), beak=(46, 40, 40), iris=(40, 30, 30), legs=(186, 104, 100), texture=0.12),
+    Plumage(
+        "grey",
+        body=(140, 146, 160),
+        head=(120, 126, 142),
+        neck=(92, 134, 114),
+        neck_sheen=(128, 98, 142),
+        wing=(162, 167, 178),
+        primaries=(88, 90, 100),
+        bars=(36, 36, 42),
+        tail=(128, 133, 146),
+        tail_band=(48, 48, 54),
+        beak=(58, 50, 50),
+        iris=(218, 112, 40),
+        legs=(196, 88, 92),
+    ),
+    Plumage(
+        "dark grey",
+        body=(104, 108, 120),
+        head=(90, 94, 108),
+        neck=(70, 104, 92),
+        neck_sheen=(104, 78, 116),
+        wing=(118, 122, 134),
+        primaries=(62, 62, 70),
+        spots=(42, 42, 48),
+        tail=(96, 100, 112),
+        tail_band=(38, 38, 42),
+        beak=(50, 44, 44),
+        iris=(210, 100, 40),
+        legs=(190, 84, 88),
+        texture=0.13,
+    ),
+    Plumage(
+        "white",
+        body=(234, 234, 230),
+        head=(240, 240, 236),
+        neck=(236, 236, 232),
+        wing=(242, 242, 238),
+        primaries=(214, 214, 218),
+        tail=(232, 232, 229),
+        beak=(214, 160, 150),
+        iris=(64, 40, 36),
+        legs=(214, 110, 116),
+        cere=(236, 226, 224),
+        texture=0.06,
+    ),
+    Plumage(
+        "collared",
+        body=(196, 178, 158),
+        head=(206, 190, 174),
+        neck=(200, 184, 166),
+        breast=(204, 178, 168),
+        collar=(36, 32, 32),
+        wing=(182, 162, 142),
+        primaries=(108, 98, 92),
+        tail=(172, 154, 136),
+        tail_band=(232, 228, 218),
+        beak=(46, 40, 40),
+        iris=(150, 40, 40),
+        legs=(190, 100, 100),
+    ),
+    Plumage(
+        "mourning",
+        body=(176, 150, 124),
+        head=(186, 162, 138),
+        neck=(180, 156, 132),
+        breast=(190, 160, 140),
+        wing=(164, 140, 116),
+        primaries=(102, 90, 84),
+        spots=(58, 46, 40),
+        tail=(150, 130, 110),
+        tail_band=(52, 46, 44),
+        beak=(46, 40, 40),
+        iris=(40, 30, 30),
+        legs=(186, 104, 100),
+        texture=0.12,
+    ),
 )
 PLUMAGE_WEIGHTS = (0.34, 0.14, 0.2, 0.18, 0.14)
 
 # Wing outlines in (u along the wing, v across; +v is the leading edge).
-FOLDED_WING = [(-0.04, 0.0), (0.0, 0.11), (0.14, 0.16), (0.34, 0.165), (0.55, 0.135), (0.75, 0.085),
-               (0.92, 0.03), (1.0, 0.0), (0.9, -0.03), (0.7, -0.07), (0.5, -0.11), (0.3, -0.13), (0.12, -0.12),
-               (0.02, -0.08)]
-SPREAD_WING = [(0.0, 0.10), (0.2, 0.14), (0.45, 0.135), (0.7, 0.09), (0.9, 0.04), (1.0, 0.0), (0.97, -0.05),
-               (0.91, -0.03), (0.87, -0.10), (0.81, -0.07), (0.76, -0.14), (0.69, -0.11), (0.63, -0.18),
-               (0.5, -0.2), (0.3, -0.2), (0.12, -0.16), (0.0, -0.08)]
+FOLDED_WING = [
+    (-0.04, 0.0),
+    (0.0, 0.11),
+    (0.14, 0.16),
+    (0.34, 0.165),
+    (0.55, 0.135),
+    (0.75, 0.085),
+    (0.92, 0.03),
+    (1.0, 0.0),
+    (0.9, -0.03),
+    (0.7, -0.07),
+    (0.5, -0.11),
+    (0.3, -0.13),
+    (0.12, -0.12),
+    (0.02, -0.08),
+]
+SPREAD_WING = [
+    (0.0, 0.10),
+    (0.2, 0.14),
+    (0.45, 0.135),
+    (0.7, 0.09),
+    (0.9, 0.04),
+    (1.0, 0.0),
+    (0.97, -0.05),
+    (0.91, -0.03),
+    (0.87, -0.10),
+    (0.81, -0.07),
+    (0.76, -0.14),
+    (0.69, -0.11),
+    (0.63, -0.18),
+    (0.5, -0.2),
+    (0.3, -0.2),
+    (0.12, -0.16),
+    (0.0, -0.08),
+]
 
 
 # ---------------------------------------------------------------------------------------------------- birds
@@ -276,7 +380,7 @@ SPREAD_WING = [(0.0, 0.10), (0.2, 0.14), (0.45, 0.135), (0.7, 0.09), (0.9, 0.04)
 class Part:
     name: str
     points: np.ndarray  # polygon in bird units (body length 1, facing +x, y down)
-    frame: Frame        # shading ellipse in bird units
+    frame: Frame  # shading ellipse in bird units
 
 
 @dataclass
@@ -286,9 +390,9 @@ class Bird:
     pose: str
     wing_spread: bool
     spots: list[tuple[float, float, float]]  # (u, v, radius) of wing spots, in the wing's frame
-    feet: tuple[float, float]                # where the bird stands, in bird units
-    cx: float = 0.0                          # placement: image position of the bird's origin,
-    cy: float = 0.0                          # pixels per bird unit, rotation (radians), mirror
+    feet: tuple[float, float]  # where the bird stands, in bird units
+    cx: float = 0.0  # placement: image position of the bird's origin,
+    cy: float = 0.0  # pixels per bird unit, rotation (radians), mirror
     scale: float = 1.0
     angle: float = 0.0
     mirror: bool = False
@@ -319,22 +423,31 @@ def make_bird(rng: np.random.Generator, pose: str) -> Bird:
     breast = Frame(0.2, -0.05, 0.3, body_ry - 0.02, math.radians(-25))
     head_r = j(0.12, 0.145)
     head_x, head_y, beak_deg = {
-        "standing": (0.45, -0.38, j(0, 25)), "alert": (0.42, -0.47, j(-5, 15)), "pecking": (0.62, 0.1, j(65, 100)),
-        "sitting": (0.43, -0.3, j(0, 25)), "flying": (0.6, -0.12, j(0, 15)), "wings_up": (0.45, -0.36, j(0, 25)),
+        "standing": (0.45, -0.38, j(0, 25)),
+        "alert": (0.42, -0.47, j(-5, 15)),
+        "pecking": (0.62, 0.1, j(65, 100)),
+        "sitting": (0.43, -0.3, j(0, 25)),
+        "flying": (0.6, -0.12, j(0, 15)),
+        "wings_up": (0.45, -0.36, j(0, 25)),
     }[pose]
     head_x, head_y = head_x + j(-0.03, 0.03), head_y + j(-0.03, 0.03)
     head = Frame(head_x, head_y, head_r * 1.07, head_r, math.radians(j(-15, 15)))
     neck_base = (0.22, -0.1)
     neck_dx, neck_dy = head_x - neck_base[0], head_y - neck_base[1]
     neck_half = math.sqrt(neck_dx * neck_dx + neck_dy * neck_dy) / 2
-    neck = Frame((neck_base[0] + head_x) / 2, (neck_base[1] + head_y) / 2, neck_half + 0.09, 0.13,
-                 math.atan2(neck_dy, neck_dx))
+    neck = Frame(
+        (neck_base[0] + head_x) / 2, (neck_base[1] + head_y) / 2, neck_half + 0.09, 0.13, math.atan2(neck_dy, neck_dx)
+    )
 
     beak_dir = math.radians(beak_deg)
     beak_len = j(0.1, 0.14)
-    beak_points = along([(0.0, -0.05), (0.55, -0.038), (1.0, 0.0), (0.55, 0.03), (0.0, 0.055)],
-                        (head_x + 0.75 * head_r * math.cos(beak_dir), head_y + 0.75 * head_r * math.sin(beak_dir)),
-                        beak_dir, head_r * 0.25 + beak_len, 1.0)
+    beak_points = along(
+        [(0.0, -0.05), (0.55, -0.038), (1.0, 0.0), (0.55, 0.03), (0.0, 0.055)],
+        (head_x + 0.75 * head_r * math.cos(beak_dir), head_y + 0.75 * head_r * math.sin(beak_dir)),
+        beak_dir,
+        head_r * 0.25 + beak_len,
+        1.0,
+    )
     beak = Frame(float(beak_points[:, 0].mean()), float(beak_points[:, 1].mean()), beak_len * 0.6, 0.04, beak_dir)
     cere_at = (head_x + 0.92 * head_r * math.cos(beak_dir - 0.35), head_y + 0.92 * head_r * math.sin(beak_dir - 0.35))
     cere = Frame(cere_at[0], cere_at[1], 0.04, 0.024, beak_dir)
@@ -346,10 +459,28 @@ def make_bird(rng: np.random.Generator, pose: str) -> Bird:
     tail_angle = math.pi + math.radians(j(-5, 8) if flying else j(-22, 4))
     tail_len, tail_end = (j(0.3, 0.38), j(0.17, 0.22)) if flying else (j(0.36, 0.46), j(0.1, 0.12))
     tail_base = (-0.36, 0.02)
-    tail_points = along([(0.0, -0.085), (1.0, -tail_end), (1.06, -tail_end / 2), (1.08, 0.0), (1.06, tail_end / 2),
-                         (1.0, tail_end), (0.0, 0.085)], tail_base, tail_angle, tail_len, 1.0)
-    tail = Frame(tail_base[0] + 0.5 * tail_len * math.cos(tail_angle),
-                 tail_base[1] + 0.5 * tail_len * math.sin(tail_angle), tail_len * 0.55, tail_end, tail_angle)
+    tail_points = along(
+        [
+            (0.0, -0.085),
+            (1.0, -tail_end),
+            (1.06, -tail_end / 2),
+            (1.08, 0.0),
+            (1.06, tail_end / 2),
+            (1.0, tail_end),
+            (0.0, 0.085),
+        ],
+        tail_base,
+        tail_angle,
+        tail_len,
+        1.0,
+    )
+    tail = Frame(
+        tail_base[0] + 0.5 * tail_len * math.cos(tail_angle),
+        tail_base[1] + 0.5 * tail_len * math.sin(tail_angle),
+        tail_len * 0.55,
+        tail_end,
+        tail_angle,
+    )
 
     parts: list[Part] = []
     wing_spread = pose in ("flying", "wings_up")
@@ -384,21 +515,34 @@ def make_bird(rng: np.random.Generator, pose: str) -> Bird:
             parts.append(Part("leg", leg, leg_frame))
             parts.append(Part("leg", toes, leg_frame))
         feet = (0.0, body_ry * 0.7 + leg_len + 0.015)
-    parts += [Part("body", body.polygon(), body), Part("breast", breast.polygon(), breast),
-              Part("neck", neck.polygon(), neck), Part("head", head.polygon(), head),
-              Part("beak", beak_points, beak), Part("cere", cere.polygon(24), cere),
-              Part("iris", iris.polygon(24), iris), Part("pupil", pupil.polygon(16), pupil), wing]
+    parts += [
+        Part("body", body.polygon(), body),
+        Part("breast", breast.polygon(), breast),
+        Part("neck", neck.polygon(), neck),
+        Part("head", head.polygon(), head),
+        Part("beak", beak_points, beak),
+        Part("cere", cere.polygon(24), cere),
+        Part("iris", iris.polygon(24), iris),
+        Part("pupil", pupil.polygon(16), pupil),
+        wing,
+    ]
     spots = [(j(-0.4, 0.4), j(-0.5, 0.6), j(0.04, 0.07)) for _ in range(rng.integers(4, 8))]
     return Bird(parts, plumage, pose, wing_spread, spots, feet)
 
 
 def _wing_frame(origin, angle: float, length: float) -> Frame:
-    return Frame(origin[0] + 0.5 * length * math.cos(angle), origin[1] + 0.5 * length * math.sin(angle),
-                 0.52 * length, 0.17 * length, angle)
+    return Frame(
+        origin[0] + 0.5 * length * math.cos(angle),
+        origin[1] + 0.5 * length * math.sin(angle),
+        0.52 * length,
+        0.17 * length,
+        angle,
+    )
 
 
-def part_colour(bird: Bird, part: Part, lx: np.ndarray, ly: np.ndarray, light, grain: np.ndarray,
-                blotch: np.ndarray) -> np.ndarray:
+def part_colour(
+    bird: Bird, part: Part, lx: np.ndarray, ly: np.ndarray, light, grain: np.ndarray, blotch: np.ndarray
+) -> np.ndarray:
     """Colour of one part over a window of bird-unit coordinates: base colour, shading, feather patterns."""
     p = bird.plumage
     u, v = part.frame.to_uv(lx, ly)
@@ -437,8 +581,16 @@ def part_colour(bird: Bird, part: Part, lx: np.ndarray, ly: np.ndarray, light, g
             collar = smoothstep01((0.06 - np.abs(u - 0.05 + 0.2 * v)) / 0.03) * smoothstep01((0.1 - v) / 0.3)
             colour = mix(colour, p.collar, collar[..., None])
     else:
-        flat = {"body": p.body, "breast": p.breast or p.body, "head": p.head, "beak": p.beak, "cere": p.cere,
-                "iris": p.iris, "pupil": (18, 16, 16), "leg": p.legs}[name]
+        flat = {
+            "body": p.body,
+            "breast": p.breast or p.body,
+            "head": p.head,
+            "beak": p.beak,
+            "cere": p.cere,
+            "iris": p.iris,
+            "pupil": (18, 16, 16),
+            "leg": p.legs,
+        }[name]
         colour = np.broadcast_to(np.asarray(flat, float), u.shape + (3,))
     texture = p.texture if name in ("body", "breast", "neck", "head", "wing", "far_wing", "tail") else 0.03
     return colour * (shade * (1.0 + texture * (grain + 0.8 * blotch)))[..., None]
@@ -447,8 +599,8 @@ def part_colour(bird: Bird, part: Part, lx: np.ndarray, ly: np.ndarray, light, g
 def render_bird(bird: Bird, h: int, w: int, light, rng: np.random.Generator):
     """Draw one bird: returns its window (ys, xs), RGB there and its silhouette (union of its parts) there."""
     outline = bird.outline_points()
-    x0, y0 = max(0, int(math.floor(outline[:, 0].min())) - 3), max(0, int(math.floor(outline[:, 1].min())) - 3)
-    x1, y1 = min(w, int(math.ceil(outline[:, 0].max())) + 4), min(h, int(math.ceil(outline[:, 1].max())) + 4)
+    x0, y0 = max(0, math.floor(outline[:, 0].min()) - 3), max(0, math.floor(outline[:, 1].min()) - 3)
+    x1, y1 = min(w, math.ceil(outline[:, 0].max()) + 4), min(h, math.ceil(outline[:, 1].max()) + 4)
     if x1 <= x0 or y1 <= y0:
         return None
     bh, bw = y1 - y0, x1 - x0
@@ -488,8 +640,9 @@ def from_pil(image: Image.Image) -> np.ndarray:
 
 def vertical_gradient(h: int, w: int, top, bottom) -> np.ndarray:
     t = (np.arange(h, dtype=np.float64) / max(1, h - 1))[:, None, None]
-    return np.broadcast_to(np.asarray(top, float) + (np.asarray(bottom, float) - np.asarray(top, float)) * t,
-                           (h, w, 3)).copy()
+    return np.broadcast_to(
+        np.asarray(top, float) + (np.asarray(bottom, float) - np.asarray(top, float)) * t, (h, w, 3)
+    ).copy()
 
 
 def bg_sky(rng, h, w):
@@ -584,8 +737,9 @@ def bg_pavement(rng, h, w):
         tone = tones[row.astype(int), col.astype(int)]
         shade = 0.75 + 0.35 * np.clip(1 - r2, 0, 1) - 0.15 * fv
         ground = base * (tone * shade + 0.16 * speckle)[..., None]
-        ground = np.where((r2 > 0.8)[..., None], np.asarray((96, 88, 76), float) * (0.8 + 0.3 * speckle)[..., None],
-                          ground)
+        ground = np.where(
+            (r2 > 0.8)[..., None], np.asarray((96, 88, 76), float) * (0.8 + 0.3 * speckle)[..., None], ground
+        )
     return ground, None
 
 
@@ -637,8 +791,11 @@ def bg_clutter(rng, h, w):
         draw.polygon([tuple(p) for p in leaf], fill=colour)
     for _ in range(int(rng.integers(4, 14))):  # twigs
         x, y, length, angle = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(15, 50), rng.uniform(0, math.pi)
-        draw.line([(x, y), (x + length * math.cos(angle), y + length * math.sin(angle))],
-                  fill=(70, 50, 36), width=int(rng.integers(1, 4)))
+        draw.line(
+            [(x, y), (x + length * math.cos(angle), y + length * math.sin(angle))],
+            fill=(70, 50, 36),
+            width=int(rng.integers(1, 4)),
+        )
     image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.6)))
     return from_pil(image), None
 
@@ -668,8 +825,14 @@ def bg_wall(rng, h, w):
     return np.where(shadow, image * 0.6, image), float(ledge_top)
 
 
-BACKGROUNDS = {"sky": bg_sky, "grass": bg_grass, "pavement": bg_pavement, "roof": bg_roof,
-               "clutter": bg_clutter, "wall": bg_wall}
+BACKGROUNDS = {
+    "sky": bg_sky,
+    "grass": bg_grass,
+    "pavement": bg_pavement,
+    "roof": bg_roof,
+    "clutter": bg_clutter,
+    "wall": bg_wall,
+}
 BACKGROUND_WEIGHTS = (0.18, 0.2, 0.22, 0.14, 0.14, 0.12)
 
 
@@ -692,8 +855,9 @@ def paint_object(rng, canvas: np.ndarray, kind: str, cx: float, cy: float, size:
         outline = chaikin(blob(rng, cx, cy, rx, ry, angle, 0.3, n=14), 2)
         mask = polygon_mask(outline, h, w)
         bag_tone = jitter(rng, (228, 228, 226), 10)
-        paint_shaded(canvas, mask, Frame(cx, cy, rx * 1.3, ry * 1.3, angle), bag_tone, light, rng,
-                     texture=0.12, opacity=0.9)
+        paint_shaded(
+            canvas, mask, Frame(cx, cy, rx * 1.3, ry * 1.3, angle), bag_tone, light, rng, texture=0.12, opacity=0.9
+        )
         creases = Image.new("L", (w, h), 0)
         draw = ImageDraw.Draw(creases)
         for _ in range(int(rng.integers(3, 7))):
@@ -707,13 +871,30 @@ def paint_object(rng, canvas: np.ndarray, kind: str, cx: float, cy: float, size:
         radius = size * (rng.uniform(0.14, 0.2) if kind == "bottle" else rng.uniform(0.28, 0.36))
         body_uv = [(-0.5, -1), (0.3, -1), (0.5, -0.7), (0.5, 0.7), (0.3, 1), (-0.5, 1)]
         if kind == "bottle":
-            body_uv = [(-0.5, -1), (0.22, -1), (0.34, -0.45), (0.5, -0.42), (0.5, 0.42), (0.34, 0.45),
-                       (0.22, 1), (-0.5, 1)]
+            body_uv = [
+                (-0.5, -1),
+                (0.22, -1),
+                (0.34, -0.45),
+                (0.5, -0.42),
+                (0.5, 0.42),
+                (0.34, 0.45),
+                (0.22, 1),
+                (-0.5, 1),
+            ]
         outline = along(chaikin(body_uv, 1), (cx, cy), angle, length, radius)
         mask = polygon_mask(outline, h, w)
         tint = jitter(rng, [(196, 200, 204), (120, 84, 52), (226, 226, 222), (150, 154, 160)][rng.integers(0, 4)], 10)
-        paint_shaded(canvas, mask, Frame(cx, cy, length / 2, radius, angle), tint, light, rng, texture=0.05,
-                     cylinder=True, opacity=0.92)
+        paint_shaded(
+            canvas,
+            mask,
+            Frame(cx, cy, length / 2, radius, angle),
+            tint,
+            light,
+            rng,
+            texture=0.05,
+            cylinder=True,
+            opacity=0.92,
+        )
     else:  # "bread": a brown slice, or a crumpled paper ball
         rx, ry = size / 2, size / 2 * rng.uniform(0.7, 0.95)
         outline = chaikin(blob(rng, cx, cy, rx, ry, angle, 0.18, n=10), 2)
@@ -742,8 +923,12 @@ def paint_occluder(rng, canvas: np.ndarray, target: Bird, light, airborne: bool)
         width = max(6.0, bw * rng.uniform(0.1, 0.22))
         lean = rng.uniform(-0.15, 0.15)
         top = -10.0 if rng.random() < 0.5 else by0 + rng.uniform(0.2, 0.5) * bh
-        post = [(x - width / 2, top), (x + width / 2, top),
-                (x + width / 2 + lean * h, h + 10), (x - width / 2 + lean * h, h + 10)]
+        post = [
+            (x - width / 2, top),
+            (x + width / 2, top),
+            (x + width / 2 + lean * h, h + 10),
+            (x - width / 2 + lean * h, h + 10),
+        ]
         mask = polygon_mask(np.array(post), h, w)
         colour = [(118, 84, 56), (56, 74, 58), (72, 72, 78)][rng.integers(0, 3)]
         frame = Frame(x + lean * h / 2, h / 2, h, width / 2, math.atan2(h, lean * h))
@@ -752,7 +937,7 @@ def paint_occluder(rng, canvas: np.ndarray, target: Bird, light, airborne: bool)
     if kind == "branch":
         angle = rng.uniform(-0.6, 0.6) + (math.pi / 2 if rng.random() < 0.3 else 0.0)
         through = (rng.uniform(bx0 + 0.25 * bw, bx1 - 0.25 * bw), rng.uniform(by0 + 0.25 * bh, by1 - 0.25 * bh))
-        reach = (w + h)
+        reach = w + h
         start = (through[0] - reach * math.cos(angle), through[1] - reach * math.sin(angle))
         end = (through[0] + reach * math.cos(angle), through[1] + reach * math.sin(angle))
         width = max(3, int(target.scale * rng.uniform(0.05, 0.09)))
@@ -760,8 +945,16 @@ def paint_occluder(rng, canvas: np.ndarray, target: Bird, light, airborne: bool)
         ImageDraw.Draw(twig).line([start, end], fill=1, width=width)
         mask = np.asarray(twig, dtype=bool)
         bark = jitter(rng, (92, 66, 46), 10)
-        paint_shaded(canvas, mask, Frame(through[0], through[1], reach, width / 2, angle), bark, light, rng,
-                     texture=0.2, cylinder=True)
+        paint_shaded(
+            canvas,
+            mask,
+            Frame(through[0], through[1], reach, width / 2, angle),
+            bark,
+            light,
+            rng,
+            texture=0.2,
+            cylinder=True,
+        )
         for _ in range(int(rng.integers(3, 8))):
             t = rng.uniform(-0.4, 0.4) * (bw + bh)
             side = 1 if rng.random() < 0.5 else -1
@@ -771,8 +964,15 @@ def paint_occluder(rng, canvas: np.ndarray, target: Bird, light, airborne: bool)
             ly = through[1] + t * math.sin(angle) + length * math.sin(leaf_angle)
             leaf = ellipse(lx, ly, length, length * 0.38, leaf_angle, 24)
             leaf_mask = polygon_mask(leaf, h, w)
-            paint_shaded(canvas, leaf_mask, Frame(lx, ly, length, length * 0.38, leaf_angle),
-                         jitter(rng, (74, 120, 52), 18), light, rng, texture=0.1)
+            paint_shaded(
+                canvas,
+                leaf_mask,
+                Frame(lx, ly, length, length * 0.38, leaf_angle),
+                jitter(rng, (74, 120, 52), 18),
+                light,
+                rng,
+                texture=0.1,
+            )
             mask |= leaf_mask
         return mask
     if kind == "tuft":
@@ -803,12 +1003,12 @@ class Scene:
 
     index: int
     name: str
-    rgb: np.ndarray               # HxWx3 uint8, before JPEG
-    shapes: list[dict]            # labelme shapes
-    drawn_mask: np.ndarray        # HxW bool: the pixels painted as dove
-    silhouette_mask: np.ndarray   # HxW bool: union of the birds' visible geometric silhouettes
+    rgb: np.ndarray  # HxWx3 uint8, before JPEG
+    shapes: list[dict]  # labelme shapes
+    drawn_mask: np.ndarray  # HxW bool: the pixels painted as dove
+    silhouette_mask: np.ndarray  # HxW bool: union of the birds' visible geometric silhouettes
     background: str
-    orientation: int              # EXIF orientation tag of the stored file (1 = none)
+    orientation: int  # EXIF orientation tag of the stored file (1 = none)
     quality: int
     stats: dict = field(default_factory=dict)
 
@@ -828,8 +1028,9 @@ def pick_pose(rng: np.random.Generator, background: str) -> str:
     return str(rng.choice(poses, p=weights))
 
 
-def place_birds(rng: np.random.Generator, count: int, h: int, w: int, background: str,
-                perch: float | None) -> list[Bird]:
+def place_birds(
+    rng: np.random.Generator, count: int, h: int, w: int, background: str, perch: float | None
+) -> list[Bird]:
     short = min(h, w)
     span = {1: (0.5, 0.9), 2: (0.4, 0.7), 3: (0.33, 0.55)}.get(count, (0.3, 0.6))
     birds: list[Bird] = []
@@ -894,8 +1095,15 @@ def trace_polygons(mask: np.ndarray, min_pixels: int) -> list[list[list[float]]]
 
 
 def dove_shape(points, group_id) -> dict:
-    return {"label": "dove", "points": points, "group_id": group_id, "description": "", "shape_type": "polygon",
-            "flags": {}, "mask": None}
+    return {
+        "label": "dove",
+        "points": points,
+        "group_id": group_id,
+        "description": "",
+        "shape_type": "polygon",
+        "flags": {},
+        "mask": None,
+    }
 
 
 def annotate(silhouettes: list[np.ndarray], occluder: np.ndarray) -> tuple[list[dict], list[np.ndarray]]:
@@ -910,7 +1118,7 @@ def annotate(silhouettes: list[np.ndarray], occluder: np.ndarray) -> tuple[list[
     group = 0
     for k, silhouette in enumerate(silhouettes):
         in_front = np.zeros_like(silhouette)
-        for other in silhouettes[k + 1:]:
+        for other in silhouettes[k + 1 :]:
             in_front |= other
         shrunk_front = cv2.erode(in_front.astype(np.uint8), kernel).astype(bool)
         region = silhouette & ~occluder & ~shrunk_front
@@ -951,8 +1159,8 @@ def spread_colours(rgb: np.ndarray, valid: np.ndarray, need: np.ndarray, steps: 
         total, count = np.zeros((h, w, 3)), np.zeros((h, w))
         for dy in (0, 1, 2):
             for dx in (0, 1, 2):
-                total += padded_rgb[dy:dy + h, dx:dx + w]
-                count += padded_valid[dy:dy + h, dx:dx + w]
+                total += padded_rgb[dy : dy + h, dx : dx + w]
+                count += padded_valid[dy : dy + h, dx : dx + w]
         grow = todo & (count > 0)
         rgb[grow] = total[grow] / count[grow][:, None]
         valid |= grow
@@ -1028,9 +1236,18 @@ def render_scene(index: int, seed: int = DEFAULT_SEED) -> Scene:
     quality = int(rng.integers(84, 95))
 
     stats = _scene_stats(birds, silhouettes, visible, shapes, h, w)
-    return Scene(index=index, name=sample_name(index), rgb=rgb, shapes=shapes, drawn_mask=drawn_mask,
-                 silhouette_mask=np.logical_or.reduce(visible) if visible else np.zeros((h, w), bool),
-                 background=background, orientation=EXIF_ORIENTATION.get(index, 1), quality=quality, stats=stats)
+    return Scene(
+        index=index,
+        name=sample_name(index),
+        rgb=rgb,
+        shapes=shapes,
+        drawn_mask=drawn_mask,
+        silhouette_mask=np.logical_or.reduce(visible) if visible else np.zeros((h, w), bool),
+        background=background,
+        orientation=EXIF_ORIENTATION.get(index, 1),
+        quality=quality,
+        stats=stats,
+    )
 
 
 def _scene_stats(birds, silhouettes, visible, shapes, h, w) -> dict:
@@ -1044,9 +1261,14 @@ def _scene_stats(birds, silhouettes, visible, shapes, h, w) -> dict:
             cut += 1
         if seen.sum() < 0.97 * silhouette.sum():
             occluded += 1
-    return {"doves": annotated, "occluded": occluded, "border_cut": cut,
-            "background_shapes": sum(shape["label"] == "_background_" for shape in shapes),
-            "poses": [bird.pose for bird in birds], "plumages": [bird.plumage.name for bird in birds]}
+    return {
+        "doves": annotated,
+        "occluded": occluded,
+        "border_cut": cut,
+        "background_shapes": sum(shape["label"] == "_background_" for shape in shapes),
+        "poses": [bird.pose for bird in birds],
+        "plumages": [bird.plumage.name for bird in birds],
+    }
 
 
 # ------------------------------------------------------------------------------------------------- files
@@ -1072,8 +1294,15 @@ def encode_jpeg(scene: Scene) -> bytes:
 def labelme_dict(scene: Scene) -> dict:
     """labelme 5's document for a picture with ``name``, ``rgb`` and ``shapes`` (a Scene or multiclass's Photo)."""
     h, w = scene.rgb.shape[:2]
-    return {"version": LABELME_VERSION, "flags": {}, "shapes": scene.shapes, "imagePath": f"{scene.name}.jpg",
-            "imageData": None, "imageHeight": h, "imageWidth": w}
+    return {
+        "version": LABELME_VERSION,
+        "flags": {},
+        "shapes": scene.shapes,
+        "imagePath": f"{scene.name}.jpg",
+        "imageData": None,
+        "imageHeight": h,
+        "imageWidth": w,
+    }
 
 
 def labelme_json_text(labelme: dict) -> str:
@@ -1099,11 +1328,13 @@ def write_dataset(out_dir: Path, count: int = DEFAULT_COUNT, seed: int = DEFAULT
 
     out_dir = Path(out_dir)
     if out_dir.exists():
-        strangers = [p.name for p in out_dir.iterdir()
-                     if not (p.name.startswith("dove_") and p.suffix in (".jpg", ".json"))]
+        strangers = [
+            p.name for p in out_dir.iterdir() if not (p.name.startswith("dove_") and p.suffix in (".jpg", ".json"))
+        ]
         if strangers:
-            raise SystemExit(f"error: {out_dir} holds files this generator did not write ({strangers[:3]}); "
-                             "refusing to replace it")
+            raise SystemExit(
+                f"error: {out_dir} holds files this generator did not write ({strangers[:3]}); refusing to replace it"
+            )
     summaries = []
     with atomic_dir(out_dir) as tmp:
         for index in tqdm(range(count), desc="doves", unit="img"):
@@ -1144,14 +1375,22 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - started
     by_count = {n: sum(s["doves"] == n for s in summaries) for n in range(4)}
     total_bytes = sum(p.stat().st_size for p in args.out.iterdir())
-    print(json.dumps({
-        "images": len(summaries), "seconds": round(seconds, 1), "megabytes": round(total_bytes / 1e6, 2),
-        "images_by_dove_count": by_count, "doves": sum(s["doves"] for s in summaries),
-        "occluded_doves": sum(s["occluded"] for s in summaries),
-        "border_cut_doves": sum(s["border_cut"] for s in summaries),
-        "background_shapes": sum(s["background_shapes"] for s in summaries),
-        "exif_oriented": [sample_name(i) for i in sorted(EXIF_ORIENTATION) if i < args.count],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "images": len(summaries),
+                "seconds": round(seconds, 1),
+                "megabytes": round(total_bytes / 1e6, 2),
+                "images_by_dove_count": by_count,
+                "doves": sum(s["doves"] for s in summaries),
+                "occluded_doves": sum(s["occluded"] for s in summaries),
+                "border_cut_doves": sum(s["border_cut"] for s in summaries),
+                "background_shapes": sum(s["background_shapes"] for s in summaries),
+                "exif_oriented": [sample_name(i) for i in sorted(EXIF_ORIENTATION) if i < args.count],
+            },
+            indent=2,
+        )
+    )
     if args.contact_sheet:
         contact_sheet(sorted(args.out.glob("*.json"))[:48], args.contact_sheet)
 

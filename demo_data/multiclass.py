@@ -17,6 +17,7 @@ annotation is exact: the object polygons are scaled to full size, and the full-s
 object's colours exactly where labelme's rasteriser (stages.labelme.shapes, proven identical to labelme's)
 paints its polygon, in the JSON's order (later shapes over earlier ones).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,29 +37,30 @@ from demo_data import doves
 from demo_data.doves import encode_jpeg, labelme_dict
 from stages.labelme.shapes import shapes_to_label
 
-DEFAULT_SIZE = (4032, 3024)   # width, height of the stored pixels: a 12 MP phone photo
-WORK_SIDE = 640               # long side of the small picture the scene is painted at
-ROTATED_SHARE = 0.3           # photos stored sideways or upside down, with an EXIF Orientation tag
-ORIENTATIONS = (6, 8, 3)      # tags of those photos (6: portrait, the usual phone case)
+DEFAULT_SIZE = (4032, 3024)  # width, height of the stored pixels: a 12 MP phone photo
+WORK_SIDE = 640  # long side of the small picture the scene is painted at
+ROTATED_SHARE = 0.3  # photos stored sideways or upside down, with an EXIF Orientation tag
+ORIENTATIONS = (6, 8, 3)  # tags of those photos (6: portrait, the usual phone case)
 ORIENTATION_WEIGHTS = (0.7, 0.15, 0.15)
-NOISE_TILE = 256              # sensor noise is a random tile of this side, repeated at a random offset
+NOISE_TILE = 256  # sensor noise is a random tile of this side, repeated at a random offset
 LABELS_NAME = "labels.txt"
 
 
 @dataclass(frozen=True)
 class ObjectClass:
     name: str
-    rate: float                  # expected objects of this class per photo
-    kind: str                    # how it is drawn (see paint_object)
-    colours: tuple               # base colours, one picked per object
-    size: tuple[float, float]    # longest side, as a fraction of the photo's short side
+    rate: float  # expected objects of this class per photo
+    kind: str  # how it is drawn (see paint_object)
+    colours: tuple  # base colours, one picked per object
+    size: tuple[float, float]  # longest side, as a fraction of the photo's short side
 
 
 # Common classes first, rare ones later: a set with few photos holds only a handful of the later ones.
 CATALOG = (
     ObjectClass("dove", 0.45, "dove", (), (0.3, 0.55)),
-    ObjectClass("stone", 0.9, "stone", ((150, 150, 146), (120, 112, 100), (176, 168, 150), (96, 96, 100)),
-                (0.07, 0.18)),
+    ObjectClass(
+        "stone", 0.9, "stone", ((150, 150, 146), (120, 112, 100), (176, 168, 150), (96, 96, 100)), (0.07, 0.18)
+    ),
     ObjectClass("leaf", 0.9, "leaf", ((200, 120, 40), (196, 168, 62), (96, 122, 52), (168, 70, 40)), (0.06, 0.13)),
     ObjectClass("branch", 0.5, "branch", ((92, 66, 46), (70, 50, 36), (120, 96, 70)), (0.35, 0.8)),
     ObjectClass("bottle", 0.3, "bottle", ((196, 200, 204), (60, 110, 70), (120, 84, 52)), (0.2, 0.34)),
@@ -87,11 +89,11 @@ class Photo:
     """One generated photo as labelme shows it (EXIF orientation applied), with its annotation."""
 
     name: str
-    rgb: np.ndarray              # HxWx3 uint8 (as seen), before JPEG
-    shapes: list[dict]           # labelme shapes, in paint order
-    label: np.ndarray            # HxW uint8 class ids the picture was composited with
-    orientation: int             # EXIF Orientation tag of the stored file (1: none)
-    quality: int                 # JPEG quality
+    rgb: np.ndarray  # HxWx3 uint8 (as seen), before JPEG
+    shapes: list[dict]  # labelme shapes, in paint order
+    label: np.ndarray  # HxW uint8 class ids the picture was composited with
+    orientation: int  # EXIF Orientation tag of the stored file (1: none)
+    quality: int  # JPEG quality
     class_names: tuple[str, ...]  # labels file order: _background_, then the classes
     objects: list[str] = field(default_factory=list)  # class of each drawn object, back to front
 
@@ -118,8 +120,9 @@ def _shaded(rng, layer: np.ndarray, outline: np.ndarray, frame: doves.Frame, col
     return mask
 
 
-def paint_object(rng, layer: np.ndarray, entry: ObjectClass, cx: float, cy: float, length: float,
-                 light) -> list[tuple[str, np.ndarray]]:
+def paint_object(
+    rng, layer: np.ndarray, entry: ObjectClass, cx: float, cy: float, length: float, light
+) -> list[tuple[str, np.ndarray]]:
     """Paint one object of ``entry`` centred at (cx, cy) on ``layer`` (working size) and return its labelme
     outlines in working coordinates: [(shape_type, points)], a circle as (centre, point on the circle)."""
     colour = doves.jitter(rng, entry.colours[rng.integers(0, len(entry.colours))], 12) if entry.colours else None
@@ -132,12 +135,19 @@ def paint_object(rng, layer: np.ndarray, entry: ObjectClass, cx: float, cy: floa
         return [("polygon", outline)]
     if kind in ("leaf", "feather"):
         width = 0.42 if kind == "leaf" else 0.22
-        outline = doves.along(doves.chaikin([(-0.5, 0.0), (-0.2, -1.0), (0.25, -0.8), (0.5, 0.0), (0.25, 0.8),
-                                             (-0.2, 1.0)], 2), (cx, cy), angle, length, length * width / 2)
-        _shaded(rng, layer, outline, doves.Frame(cx, cy, length / 2, length * width / 2, angle), colour, light,
-                texture=0.1)
-        rib = doves.along([(-0.5, -0.03), (0.5, -0.01), (0.5, 0.01), (-0.5, 0.03)], (cx, cy), angle, length,
-                          length * width / 2)
+        outline = doves.along(
+            doves.chaikin([(-0.5, 0.0), (-0.2, -1.0), (0.25, -0.8), (0.5, 0.0), (0.25, 0.8), (-0.2, 1.0)], 2),
+            (cx, cy),
+            angle,
+            length,
+            length * width / 2,
+        )
+        _shaded(
+            rng, layer, outline, doves.Frame(cx, cy, length / 2, length * width / 2, angle), colour, light, texture=0.1
+        )
+        rib = doves.along(
+            [(-0.5, -0.03), (0.5, -0.01), (0.5, 0.01), (-0.5, 0.03)], (cx, cy), angle, length, length * width / 2
+        )
         layer[doves.polygon_mask(rib, *layer.shape[:2])] *= 0.8
         return [("polygon", outline)]
     if kind == "branch":  # a bent stick: a polygon around a three-segment centre line
@@ -147,18 +157,42 @@ def paint_object(rng, layer: np.ndarray, entry: ObjectClass, cx: float, cy: floa
         upper = [(u, v * 4 - 0.5) for u, v in spine]
         lower = [(u, v * 4 + 0.5) for u, v in reversed(spine)]
         outline = doves.along(upper + lower, (cx, cy), angle, length, width)
-        _shaded(rng, layer, outline, doves.Frame(cx, cy, length / 2, width, angle), colour, light, texture=0.25,
-                cylinder=True)
+        _shaded(
+            rng,
+            layer,
+            outline,
+            doves.Frame(cx, cy, length / 2, width, angle),
+            colour,
+            light,
+            texture=0.25,
+            cylinder=True,
+        )
         return [("polygon", outline)]
     if kind in ("bottle", "can"):
         radius = length * (rng.uniform(0.14, 0.2) if kind == "bottle" else rng.uniform(0.3, 0.38))
         body = [(-0.5, -1), (0.3, -1), (0.5, -0.7), (0.5, 0.7), (0.3, 1), (-0.5, 1)]
         if kind == "bottle":
-            body = [(-0.5, -1), (0.22, -1), (0.34, -0.45), (0.5, -0.42), (0.5, 0.42), (0.34, 0.45), (0.22, 1),
-                    (-0.5, 1)]
+            body = [
+                (-0.5, -1),
+                (0.22, -1),
+                (0.34, -0.45),
+                (0.5, -0.42),
+                (0.5, 0.42),
+                (0.34, 0.45),
+                (0.22, 1),
+                (-0.5, 1),
+            ]
         outline = doves.along(doves.chaikin(body, 1), (cx, cy), angle, length, radius)
-        _shaded(rng, layer, outline, doves.Frame(cx, cy, length / 2, radius, angle), colour, light, texture=0.05,
-                cylinder=True)
+        _shaded(
+            rng,
+            layer,
+            outline,
+            doves.Frame(cx, cy, length / 2, radius, angle),
+            colour,
+            light,
+            texture=0.05,
+            cylinder=True,
+        )
         return [("polygon", outline)]
     if kind == "bag":
         rx, ry = length / 2, length / 2 * rng.uniform(0.6, 0.9)
@@ -167,8 +201,15 @@ def paint_object(rng, layer: np.ndarray, entry: ObjectClass, cx: float, cy: floa
         return [("polygon", outline)]
     if kind == "disc":  # annotated as a labelme circle
         radius = length / 2
-        _shaded(rng, layer, doves.ellipse(cx, cy, radius, radius, 0.0, 64), doves.Frame(cx, cy, radius, radius),
-                colour, light, texture=0.08)
+        _shaded(
+            rng,
+            layer,
+            doves.ellipse(cx, cy, radius, radius, 0.0, 64),
+            doves.Frame(cx, cy, radius, radius),
+            colour,
+            light,
+            texture=0.08,
+        )
         return [("circle", np.array([(cx, cy), (cx + radius, cy)]))]
     raise ValueError(f"unknown object kind {kind!r}")
 
@@ -203,8 +244,15 @@ def _scale_points(points: np.ndarray, scale: tuple[float, float], size: tuple[in
 
 
 def _shape(label: str, shape_type: str, points: list, group_id) -> dict:
-    return {"label": label, "points": points, "group_id": group_id, "description": "", "shape_type": shape_type,
-            "flags": {}, "mask": None}
+    return {
+        "label": label,
+        "points": points,
+        "group_id": group_id,
+        "description": "",
+        "shape_type": shape_type,
+        "flags": {},
+        "mask": None,
+    }
 
 
 def _upscale(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -221,18 +269,23 @@ def _sensor_noise(rng, rgb: np.ndarray, sigma: float) -> np.ndarray:
     tile = np.rint(rng.normal(0.0, sigma, (NOISE_TILE, NOISE_TILE, 3)))
     dy, dx = (int(v) for v in rng.integers(0, NOISE_TILE, 2))
     across = (1, -(-(w + dx) // NOISE_TILE), 1)
-    up = np.tile(np.roll(np.clip(tile, 0, 255).astype(np.uint8), -dy, axis=0), across)[:, dx:dx + w]
-    down = np.tile(np.roll(np.clip(-tile, 0, 255).astype(np.uint8), -dy, axis=0), across)[:, dx:dx + w]
+    up = np.tile(np.roll(np.clip(tile, 0, 255).astype(np.uint8), -dy, axis=0), across)[:, dx : dx + w]
+    down = np.tile(np.roll(np.clip(-tile, 0, 255).astype(np.uint8), -dy, axis=0), across)[:, dx : dx + w]
     up, down = np.ascontiguousarray(up), np.ascontiguousarray(down)
     for top in range(0, h, NOISE_TILE):  # whole rows: contiguous blocks, small temporaries
         rows = min(NOISE_TILE, h - top)
-        block = rgb[top:top + rows]
-        rgb[top:top + rows] = cv2.subtract(cv2.add(block, up[:rows]), down[:rows])  # saturating uint8
+        block = rgb[top : top + rows]
+        rgb[top : top + rows] = cv2.subtract(cv2.add(block, up[:rows]), down[:rows])  # saturating uint8
     return rgb
 
 
-def render_photo(index: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE, classes: int = MAX_CLASSES,
-                 rotated_share: float = ROTATED_SHARE) -> Photo:
+def render_photo(
+    index: int,
+    seed: int = 0,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    classes: int = MAX_CLASSES,
+    rotated_share: float = ROTATED_SHARE,
+) -> Photo:
     """One photo; ``size`` is (width, height) of the stored pixels, as a camera writes them."""
     names = class_names(classes)
     rng = np.random.default_rng([seed, index, size[0], size[1], classes])
@@ -256,14 +309,17 @@ def render_photo(index: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE
     if not placed:
         placed = [entries[int(rng.integers(0, len(entries)))]]
     short = min(w0, h0)
-    items = [(entry, rng.uniform(0.05, 0.95) * w0, rng.uniform(0.08, 0.95) * h0,
-              short * rng.uniform(*entry.size)) for entry in placed]
+    items = [
+        (entry, rng.uniform(0.05, 0.95) * w0, rng.uniform(0.08, 0.95) * h0, short * rng.uniform(*entry.size))
+        for entry in placed
+    ]
     items.sort(key=lambda item: item[2])
     layer = ground.copy()
     shapes, objects, painted = [], [], []
     for entry, cx, cy, length in items:
-        shadow = doves.polygon_mask(doves.ellipse(cx + length * 0.05, cy + length * 0.08, length * 0.45,
-                                                  length * 0.3), h0, w0)
+        shadow = doves.polygon_mask(
+            doves.ellipse(cx + length * 0.05, cy + length * 0.08, length * 0.45, length * 0.3), h0, w0
+        )
         doves.darken(ground, shadow, 0.25, max(1.0, length * 0.05))
         doves.darken(layer, shadow, 0.25, max(1.0, length * 0.05))
         if entry.kind == "dove":
@@ -282,16 +338,17 @@ def render_photo(index: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE
     gain = rng.uniform(0.9, 1.08) * (1.0 + rng.uniform(-0.04, 0.04, 3))
     gy, gx = np.mgrid[0:h0, 0:w0].astype(np.float64)
     vignette = 1.0 - rng.uniform(0.0, 0.15) * (((gx - w0 / 2) / (w0 / 2)) ** 2 + ((gy - h0 / 2) / (h0 / 2)) ** 2) / 2
-    look = (gain * vignette[..., None])
+    look = gain * vignette[..., None]
     ground_up = _upscale(ground * look, width, height)
     layer_up = _upscale(layer * look, width, height)
 
     # Full size: each object's colours exactly where labelme paints its polygon, later shapes on top.
-    object_ids = shapes_to_label((height, width), [{**shape, "label": str(k)} for shape, k in zip(shapes, painted)],
-                                 int)
+    object_ids = shapes_to_label(
+        (height, width), [{**shape, "label": str(k)} for shape, k in zip(shapes, painted)], int
+    )
     ids = {name: k for k, name in enumerate(names)}
     class_of_object = np.zeros(256, np.uint8)
-    class_of_object[1:len(objects) + 1] = [ids[name] for name in objects]
+    class_of_object[1 : len(objects) + 1] = [ids[name] for name in objects]
     label = class_of_object[object_ids]
     rgb = np.where((object_ids > 0)[..., None], layer_up, ground_up)
     rgb = _sensor_noise(rng, rgb, rng.uniform(2.5, 4.0))
@@ -299,17 +356,30 @@ def render_photo(index: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE
 
 
 # ------------------------------------------------------------------------------------------------- files
-def write_photo(out_dir: Path, index: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE,
-                classes: int = MAX_CLASSES, rotated_share: float = ROTATED_SHARE) -> Photo:
+def write_photo(
+    out_dir: Path,
+    index: int,
+    seed: int = 0,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    classes: int = MAX_CLASSES,
+    rotated_share: float = ROTATED_SHARE,
+) -> Photo:
     photo = render_photo(index, seed, size, classes, rotated_share)
     (out_dir / f"{photo.name}.jpg").write_bytes(encode_jpeg(photo))
     (out_dir / f"{photo.name}.json").write_text(doves.labelme_json_text(labelme_dict(photo)), encoding="utf-8")
     return photo
 
 
-def write_multiclass_dataset(out_dir: str | Path, count: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE,
-                             classes: int = MAX_CLASSES, rotated_share: float = ROTATED_SHARE,
-                             labels_file: str | Path | None = None, progress: bool = True) -> tuple[str, ...]:
+def write_multiclass_dataset(
+    out_dir: str | Path,
+    count: int,
+    seed: int = 0,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    classes: int = MAX_CLASSES,
+    rotated_share: float = ROTATED_SHARE,
+    labels_file: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[str, ...]:
     """Photos 0..count-1 into ``out_dir`` (created if needed; files of the same names are replaced) and the
     labels file (default ``out_dir/labels.txt``). Returns the labels file's class names (``_background_``
     first, ``__ignore__`` left out)."""
@@ -337,20 +407,33 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder (created; same-named files replaced)")
     parser.add_argument("--count", type=int, default=8)
-    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE,
-                        help="WIDTHxHEIGHT of the stored pixels (default 4032x3024, 12 MP)")
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=DEFAULT_SIZE,
+        help="WIDTHxHEIGHT of the stored pixels (default 4032x3024, 12 MP)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--classes", type=int, default=MAX_CLASSES,
-                        help=f"classes in the labels file, common ones first (1..{MAX_CLASSES})")
-    parser.add_argument("--rotated-share", type=float, default=ROTATED_SHARE,
-                        help="share of photos stored sideways with an EXIF Orientation tag")
+    parser.add_argument(
+        "--classes",
+        type=int,
+        default=MAX_CLASSES,
+        help=f"classes in the labels file, common ones first (1..{MAX_CLASSES})",
+    )
+    parser.add_argument(
+        "--rotated-share",
+        type=float,
+        default=ROTATED_SHARE,
+        help="share of photos stored sideways with an EXIF Orientation tag",
+    )
     parser.add_argument("--labels", type=Path, help="where to write the labels file (default OUT/labels.txt)")
     args = parser.parse_args(argv)
     if not 1 <= args.classes <= MAX_CLASSES:
         parser.error(f"--classes must be 1..{MAX_CLASSES}")
     started = time.perf_counter()
-    names = write_multiclass_dataset(args.out, args.count, args.seed, args.size, args.classes, args.rotated_share,
-                                     args.labels)
+    names = write_multiclass_dataset(
+        args.out, args.count, args.seed, args.size, args.classes, args.rotated_share, args.labels
+    )
     seconds = time.perf_counter() - started
     present: dict[str, int] = {}
     for index in range(args.count):
@@ -358,12 +441,20 @@ def main(argv: list[str] | None = None) -> None:
         for label in {shape["label"] for shape in document["shapes"]}:
             present[label] = present.get(label, 0) + 1
     jpegs = [args.out / f"{sample_name(index)}.jpg" for index in range(args.count)]
-    print(json.dumps({
-        "images": args.count, "size": "x".join(map(str, args.size)), "seconds": round(seconds, 1),
-        "megabytes": round(sum(path.stat().st_size for path in jpegs) / 1e6, 2),
-        "labels_file": str(args.labels or args.out / LABELS_NAME), "classes": len(names) - 1,
-        "photos_per_class": {name: present.get(name, 0) for name in names[1:]},
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "images": args.count,
+                "size": "x".join(map(str, args.size)),
+                "seconds": round(seconds, 1),
+                "megabytes": round(sum(path.stat().st_size for path in jpegs) / 1e6, 2),
+                "labels_file": str(args.labels or args.out / LABELS_NAME),
+                "classes": len(names) - 1,
+                "photos_per_class": {name: present.get(name, 0) for name in names[1:]},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

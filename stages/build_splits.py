@@ -3,6 +3,7 @@
 Reads convert_json's manifest; writes <data.splits_dir>/{train,val,test}.txt (lines relative to
 data.processed_dir) and summary.json (counts and class pixel share per split).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,15 +38,19 @@ def check_ratios(ratios: dict[str, float]) -> None:
         raise StageError(f"build_splits ratios must be >= 0 and sum to 1, got {ratios}")
     empty = [name for name, ratio in ratios.items() if ratio == 0]
     if empty:  # the trainers validate on val, predict and report score test
-        raise StageError(f"build_splits.{empty[0]}=0 would leave the {empty[0]} split empty, and every stage "
-                         f"after build_splits needs all three; give it a share, e.g. build_splits.{empty[0]}=0.15 "
-                         "(and lower the others so they sum to 1)")
+        raise StageError(
+            f"build_splits.{empty[0]}=0 would leave the {empty[0]} split empty, and every stage "
+            f"after build_splits needs all three; give it a share, e.g. build_splits.{empty[0]}=0.15 "
+            "(and lower the others so they sum to 1)"
+        )
 
 
 def check_enough_samples(count: int, ratios: dict[str, float], processed_dir: Path) -> None:
     if count < len(ratios):
-        raise StageError(f"{processed_dir}: {count} annotated photo(s), but the {', '.join(ratios)} splits need "
-                         f"at least one each: annotate {len(ratios) - count} more")
+        raise StageError(
+            f"{processed_dir}: {count} annotated photo(s), but the {', '.join(ratios)} splits need "
+            f"at least one each: annotate {len(ratios) - count} more"
+        )
 
 
 def assign_splits(strata: dict[str, list[str]], ratios: dict[str, float], seed: int) -> dict[str, list[str]]:
@@ -70,15 +75,17 @@ def assign_splits(strata: dict[str, list[str]], ratios: dict[str, float], seed: 
     return {name: sorted(stems) for name, stems in splits.items()}
 
 
-def classes_not_in_train(splits: dict[str, list[str]], class_pixels: dict[str, dict[str, int]],
-                         class_names: list[str]) -> dict[str, list[str]]:
+def classes_not_in_train(
+    splits: dict[str, list[str]], class_pixels: dict[str, dict[str, int]], class_names: list[str]
+) -> dict[str, list[str]]:
     """Class name -> the splits that hold its pixels, for every class with no pixels in the train split."""
     unseen = {}
     for name in class_names:
         if name in (BACKGROUND_NAME, IGNORE_NAME):
             continue
-        holding = [split for split, stems in splits.items()
-                   if any(class_pixels[stem].get(name, 0) > 0 for stem in stems)]
+        holding = [
+            split for split, stems in splits.items() if any(class_pixels[stem].get(name, 0) > 0 for stem in stems)
+        ]
         if "train" not in holding:
             unseen[name] = holding
     return unseen
@@ -112,8 +119,11 @@ def run(cfg) -> dict:
     unseen = classes_not_in_train(splits, class_pixels, class_names)
     if unseen:
         where = [f"{name} ({'only in ' + '/'.join(held) if held else 'in no photo'})" for name, held in unseen.items()]
-        print(f"build_splits: warning: {len(unseen)} class(es) have no pixels in the train split, so the models "
-              f"cannot learn them: {', '.join(where)}", file=sys.stderr)
+        print(
+            f"build_splits: warning: {len(unseen)} class(es) have no pixels in the train split, so the models "
+            f"cannot learn them: {', '.join(where)}",
+            file=sys.stderr,
+        )
 
     summary = {
         "root": str(processed_dir),

@@ -15,6 +15,7 @@ processed_dir (each image is decoded once). If any file is bad, the staging fold
 the run fails listing every problem in every file; processed_dir is only replaced, in one rename,
 when all files converted.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -26,9 +27,9 @@ import os
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import imgviz
 import numpy as np
@@ -61,6 +62,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mallo
 @dataclass(frozen=True)
 class Settings:
     """What each worker needs; small, so it pickles cheaply into the process pool."""
+
     raw_dir: Path
     labels_file: str
     labels: Labels
@@ -92,17 +94,25 @@ def run(cfg: DictConfig) -> dict:
             raise StageError(_problems_message(problems, raw_dir, len(json_paths)))
 
         write_text_atomic(staging / CLASS_NAMES_FILE, "\n".join(labels.names) + "\n")
-        write_json_atomic(staging / MANIFEST_FILE, {
-            "raw_dir": str(raw_dir),
-            "labels": str(cfg.data.labels),
-            "class_names": list(labels.names),
-            "ignore_index": IGNORE_INDEX,
-            "samples": samples,
-        })
+        write_json_atomic(
+            staging / MANIFEST_FILE,
+            {
+                "raw_dir": str(raw_dir),
+                "labels": str(cfg.data.labels),
+                "class_names": list(labels.names),
+                "ignore_index": IGNORE_INDEX,
+                "samples": samples,
+            },
+        )
 
     class_pixels = {name: sum(s["class_pixels"][name] for s in samples) for name in _pixel_names(labels)}
-    return {"samples": len(samples), "processed_dir": str(processed_dir), "class_pixels": class_pixels,
-            "workers": workers, "seconds": round(time.perf_counter() - started, 3)}
+    return {
+        "samples": len(samples),
+        "processed_dir": str(processed_dir),
+        "class_pixels": class_pixels,
+        "workers": workers,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def output_folder_problems(json_paths: list[Path], raw_dir: Path) -> defaultdict[str, list[str]]:
@@ -117,20 +127,29 @@ def output_folder_problems(json_paths: list[Path], raw_dir: Path) -> defaultdict
         source = path.relative_to(raw_dir).as_posix()
         by_folder[path.stem.casefold()].append(source)
         if path.stem.casefold() in reserved:
-            problems[source].append(f"its output folder name {path.stem!r} clashes with the stage's "
-                                    f"own {path.stem} file; rename the JSON")
+            problems[source].append(
+                f"its output folder name {path.stem!r} clashes with the stage's own {path.stem} file; rename the JSON"
+            )
     for sources in by_folder.values():
         for source in sources if len(sources) > 1 else ():
             others = ", ".join(other for other in sources if other != source)
-            problems[source].append(f"writes the same output folder as {others} (folders are named after "
-                                    f"the JSON file name, compared case-insensitively); rename one")
+            problems[source].append(
+                f"writes the same output folder as {others} (folders are named after "
+                f"the JSON file name, compared case-insensitively); rename one"
+            )
     return problems
 
 
 def convert_one(json_path: Path, settings: Settings, out_dir: Path | None) -> tuple[str, list[str], dict | None]:
     """Read, validate and (when out_dir is given) convert one annotation: (source, problems, manifest entry)."""
-    annotation, problems = read_annotation(json_path, settings.raw_dir, settings.labels, settings.labels_file,
-                                           settings.max_image_pixels, jpeg_draft_side=LABEL_VIZ_MAX_SIDE * 3 // 4)
+    annotation, problems = read_annotation(
+        json_path,
+        settings.raw_dir,
+        settings.labels,
+        settings.labels_file,
+        settings.max_image_pixels,
+        jpeg_draft_side=LABEL_VIZ_MAX_SIDE * 3 // 4,
+    )
     source = json_path.relative_to(settings.raw_dir).as_posix()
     if annotation is None:
         return source, problems, None
@@ -152,15 +171,21 @@ def convert_one(json_path: Path, settings: Settings, out_dir: Path | None) -> tu
     viz = label_viz(*viz_pair(annotation.rgb, label), settings.labels, present=np.flatnonzero(counts))
     viz.save(sample_dir / "label_viz.png", **LABEL_VIZ_PNG_OPTIONS)
 
-    return source, [], {
-        "stem": json_path.stem,
-        "json": source,
-        "image": annotation.image_source,
-        "image_file": image_file,  # img.jpg or img.png, in <stem>/
-        "size": list(annotation.size),  # height, width
-        "class_pixels": {name: int(counts[_class_id(settings.labels, name)]) for name in _pixel_names(settings.labels)},
-        "label_sha256": hashlib.sha256(label).hexdigest(),
-    }
+    return (
+        source,
+        [],
+        {
+            "stem": json_path.stem,
+            "json": source,
+            "image": annotation.image_source,
+            "image_file": image_file,  # img.jpg or img.png, in <stem>/
+            "size": list(annotation.size),  # height, width
+            "class_pixels": {
+                name: int(counts[_class_id(settings.labels, name)]) for name in _pixel_names(settings.labels)
+            },
+            "label_sha256": hashlib.sha256(label).hexdigest(),
+        },
+    )
 
 
 def write_image(sample_dir: Path, annotation: Annotation) -> str:
@@ -174,8 +199,9 @@ def write_image(sample_dir: Path, annotation: Annotation) -> str:
             if tables["subsampling"] == -1:  # not a 3-channel YCbCr layout: Pillow's default then
                 del tables["subsampling"]
             image = ImageOps.exif_transpose(source)  # decoded whole here, once; Pillow all the way (no arrays)
-            (image if image.mode == "RGB" else image.convert("RGB")).save(sample_dir / IMAGE_JPEG, format="JPEG",
-                                                                          **tables)
+            (image if image.mode == "RGB" else image.convert("RGB")).save(
+                sample_dir / IMAGE_JPEG, format="JPEG", **tables
+            )
         return IMAGE_JPEG
     Image.fromarray(annotation.rgb).save(sample_dir / IMAGE_PNG, **PHOTO_PNG_OPTIONS)
     return IMAGE_PNG

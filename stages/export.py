@@ -21,6 +21,7 @@ mlflow.registered_models.serving; that version goes into export_<model>.json (``
 points the serving model's alias ``champion`` at the champion's. dvc.yaml runs one export stage per model
 (export@paddle, ...).
 """
+
 from __future__ import annotations
 
 import json
@@ -40,10 +41,25 @@ from stages.common.config import StageError, stage_main
 from stages.common.outputs import atomic_dir, trainer_output_paths, write_json_atomic, write_text_atomic
 from stages.data.images import read_rgb
 from stages.data.split_lists import read_split
-from stages.models.inference_model import (DEPLOY_NAME, META_NAME, Predictor, deploy_config, model_files,
-                                           preprocess, read_meta)
-from stages.models.onnx_model import (MAX_OPSET, MIN_OPSET, ONNX_NAME, ConversionError, OnnxPredictor, convert,
-                                      input_shape, opset_of)
+from stages.models.inference_model import (
+    DEPLOY_NAME,
+    META_NAME,
+    Predictor,
+    deploy_config,
+    model_files,
+    preprocess,
+    read_meta,
+)
+from stages.models.onnx_model import (
+    MAX_OPSET,
+    MIN_OPSET,
+    ONNX_NAME,
+    ConversionError,
+    OnnxPredictor,
+    convert,
+    input_shape,
+    opset_of,
+)
 from stages.models.paddleseg_model import can_rebuild, save_static
 from stages.prediction.masks import predict_masks
 from stages.prediction.photo_segmenter import DEPLOY_FILES, pyfunc_arguments
@@ -81,15 +97,16 @@ def check_params(params) -> None:
     if not params.models:
         raise StageError("export.models is empty: name at least one model folder under paths.models_dir")
     if not MIN_OPSET <= int(params.opset) <= MAX_OPSET:
-        raise StageError(f"export.opset must be within {MIN_OPSET}..{MAX_OPSET} (paddle2onnx 2.1), "
-                         f"got {params.opset}; 13 suits most runtimes")
+        raise StageError(
+            f"export.opset must be within {MIN_OPSET}..{MAX_OPSET} (paddle2onnx 2.1), "
+            f"got {params.opset}; 13 suits most runtimes"
+        )
     if int(params.check.images) < 1:
         raise StageError(f"export.check.images must be >= 1, got {params.check.images}")
     if not float(params.check.max_logit_diff) > 0:
         raise StageError(f"export.check.max_logit_diff must be > 0, got {params.check.max_logit_diff}")
     if not 0 < float(params.check.min_mask_agreement) <= 1:
-        raise StageError("export.check.min_mask_agreement must be in (0, 1], "
-                         f"got {params.check.min_mask_agreement}")
+        raise StageError(f"export.check.min_mask_agreement must be in (0, 1], got {params.check.min_mask_agreement}")
     if int(params.serving.max_image_pixels) < 1:
         raise StageError(f"export.serving.max_image_pixels must be >= 1, got {params.serving.max_image_pixels}")
 
@@ -124,23 +141,35 @@ def export_model(cfg, name: str, model_dir: Path, photos, client, training_run) 
             if failures and conversion["onnx_conversion"] == "static":  # a best effort: Paddle Inference instead
                 (tmp / ONNX_NAME).unlink()
                 height, width = meta.input_size
-                conversion = {"onnx_conversion": None, "onnx_missing": (
-                    f"{conversion['dynamic_conversion_error']}; converted at a static {height}x{width}, it "
-                    f"disagrees with Paddle Inference on {len(photos)} test photos: " + "; ".join(failures))}
+                conversion = {
+                    "onnx_conversion": None,
+                    "onnx_missing": (
+                        f"{conversion['dynamic_conversion_error']}; converted at a static {height}x{width}, it "
+                        f"disagrees with Paddle Inference on {len(photos)} test photos: " + "; ".join(failures)
+                    ),
+                }
             elif failures:
-                raise StageError(f"model {name!r}: ONNX model disagrees with Paddle Inference on "
-                                 f"{len(photos)} test photos: " + "; ".join(failures))
+                raise StageError(
+                    f"model {name!r}: ONNX model disagrees with Paddle Inference on "
+                    f"{len(photos)} test photos: " + "; ".join(failures)
+                )
             else:
                 metrics.update(conversion, **figures, check_passed=True)
         if conversion["onnx_conversion"] is None:
             metrics.update(conversion, check_passed=None)  # nothing to check: Paddle Inference is the only engine
-            print(f"export: warning: {conversion['onnx_missing']}; {name} is exported for Paddle Inference only "
-                  "(predict uses it for this model; it is not served)", file=sys.stderr, flush=True)
+            print(
+                f"export: warning: {conversion['onnx_missing']}; {name} is exported for Paddle Inference only "
+                "(predict uses it for this model; it is not served)",
+                file=sys.stderr,
+                flush=True,
+            )
         has_onnx = conversion["onnx_conversion"] is not None
         shape = metrics["onnx_input_shape"] if has_onnx else [None, 3, None, None]
         record_onnx(tmp, conversion, shape)
-        write_text_atomic(tmp / DEPLOY_NAME, yaml.safe_dump(
-            deploy_config(meta, model_file.name, params_file.name, shape), sort_keys=False))
+        write_text_atomic(
+            tmp / DEPLOY_NAME,
+            yaml.safe_dump(deploy_config(meta, model_file.name, params_file.name, shape), sort_keys=False),
+        )
         # MLflow gets everything before the outputs go live: a logging failure leaves no new outputs.
         log_to_training_run(client, training_run, tmp / ONNX_NAME if has_onnx else None, meta, metrics)
         if has_onnx:  # a model only Paddle Inference can run has nothing to serve on onnxruntime
@@ -153,21 +182,29 @@ def check_onnx(deploy_dir: Path, photos, params) -> dict:
     """The ONNX model's figures: what it is, and how it compares with Paddle Inference on ``photos``."""
     onnx_path = deploy_dir / ONNX_NAME
     check = compare_engines(deploy_dir, photos)
-    return {"opset": opset_of(onnx_path), "onnx_input_shape": input_shape(onnx_path),
-            "onnx_bytes": onnx_path.stat().st_size, **check,
-            "logit_tolerance": float(params.check.max_logit_diff) * max(1.0, check["max_abs_logit"]),
-            "min_mask_agreement": float(params.check.min_mask_agreement)}
+    return {
+        "opset": opset_of(onnx_path),
+        "onnx_input_shape": input_shape(onnx_path),
+        "onnx_bytes": onnx_path.stat().st_size,
+        **check,
+        "logit_tolerance": float(params.check.max_logit_diff) * max(1.0, check["max_abs_logit"]),
+        "min_mask_agreement": float(params.check.min_mask_agreement),
+    }
 
 
 def disagreements(figures: dict, params) -> list[str]:
     failures = []
     if not figures["max_logit_diff"] <= figures["logit_tolerance"]:
-        failures.append(f"max logit difference {figures['max_logit_diff']:.3g} > {figures['logit_tolerance']:.3g} "
-                        f"(export.check.max_logit_diff {params.check.max_logit_diff} x max(1, largest logit "
-                        f"{figures['max_abs_logit']:.3g}))")
+        failures.append(
+            f"max logit difference {figures['max_logit_diff']:.3g} > {figures['logit_tolerance']:.3g} "
+            f"(export.check.max_logit_diff {params.check.max_logit_diff} x max(1, largest logit "
+            f"{figures['max_abs_logit']:.3g}))"
+        )
     if not figures["mask_agreement"] >= figures["min_mask_agreement"]:
-        failures.append(f"class ids agree on {figures['mask_agreement']:.4%} of the pixels < "
-                        f"export.check.min_mask_agreement {figures['min_mask_agreement']:.4%}")
+        failures.append(
+            f"class ids agree on {figures['mask_agreement']:.4%} of the pixels < "
+            f"export.check.min_mask_agreement {figures['min_mask_agreement']:.4%}"
+        )
     return failures
 
 
@@ -184,8 +221,11 @@ def convert_to_onnx(deploy_dir: Path, model_dir: Path, input_size, opset: int, n
         return {"onnx_conversion": None, "onnx_missing": str(dynamic)}
     height, width = input_size
     if not can_rebuild(model_dir):
-        return {"onnx_conversion": None, "onnx_missing": f"{dynamic}; a static {height}x{width} conversion needs "
-                                                         "the model's PaddleSeg config and weights (train_paddleseg's)"}
+        return {
+            "onnx_conversion": None,
+            "onnx_missing": f"{dynamic}; a static {height}x{width} conversion needs "
+            "the model's PaddleSeg config and weights (train_paddleseg's)",
+        }
     try:
         with tempfile.TemporaryDirectory(prefix="static-") as static_dir:
             save_static(model_dir, static_dir, input_size)
@@ -210,8 +250,10 @@ def record_onnx(deploy_dir: Path, conversion: dict, shape: list) -> None:
 def compare_engines(deploy_dir: Path, photos) -> dict:
     """Paddle Inference against onnxruntime on the same photos: largest logit difference, class-id agreement."""
     threads = os.cpu_count() or 1
-    engines = {"paddle": Predictor(deploy_dir, use_gpu=False, cpu_threads=threads),
-               "onnxruntime": OnnxPredictor(deploy_dir, cpu_threads=threads)}
+    engines = {
+        "paddle": Predictor(deploy_dir, use_gpu=False, cpu_threads=threads),
+        "onnxruntime": OnnxPredictor(deploy_dir, cpu_threads=threads),
+    }
     meta = engines["paddle"].meta
     images = [rgb for _, rgb in photos]
     batch = np.stack([preprocess(rgb, meta) for rgb in images])
@@ -243,9 +285,13 @@ def log_to_training_run(client, training_run, onnx_path: Path | None, meta, metr
         client.set_tag(run_id, "onnx_missing", metrics["onnx_missing"][:5000])  # MLflow's tag value limit
         return
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[
-        Metric(f"export/{key}", float(metrics[key]), now, 0)
-        for key in ("max_logit_diff", "logit_tolerance", "mask_agreement", "opset")])
+    client.log_batch(
+        run_id,
+        metrics=[
+            Metric(f"export/{key}", float(metrics[key]), now, 0)
+            for key in ("max_logit_diff", "logit_tolerance", "mask_agreement", "opset")
+        ],
+    )
     client.set_tag(run_id, "onnx_opset", str(metrics["opset"]))
     # The logged model's experiment is the run's (MLflow's default would be the current experiment).
     logged = client.create_logged_model(training_run.info.experiment_id, name=ONNX_MODEL_NAME, source_run_id=run_id)
@@ -253,14 +299,25 @@ def log_to_training_run(client, training_run, onnx_path: Path | None, meta, metr
     dims = tuple(-1 if dim is None else dim for dim in metrics["onnx_input_shape"])
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), dims, model.graph.input[0].name)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (dims[0], meta.num_classes, -1, -1))]))
-    mlflow.onnx.log_model(model, name=ONNX_MODEL_NAME, run_id=run_id, model_id=logged.model_id,
-                          signature=signature, save_as_external_data=False,
-                          # stated, not inferred: MLflow would load the model in a subprocess (~10 s)
-                          pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-                          metadata={"opset": metrics["opset"], "class_names": list(meta.class_names),
-                                    "input_size": list(meta.input_size), "mean": list(meta.mean),
-                                    "std": list(meta.std)})
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (dims[0], meta.num_classes, -1, -1))]),
+    )
+    mlflow.onnx.log_model(
+        model,
+        name=ONNX_MODEL_NAME,
+        run_id=run_id,
+        model_id=logged.model_id,
+        signature=signature,
+        save_as_external_data=False,
+        # stated, not inferred: MLflow would load the model in a subprocess (~10 s)
+        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+        metadata={
+            "opset": metrics["opset"],
+            "class_names": list(meta.class_names),
+            "input_size": list(meta.input_size),
+            "mean": list(meta.mean),
+            "std": list(meta.std),
+        },
+    )
 
 
 def log_serving_model(cfg, client, training_run, deploy_dir: Path, meta) -> dict:
@@ -271,17 +328,22 @@ def log_serving_model(cfg, client, training_run, deploy_dir: Path, meta) -> dict
 
     name = registered_model_name(cfg, "serving")
     run_id = training_run.info.run_id
-    logged = client.create_logged_model(training_run.info.experiment_id, name=SERVING_MODEL_NAME,
-                                        source_run_id=run_id)
+    logged = client.create_logged_model(training_run.info.experiment_id, name=SERVING_MODEL_NAME, source_run_id=run_id)
     with tempfile.TemporaryDirectory() as bundle:
         for file in DEPLOY_FILES:  # the ONNX model and its meta only: the server needs no Paddle files
             shutil.copyfile(deploy_dir / file, Path(bundle) / file)
         # Model.log is what mlflow.pyfunc.log_model calls; it also takes the run to log to.
         with warnings.catch_warnings():  # the signature says what the input is; an example would add nothing
             warnings.filterwarnings("ignore", message=".*input example was not provided")
-            info = Model.log(artifact_path=None, name=SERVING_MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
-                             model_id=logged.model_id, registered_model_name=name,
-                             **pyfunc_arguments(bundle, meta, int(cfg.export.serving.max_image_pixels)))
+            info = Model.log(
+                artifact_path=None,
+                name=SERVING_MODEL_NAME,
+                flavor=mlflow.pyfunc,
+                run_id=run_id,
+                model_id=logged.model_id,
+                registered_model_name=name,
+                **pyfunc_arguments(bundle, meta, int(cfg.export.serving.max_image_pixels)),
+            )
     version = str(info.registered_model_version)
     return {"name": name, "version": version, "uri": f"models:/{name}/{version}"}
 

@@ -13,6 +13,7 @@ Outputs per model, under <paths.predictions_dir>/<model>/ (folder mode: <predict
   metrics.json                        test split only: the scores, confusion matrix and per-sample scores
 Folder mode also writes <predict.output_dir>/summary.json, listing the photos it skipped as unreadable.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,15 @@ from stages.data.split_lists import check_samples, read_split, split_file
 from stages.evaluation.metrics import ConfusionMatrix
 from stages.models.inference_model import META_NAME, MODEL_PREFIX, Predictor
 from stages.models.onnx_model import ONNX_NAME, OnnxPredictor, onnx_missing
-from stages.prediction.files import (IMAGE_SUFFIXES, METRICS_NAME, SUMMARY_NAME, list_images, output_names,
-                                     read_photo, write_prediction)
+from stages.prediction.files import (
+    IMAGE_SUFFIXES,
+    METRICS_NAME,
+    SUMMARY_NAME,
+    list_images,
+    output_names,
+    read_photo,
+    write_prediction,
+)
 from stages.prediction.masks import RESIZE_METHOD, batches, predict_masks
 
 
@@ -63,8 +71,12 @@ def load_models(cfg) -> dict[str, Predictor | OnnxPredictor]:
         wanted = [model_dir / META_NAME]
         engines[name] = engine
         if engine == "onnxruntime" and not (model_dir / ONNX_NAME).is_file() and onnx_missing(model_dir):
-            print(f"predict: warning: model {name!r} has no ONNX model ({onnx_missing(model_dir)}); "
-                  "predicting with Paddle Inference", file=sys.stderr, flush=True)
+            print(
+                f"predict: warning: model {name!r} has no ONNX model ({onnx_missing(model_dir)}); "
+                "predicting with Paddle Inference",
+                file=sys.stderr,
+                flush=True,
+            )
             engines[name] = "paddle"
         if engines[name] == "onnxruntime":
             wanted.append(model_dir / ONNX_NAME)
@@ -76,15 +88,19 @@ def load_models(cfg) -> dict[str, Predictor | OnnxPredictor]:
         if missing:
             problems.append(f"model {name!r}: missing {', '.join(missing)}")
     if problems:
-        raise StageError("no deployable model to predict with (train it, then export it: dvc repro export):\n  "
-                         + "\n  ".join(problems))
+        raise StageError(
+            "no deployable model to predict with (train it, then export it: dvc repro export):\n  "
+            + "\n  ".join(problems)
+        )
     threads = int(cfg.predict.cpu_threads) or os.cpu_count() or 1
     engine_class = {"onnxruntime": OnnxPredictor, "paddle": Predictor}
-    return {name: engine_class[engines[name]](Path(cfg.paths.exports_dir) / name, cpu_threads=threads)
-            for name in names}
+    return {
+        name: engine_class[engines[name]](Path(cfg.paths.exports_dir) / name, cpu_threads=threads) for name in names
+    }
 
 
 # --- the test split, scored ---------------------------------------------------------------------
+
 
 def sample_scores(mask: np.ndarray, label: np.ndarray, num_classes: int) -> dict:
     """One photo's mIoU (over the classes present in its label or prediction, the headline convention of
@@ -99,8 +115,7 @@ def sample_scores(mask: np.ndarray, label: np.ndarray, num_classes: int) -> dict
 
 def named_scores(scores: dict, class_names: tuple[str, ...]) -> dict:
     """ConfusionMatrix.scores() with the per-class lists keyed by class name."""
-    return {key: dict(zip(class_names, value)) if isinstance(value, list) else value
-            for key, value in scores.items()}
+    return {key: dict(zip(class_names, value)) if isinstance(value, list) else value for key, value in scores.items()}
 
 
 def predict_test_split(cfg) -> dict:
@@ -110,8 +125,10 @@ def predict_test_split(cfg) -> dict:
     models = load_models(cfg)
     for name, predictor in models.items():
         if tuple(predictor.meta.class_names) != labels.names:
-            raise StageError(f"model {name!r} was trained on classes {list(predictor.meta.class_names)}, but "
-                             f"{cfg.data.labels} lists {list(labels.names)}; retrain it on these labels")
+            raise StageError(
+                f"model {name!r} was trained on classes {list(predictor.meta.class_names)}, but "
+                f"{cfg.data.labels} lists {list(labels.names)}; retrain it on these labels"
+            )
 
     alpha = float(cfg.predict.overlay_alpha)
     matrices = {name: ConfusionMatrix(labels.num_classes) for name in models}
@@ -131,25 +148,27 @@ def predict_test_split(cfg) -> dict:
                     for sample, rgb, truth, mask in zip(batch, images, truths, masks):
                         write_prediction(out_dirs[name], sample.stem, rgb, mask, alpha)
                         matrices[name].update(mask, truth)
-                        per_sample[name].append({"stem": sample.stem,
-                                                 **sample_scores(mask, truth, labels.num_classes)})
+                        per_sample[name].append({"stem": sample.stem, **sample_scores(mask, truth, labels.num_classes)})
                     del masks  # one model's masks at a time (12 MB each for a 12 MP photo)
                 progress.update(len(batch))
         summary = {}
         for name, predictor in models.items():
             scores = named_scores(matrices[name].scores(), labels.names)
-            write_json_atomic(out_dirs[name] / METRICS_NAME, {
-                "model": name,
-                "architecture": predictor.meta.architecture,
-                "input_size": list(predictor.meta.input_size),
-                "engine": "paddle" if isinstance(predictor, Predictor) else "onnxruntime",
-                "class_names": list(labels.names),
-                "resize": RESIZE_METHOD,
-                "num_samples": len(samples),
-                "test": scores,
-                "confusion_matrix": matrices[name].matrix.tolist(),  # rows: label, columns: prediction
-                "samples": per_sample[name],
-            })
+            write_json_atomic(
+                out_dirs[name] / METRICS_NAME,
+                {
+                    "model": name,
+                    "architecture": predictor.meta.architecture,
+                    "input_size": list(predictor.meta.input_size),
+                    "engine": "paddle" if isinstance(predictor, Predictor) else "onnxruntime",
+                    "class_names": list(labels.names),
+                    "resize": RESIZE_METHOD,
+                    "num_samples": len(samples),
+                    "test": scores,
+                    "confusion_matrix": matrices[name].matrix.tolist(),  # rows: label, columns: prediction
+                    "samples": per_sample[name],
+                },
+            )
             summary[name] = {
                 "dir": str(root / name),
                 "mIoU": scores["mIoU"],
@@ -161,13 +180,16 @@ def predict_test_split(cfg) -> dict:
 
 # --- any folder of photos -----------------------------------------------------------------------
 
+
 def predict_folder(cfg) -> dict:
     input_dir = Path(cfg.predict.input_dir)
     if not input_dir.is_dir():
         raise StageError(f"predict.input_dir {input_dir}: no such folder")
     if not cfg.predict.output_dir:
-        raise StageError("predict.output_dir is not set: say where the predictions of "
-                         f"{input_dir} should go, e.g. predict.output_dir=out/")
+        raise StageError(
+            "predict.output_dir is not set: say where the predictions of "
+            f"{input_dir} should go, e.g. predict.output_dir=out/"
+        )
     output_dir = Path(cfg.predict.output_dir)
     files = list_images(input_dir, skip_dir=output_dir)
     if not files:
@@ -199,8 +221,10 @@ def predict_folder(cfg) -> dict:
                     predicted.extend(name for name, _ in readable)
                 progress.update(len(batch))
         if not predicted:
-            raise StageError(f"{input_dir}: none of its {len(files)} images could be read: "
-                             + "; ".join(f"{s['file']} ({s['error']})" for s in skipped))
+            raise StageError(
+                f"{input_dir}: none of its {len(files)} images could be read: "
+                + "; ".join(f"{s['file']} ({s['error']})" for s in skipped)
+            )
     summary = {
         "input_dir": str(input_dir),
         "output_dir": str(output_dir),

@@ -19,6 +19,7 @@ experiment counts, so a worse experiment's report leaves the champion where it i
 model's alias (mlflow.registered_models.serving) follows: it moves to the version the export stage logged
 from the champion's training run; metrics.json names each model's served version (``serving_model_uri``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,35 +41,57 @@ from stages.data.split_lists import Sample, read_split, split_file
 from stages.evaluation import figures
 from stages.prediction.files import CLASS_ID_DIR, METRICS_NAME
 from stages.training.summary import STEP_COLUMNS
-from stages.training.tracking import (TEST_SET_TAG, FinishedRun, crown_champion, crown_serving_champion,
-                                      ensure_reachable, read_registered_version, read_run_id, serving_model_uri,
-                                      tracking_uri)
+from stages.training.tracking import (
+    TEST_SET_TAG,
+    FinishedRun,
+    crown_champion,
+    crown_serving_champion,
+    ensure_reachable,
+    read_registered_version,
+    read_run_id,
+    serving_model_uri,
+    tracking_uri,
+)
 
 FIGURES_DIR = "figures"
 RUN_ID_FILE = "mlflow_run.json"
 # The headline scores (stages.evaluation.metrics: mIoU and mDice over the classes present, then PaddleSeg's
 # all-classes means), and the per-class ones.
-SUMMARY_KEYS = {"mIoU": "mIoU", "mIoU_all_classes": "mIoU, all classes (PaddleSeg)", "acc": "pixel accuracy",
-                "kappa": "Cohen's kappa", "mDice": "mean Dice", "mDice_all_classes": "mean Dice, all classes (PaddleSeg)"}
+SUMMARY_KEYS = {
+    "mIoU": "mIoU",
+    "mIoU_all_classes": "mIoU, all classes (PaddleSeg)",
+    "acc": "pixel accuracy",
+    "kappa": "Cohen's kappa",
+    "mDice": "mean Dice",
+    "mDice_all_classes": "mean Dice, all classes (PaddleSeg)",
+}
 PER_CLASS_KEYS = {"IoU": "IoU", "dice": "Dice", "precision": "precision", "recall": "recall"}
 # The training figures the comparison table shows (the rest stay in metrics/train_<model>.json and MLflow).
-TRAINING_KEYS = {"best_val_mIoU": "best validation mIoU", "epochs": "epochs trained", "iters": "iterations",
-                 "batch_size": "batch size", "train_seconds": "training time (s)",
-                 "train_images_per_second": "training images/s", "num_params": "parameters"}
+TRAINING_KEYS = {
+    "best_val_mIoU": "best validation mIoU",
+    "epochs": "epochs trained",
+    "iters": "iterations",
+    "batch_size": "batch size",
+    "train_seconds": "training time (s)",
+    "train_images_per_second": "training images/s",
+    "num_params": "parameters",
+}
 SPLIT_SUMMARY = "summary.json"
-MEANS_TEXT = ("mIoU and mean Dice average over the classes present in the test labels or the model's prediction "
-              "(the convention of mmsegmentation and torchmetrics); the \"all classes\" means average over every "
-              "class of the labels file, an absent class counting 0, as PaddleSeg's own logs do.")
+MEANS_TEXT = (
+    "mIoU and mean Dice average over the classes present in the test labels or the model's prediction "
+    '(the convention of mmsegmentation and torchmetrics); the "all classes" means average over every '
+    "class of the labels file, an absent class counting 0, as PaddleSeg's own logs do."
+)
 
 
 @dataclass(frozen=True)
 class ModelResult:
     name: str
-    title: str             # e.g. "paddle (DoveNet)"
+    title: str  # e.g. "paddle (DoveNet)"
     predictions_dir: Path
-    scored: dict           # predict's metrics.json
-    training: dict         # scalar figures of metrics/train_<name>.json, flattened
-    curves: dict           # column -> values, from plots/train_<name>.csv
+    scored: dict  # predict's metrics.json
+    training: dict  # scalar figures of metrics/train_<name>.json, flattened
+    curves: dict  # column -> values, from plots/train_<name>.csv
     run_id_file: Path
 
 
@@ -136,6 +159,7 @@ def champion_summary(cfg, champion: tuple[str, str, str] | None) -> dict | None:
 
 # --- inputs -------------------------------------------------------------------------------------
 
+
 def load_results(cfg, names: list[str], samples: list[Sample]) -> list[ModelResult]:
     """Every model's inputs, or one StageError listing everything missing or stale."""
     problems, results = [], []
@@ -155,8 +179,9 @@ def load_results(cfg, names: list[str], samples: list[Sample]) -> list[ModelResu
         scored = read_json(needed["predictions"])
         scored_stems = sorted(sample["stem"] for sample in scored.get("samples", []))
         if scored_stems != test_stems:
-            problems.append(f"{needed['predictions']}: scores other samples than {split_file(cfg, 'test')}; "
-                            "rerun predict")
+            problems.append(
+                f"{needed['predictions']}: scores other samples than {split_file(cfg, 'test')}; rerun predict"
+            )
             continue
         masks = [predictions_dir / CLASS_ID_DIR / f"{stem}.png" for stem in test_stems]
         lost = [str(path) for path in masks if not path.is_file()]
@@ -164,15 +189,17 @@ def load_results(cfg, names: list[str], samples: list[Sample]) -> list[ModelResu
             problems.append(f"model {name!r}: predicted masks missing: {', '.join(lost[:5])}; rerun predict")
             continue
         architecture = scored.get("architecture") or ""
-        results.append(ModelResult(
-            name=name,
-            title=f"{name} ({architecture})" if architecture else name,
-            predictions_dir=predictions_dir,
-            scored=scored,
-            training=flat_scalars(read_json(needed["training metrics"])),
-            curves=read_curves(needed["training curves"]),
-            run_id_file=needed["MLflow run id"],
-        ))
+        results.append(
+            ModelResult(
+                name=name,
+                title=f"{name} ({architecture})" if architecture else name,
+                predictions_dir=predictions_dir,
+                scored=scored,
+                training=flat_scalars(read_json(needed["training metrics"])),
+                curves=read_curves(needed["training curves"]),
+                run_id_file=needed["MLflow run id"],
+            )
+        )
     if problems:
         raise StageError("cannot report:\n  " + "\n  ".join(problems))
     return results
@@ -219,6 +246,7 @@ def to_float(text) -> float:
 
 # --- metrics ------------------------------------------------------------------------------------
 
+
 def dvc_metrics(scored: dict) -> dict:
     """The test scores for reports/metrics.json: summary numbers, then per-class ones by class name."""
     test = scored["test"]
@@ -261,27 +289,43 @@ def worst_samples(results: list[ModelResult], count: int) -> list[tuple[str, dic
             if sample.get("mIoU") is not None:
                 per_stem.setdefault(sample["stem"], {})[result.name] = sample["mIoU"]
     ranked = sorted(per_stem.items(), key=lambda item: (float(np.mean(list(item[1].values()))), item[0]))
-    return ranked[:max(0, count)]
+    return ranked[: max(0, count)]
 
 
 # --- figures ------------------------------------------------------------------------------------
 
+
 def draw_figures(cfg, results: list[ModelResult], samples: list[Sample], folder: Path) -> dict:
     """Figure name -> PNG path (None where there was nothing to draw)."""
-    drawn = {"curves": figures.training_curves({r.title: r.curves for r in results}, folder / "training_curves.png",
-                                               x_name=_x_column(results), step_columns=STEP_COLUMNS)}
+    drawn = {
+        "curves": figures.training_curves(
+            {r.title: r.curves for r in results},
+            folder / "training_curves.png",
+            x_name=_x_column(results),
+            step_columns=STEP_COLUMNS,
+        )
+    }
     for result in results:
         drawn[f"confusion:{result.name}"] = figures.confusion_matrix(
-            np.asarray(result.scored["confusion_matrix"]), result.scored["class_names"],
-            result.title, folder / f"confusion_{result.name}.png")
+            np.asarray(result.scored["confusion_matrix"]),
+            result.scored["class_names"],
+            result.title,
+            folder / f"confusion_{result.name}.png",
+        )
     by_stem = {sample.stem: sample for sample in samples}
     grid = evenly_spaced([sample.stem for sample in samples], int(cfg.report.grid_samples))
-    drawn["grid"] = sample_figure(results, [(stem, stem) for stem in grid], by_stem,
-                                  folder / "test_samples.png", "Test samples") if grid else None
+    drawn["grid"] = (
+        sample_figure(results, [(stem, stem) for stem in grid], by_stem, folder / "test_samples.png", "Test samples")
+        if grid
+        else None
+    )
     worst = worst_samples(results, int(cfg.report.worst_samples))
     captions = [(stem, f"{stem}\nmean mIoU {np.mean(list(scores.values())):.3f}") for stem, scores in worst]
-    drawn["worst"] = sample_figure(results, captions, by_stem, folder / "worst_samples.png",
-                                   "Worst-scoring test samples") if worst else None
+    drawn["worst"] = (
+        sample_figure(results, captions, by_stem, folder / "worst_samples.png", "Worst-scoring test samples")
+        if worst
+        else None
+    )
     return drawn
 
 
@@ -297,8 +341,9 @@ def evenly_spaced(stems: list[str], count: int) -> list[str]:
     return [stems[i] for i in dict.fromkeys(picks.tolist())]
 
 
-def sample_figure(results: list[ModelResult], rows: list[tuple[str, str]], by_stem: dict[str, Sample],
-                  path: Path, title: str) -> Path:
+def sample_figure(
+    results: list[ModelResult], rows: list[tuple[str, str]], by_stem: dict[str, Sample], path: Path, title: str
+) -> Path:
     """Rows of input | label | one prediction per model, like the original tutorial's figure."""
     grid = []
     for stem, caption in rows:
@@ -306,8 +351,9 @@ def sample_figure(results: list[ModelResult], rows: list[tuple[str, str]], by_st
         label = figures.thumbnail(read_label_png(by_stem[stem].label), is_label=True)
         row = [figures.Cell(rgb, caption), figures.Cell(figures.label_over_photo(label, rgb), "label")]
         for result in results:
-            mask = figures.thumbnail(read_label_png(result.predictions_dir / CLASS_ID_DIR / f"{stem}.png"),
-                                     is_label=True)
+            mask = figures.thumbnail(
+                read_label_png(result.predictions_dir / CLASS_ID_DIR / f"{stem}.png"), is_label=True
+            )
             score = next(s["mIoU"] for s in result.scored["samples"] if s["stem"] == stem)
             text = f"{result.title}\nmIoU {score:.3f}" if score is not None else result.title
             row.append(figures.Cell(figures.label_over_photo(mask, rgb), text))
@@ -318,14 +364,20 @@ def sample_figure(results: list[ModelResult], rows: list[tuple[str, str]], by_st
 # --- the document -------------------------------------------------------------------------------
 # A report is a list of blocks, rendered twice: Markdown (figures linked) and HTML (figures embedded).
 
+
 def document(cfg, results: list[ModelResult], samples: list[Sample], drawn: dict) -> list[tuple]:
     titles = [r.title for r in results]
     blocks = [
         ("h1", str(cfg.report.title)),
-        ("p", f"Test split: {len(samples)} sample{'' if len(samples) == 1 else 's'} from {split_file(cfg, 'test')}, each scored at its "
-              "photo's full resolution against its label.png; "
-              "pixels labelled __ignore__ count nowhere. Predicted masks come back to full size by resizing "
-              f"the class scores bilinearly, then taking the argmax. Predictions: {cfg.paths.predictions_dir}/."),
+        (
+            "p",
+            (
+                f"Test split: {len(samples)} sample{'' if len(samples) == 1 else 's'} from {split_file(cfg, 'test')}, each scored at its "
+                "photo's full resolution against its label.png; "
+                "pixels labelled __ignore__ count nowhere. Predicted masks come back to full size by resizing "
+                f"the class scores bilinearly, then taking the argmax. Predictions: {cfg.paths.predictions_dir}/."
+            ),
+        ),
         ("h2", "Comparison"),
         ("table", ["metric", *titles], comparison_rows(results)),
         ("p", MEANS_TEXT),
@@ -336,28 +388,43 @@ def document(cfg, results: list[ModelResult], samples: list[Sample], drawn: dict
         *[("figure", drawn[f"confusion:{r.name}"], f"Confusion matrix, {r.title}") for r in results],
     ]
     if drawn["grid"] is not None:
-        blocks += [("h2", "Test samples"),
-                   ("p", "Input | label | each model's prediction, coloured over the greyed photo."),
-                   ("figure", drawn["grid"], "Test samples")]
+        blocks += [
+            ("h2", "Test samples"),
+            ("p", "Input | label | each model's prediction, coloured over the greyed photo."),
+            ("figure", drawn["grid"], "Test samples"),
+        ]
     worst = worst_samples(results, int(cfg.report.worst_samples))
     if worst:
-        rows = [[str(rank), stem, *[fmt(scores.get(r.name)) for r in results]]
-                for rank, (stem, scores) in enumerate(worst, start=1)]
-        blocks += [("h2", "Worst-scoring samples"),
-                   ("p", "Ranked by the mean over the models of each photo's mIoU (over the classes present "
-                         "in its label or prediction)."),
-                   ("table", ["rank", "sample", *[f"mIoU {t}" for t in titles]], rows),
-                   ("figure", drawn["worst"], "Worst-scoring test samples")]
+        rows = [
+            [str(rank), stem, *[fmt(scores.get(r.name)) for r in results]]
+            for rank, (stem, scores) in enumerate(worst, start=1)
+        ]
+        blocks += [
+            ("h2", "Worst-scoring samples"),
+            (
+                "p",
+                (
+                    "Ranked by the mean over the models of each photo's mIoU (over the classes present "
+                    "in its label or prediction)."
+                ),
+            ),
+            ("table", ["rank", "sample", *[f"mIoU {t}" for t in titles]], rows),
+            ("figure", drawn["worst"], "Worst-scoring test samples"),
+        ]
     return blocks
 
 
 def comparison_rows(results: list[ModelResult]) -> list[list[str]]:
     """The headline test scores, the input size and a few training figures: one row each."""
-    rows = [[f"test {label}", *[fmt(r.scored["test"].get(key)) for r in results]]
-            for key, label in SUMMARY_KEYS.items()]
+    rows = [
+        [f"test {label}", *[fmt(r.scored["test"].get(key)) for r in results]] for key, label in SUMMARY_KEYS.items()
+    ]
     rows.append(["input size (h x w)", *[" x ".join(map(str, r.scored.get("input_size", []))) for r in results]])
-    rows += [[label, *[fmt(r.training.get(key)) for r in results]]
-             for key, label in TRAINING_KEYS.items() if any(key in r.training for r in results)]
+    rows += [
+        [label, *[fmt(r.training.get(key)) for r in results]]
+        for key, label in TRAINING_KEYS.items()
+        if any(key in r.training for r in results)
+    ]
     return rows
 
 
@@ -389,14 +456,23 @@ def per_class_blocks(cfg, results: list[ModelResult]) -> list[tuple]:
 
     rows = [row(name) for name in class_names if name not in unseen]
     rows += [row(name) for name in unseen if scored(name)]
-    text = ("Test scores per class. \"-\": undefined (a class absent from both label and prediction has no IoU "
-            "or Dice, one never predicted no precision, one absent from the labels no recall). \"train pixels\": "
-            "the class's share of the train split's pixels.")
+    text = (
+        'Test scores per class. "-": undefined (a class absent from both label and prediction has no IoU '
+        'or Dice, one never predicted no precision, one absent from the labels no recall). "train pixels": '
+        "the class's share of the train split's pixels."
+    )
     blocks = [("h2", "Per-class scores"), ("p", text), ("table", header, rows)]
     if unseen:
-        blocks.append(("p", ("Never seen in training (no pixels in the train split, so no model could learn them; "
-                             "listed last in the table when the test split or a prediction holds them): "
-                             f"{', '.join(unseen)}.")))
+        blocks.append(
+            (
+                "p",
+                (
+                    "Never seen in training (no pixels in the train split, so no model could learn them; "
+                    "listed last in the table when the test split or a prediction holds them): "
+                    f"{', '.join(unseen)}."
+                ),
+            )
+        )
     return blocks
 
 
@@ -465,11 +541,16 @@ def to_html(blocks: list[tuple], out: Path, title: str) -> str:
         elif kind == "figure":
             path, caption = content
             data = base64.b64encode((out / FIGURES_DIR / path.name).read_bytes()).decode("ascii")
-            body.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{esc(caption)}</figcaption></figure>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{esc(title)}</title>\n<style>{HTML_STYLE}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
+            body.append(
+                f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{esc(caption)}</figcaption></figure>"
+            )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{esc(title)}</title>\n<style>{HTML_STYLE}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ writes models/paddle/ (best weights, an exported inference model, meta.json for 
 JSON, the per-epoch plot CSV and the MLflow run-id file. After every epoch the full training state goes
 to checkpoints/paddle/, so a killed run, rerun with the same inputs, continues where it stopped.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,14 @@ from stages.evaluation.metrics import ConfusionMatrix
 from stages.models.dovenet import DoveNet, count_parameters
 from stages.models.inference_model import META_NAME, ModelMeta, export
 from stages.training import distributed
-from stages.training.adaptation import (Adaptation, adapted_config, fit_batch, fit_processes, log_adaptations,
-                                        summary_line)
+from stages.training.adaptation import (
+    Adaptation,
+    adapted_config,
+    fit_batch,
+    fit_processes,
+    log_adaptations,
+    summary_line,
+)
 from stages.training.dataset import Augment, SegDataset, make_loader
 from stages.training.distributed import LaunchSettings
 from stages.training.photo_cache import MB
@@ -129,8 +136,9 @@ def output_paths(cfg) -> dict[str, Path]:
 def fingerprint(cfg, labels, samples) -> str:
     """What a checkpoint was made from: the training params, labels, data bytes and model/transform code."""
     params = {k: v for k, v in _plain(cfg.train_paddle).items() if k not in RUNTIME_PARAMS}
-    digest = hashlib.sha256(json.dumps({"params": params, "seed": int(cfg.seed), "labels": labels.names},
-                                       sort_keys=True).encode())
+    digest = hashlib.sha256(
+        json.dumps({"params": params, "seed": int(cfg.seed), "labels": labels.names}, sort_keys=True).encode()
+    )
     for name in ("train", "val"):
         digest.update(split_file(cfg, name).read_bytes())
     for sample in samples:
@@ -159,8 +167,9 @@ def load_checkpoint(checkpoint_dir: Path, expected_fingerprint: str) -> dict | N
     return state
 
 
-def save_checkpoint(checkpoint_dir: Path, weights: dict, optimizer, best_weights: dict | None,
-                    average: dict | None, state: dict) -> None:
+def save_checkpoint(
+    checkpoint_dir: Path, weights: dict, optimizer, best_weights: dict | None, average: dict | None, state: dict
+) -> None:
     """Everything needed to continue, replaced in one rename so a kill never leaves half a checkpoint."""
     with atomic_dir(checkpoint_dir) as tmp:
         paddle.save(weights, str(tmp / "model.pdparams"))
@@ -186,8 +195,7 @@ def build_optimizer(params, parameters, total_steps: int):
     if params.optimizer == "adamw":
         return paddle.optimizer.AdamW(schedule, parameters=parameters, weight_decay=decay or 0.0)
     if params.optimizer == "rmsprop":  # the tutorial's choice
-        return paddle.optimizer.RMSProp(schedule, rho=0.9, epsilon=1e-7, parameters=parameters,
-                                        weight_decay=decay)
+        return paddle.optimizer.RMSProp(schedule, rho=0.9, epsilon=1e-7, parameters=parameters, weight_decay=decay)
     return paddle.optimizer.Momentum(schedule, momentum=0.9, parameters=parameters, weight_decay=decay)
 
 
@@ -197,8 +205,17 @@ class EpochTracker(paddle.callbacks.Callback):
     (fit always counts from 0) when resuming. Under Paddle's launcher only the main process (rank 0)
     records, logs and checkpoints; the others just follow the epochs."""
 
-    def __init__(self, datasets, samplers, state: dict, checkpoint_dir: Path, total_epochs: int,
-                 average: WeightAverage, steps_per_epoch: int, class_names):
+    def __init__(
+        self,
+        datasets,
+        samplers,
+        state: dict,
+        checkpoint_dir: Path,
+        total_epochs: int,
+        average: WeightAverage,
+        steps_per_epoch: int,
+        class_names,
+    ):
         super().__init__()
         self.average = average
         self.steps_per_epoch, self.class_names = steps_per_epoch, class_names
@@ -210,8 +227,9 @@ class EpochTracker(paddle.callbacks.Callback):
         self.main = distributed.is_main_process()
 
     def on_train_begin(self, logs=None):
-        self.bar = tqdm(total=self.total_epochs, initial=self.first_epoch, desc=STAGE, unit="epoch",
-                        disable=not self.main)
+        self.bar = tqdm(
+            total=self.total_epochs, initial=self.first_epoch, desc=STAGE, unit="epoch", disable=not self.main
+        )
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = self.first_epoch + epoch + 1  # 1-based, the MLflow step
@@ -240,19 +258,36 @@ class EpochTracker(paddle.callbacks.Callback):
     def record(self, logs) -> None:
         train_loss = self.loss_sum / max(1, self.images)
         scores = self.model._metrics[0].last_scores  # the whole validation split (gathered when launched)
-        row = {"epoch": self.epoch, "iter": self.epoch * self.steps_per_epoch, "train_loss": train_loss,
-               "val_mIoU": float(logs["mIoU"]), "val_acc": float(logs["acc"])}
+        row = {
+            "epoch": self.epoch,
+            "iter": self.epoch * self.steps_per_epoch,
+            "train_loss": train_loss,
+            "val_mIoU": float(logs["mIoU"]),
+            "val_acc": float(logs["acc"]),
+        }
         self.state["history"].append(row)
         self.state["iters_per_epoch"] = self.steps_per_epoch
-        log_metrics({"train/loss": train_loss, "train/lr": self.model._optimizer.get_lr(),
-                     **validation_metrics(scores, self.class_names, self.epoch)}, step=self.epoch)
+        log_metrics(
+            {
+                "train/loss": train_loss,
+                "train/lr": self.model._optimizer.get_lr(),
+                **validation_metrics(scores, self.class_names, self.epoch),
+            },
+            step=self.epoch,
+        )
         if row["val_mIoU"] > self.state["best_val_mIoU"]:
             self.state.update(best_val_mIoU=row["val_mIoU"], best_epoch=self.epoch, best_scores=scores)
             self.best_weights = {k: v.clone() for k, v in self.model.network.state_dict().items()}
         self.state["train_seconds"] += time.perf_counter() - self.started
         self.state["average_steps"] = self.average.steps
-        save_checkpoint(self.checkpoint_dir, self.average.raw_weights(self.model.network), self.model._optimizer,
-                        self.best_weights, self.average.average, self.state)
+        save_checkpoint(
+            self.checkpoint_dir,
+            self.average.raw_weights(self.model.network),
+            self.model._optimizer,
+            self.best_weights,
+            self.average.average,
+            self.state,
+        )
         self.bar.set_postfix(loss=f"{train_loss:.3f}", val_mIoU=f"{row['val_mIoU']:.3f}")
         self.bar.update(1)
 
@@ -270,8 +305,9 @@ def check_params(params) -> None:
         if size <= 0 or size % SIZE_MULTIPLE:
             raise StageError(f"train_paddle.{key} must be a positive multiple of {SIZE_MULTIPLE}, got {size}")
     if int(params.crop_size) > int(params.input_size) * max(params.augment.scale_range):
-        raise StageError("train_paddle.crop_size must fit in the largest resized image "
-                         "(input_size x max of augment.scale_range)")
+        raise StageError(
+            "train_paddle.crop_size must fit in the largest resized image (input_size x max of augment.scale_range)"
+        )
     for key in ("epochs", "batch_size"):
         if int(params[key]) < 1:
             raise StageError(f"train_paddle.{key} must be >= 1, got {params[key]}")
@@ -293,8 +329,14 @@ def fit_to_data(cfg, processes: int | None = None) -> tuple[DictConfig, list[Ada
     # A warm-up longer than half the training leaves the schedule no room (the demo warms up for 11%).
     steps = int(params.epochs) * -(-samples // (batch.used if batch else int(params.batch_size)))
     if int(params.warmup_steps) > steps / 2:
-        adaptations.append(Adaptation(f"{STAGE}.warmup_steps", int(params.warmup_steps), steps // 10,
-                                      f"{steps} training steps in all, a tenth of them"))
+        adaptations.append(
+            Adaptation(
+                f"{STAGE}.warmup_steps",
+                int(params.warmup_steps),
+                steps // 10,
+                f"{steps} training steps in all, a tenth of them",
+            )
+        )
     return adapted_config(cfg, adaptations), adaptations, launch
 
 
@@ -311,17 +353,32 @@ def build_model(net: DoveNet, optimizer, params, num_classes: int, on_gpu: bool)
     # where dygraph is fast and AMP is the speed-up.
     network = paddle.jit.to_static(net, full_graph=True) if params.to_static and not on_gpu else net
     # Any height/width: training sees crop_size crops, validation whole input_size images.
-    model = paddle.Model(network, inputs=[InputSpec([None, 3, None, None], "float32", "image")],
-                         labels=[InputSpec([None, 1, None, None], "int64", "label")])
-    model.prepare(optimizer, SegLoss(num_classes, float(params.dice_weight)), SegMetric(num_classes),
-                  amp_configs="O1" if on_gpu and params.amp else None)
+    model = paddle.Model(
+        network,
+        inputs=[InputSpec([None, 3, None, None], "float32", "image")],
+        labels=[InputSpec([None, 1, None, None], "int64", "label")],
+    )
+    model.prepare(
+        optimizer,
+        SegLoss(num_classes, float(params.dice_weight)),
+        SegMetric(num_classes),
+        amp_configs="O1" if on_gpu and params.amp else None,
+    )
     return model
 
 
 def new_state(fingerprint_: str, run_id: str) -> dict:
-    return {"fingerprint": fingerprint_, "run_id": run_id, "history": [], "best_val_mIoU": -1.0,
-            "best_epoch": 0, "train_seconds": 0.0, "train_step_seconds": 0.0, "train_images": 0,
-            "completed": False}
+    return {
+        "fingerprint": fingerprint_,
+        "run_id": run_id,
+        "history": [],
+        "best_val_mIoU": -1.0,
+        "best_epoch": 0,
+        "train_seconds": 0.0,
+        "train_step_seconds": 0.0,
+        "train_images": 0,
+        "completed": False,
+    }
 
 
 def train(cfg, labels, splits, state: dict, checkpoint_dir: Path, on_gpu: bool, callbacks) -> EpochTracker:
@@ -330,14 +387,26 @@ def train(cfg, labels, splits, state: dict, checkpoint_dir: Path, on_gpu: bool, 
     input_size, batch_size, total_epochs = int(params.input_size), int(params.batch_size), int(params.epochs)
     aug = params.augment
     cache_bytes = int(params.cache_mb) * MB  # per dataset and process: photos decoded once, not per epoch
-    train_set = SegDataset(splits["train"], input_size, params.mean, params.std,
-                           Augment(int(params.crop_size), tuple(aug.scale_range), float(aug.flip_prob),
-                                   float(aug.color_jitter)), seed, cache_bytes)
+    train_set = SegDataset(
+        splits["train"],
+        input_size,
+        params.mean,
+        params.std,
+        Augment(int(params.crop_size), tuple(aug.scale_range), float(aug.flip_prob), float(aug.color_jitter)),
+        seed,
+        cache_bytes,
+    )
     val_set = SegDataset(splits["val"], input_size, params.mean, params.std, cache_bytes=cache_bytes)
     train_set.fill_cache("training photos")
     val_set.fill_cache("validation photos")
-    train_loader = make_loader(train_set, batch_size, train=True, num_workers=int(params.num_workers),
-                               seed=seed, max_samples=params.max_train_images)
+    train_loader = make_loader(
+        train_set,
+        batch_size,
+        train=True,
+        num_workers=int(params.num_workers),
+        seed=seed,
+        max_samples=params.max_train_images,
+    )
     val_loader = make_loader(val_set, batch_size, train=False, num_workers=int(params.num_workers))
 
     net = DoveNet(labels.num_classes)
@@ -353,17 +422,32 @@ def train(cfg, labels, splits, state: dict, checkpoint_dir: Path, on_gpu: bool, 
         optimizer.set_state_dict(paddle.load(str(checkpoint_dir / "optimizer.pdopt")))
         state["_best_weights"] = paddle.load(str(checkpoint_dir / "best.pdparams"))
         if (checkpoint_dir / "average.pdparams").is_file():
-            average = WeightAverage(average.decay, paddle.load(str(checkpoint_dir / "average.pdparams")),
-                                    int(state.get("average_steps", 0)))
+            average = WeightAverage(
+                average.decay, paddle.load(str(checkpoint_dir / "average.pdparams")), int(state.get("average_steps", 0))
+            )
         print(f"{STAGE}: resuming after epoch {done} of {total_epochs} from {checkpoint_dir}")
 
     distributed.barrier()  # paddle.Model wraps the net in DataParallel (a collective) when launched
     model = build_model(net, optimizer, params, labels.num_classes, on_gpu)
-    tracker = EpochTracker([train_set], [train_loader.batch_sampler.sampler], state, checkpoint_dir,
-                           total_epochs, average, len(train_loader), labels.names)
+    tracker = EpochTracker(
+        [train_set],
+        [train_loader.batch_sampler.sampler],
+        state,
+        checkpoint_dir,
+        total_epochs,
+        average,
+        len(train_loader),
+        labels.names,
+    )
     if total_epochs > done:
-        model.fit(train_loader, val_loader, epochs=total_epochs - done, eval_freq=1, verbose=0,
-                  callbacks=[tracker, *callbacks])
+        model.fit(
+            train_loader,
+            val_loader,
+            epochs=total_epochs - done,
+            eval_freq=1,
+            verbose=0,
+            callbacks=[tracker, *callbacks],
+        )
     return tracker
 
 
@@ -391,8 +475,15 @@ def run(cfg, callbacks=()) -> dict:
     resumed_from = len(state["history"]) if state else 0
     if not distributed.is_main_process():  # launched with others: train my share, rank 0 writes
         with paddle.utils.unique_name.guard():
-            train(cfg, labels, splits, state or new_state(data_fingerprint, ""), paths["checkpoint_dir"], on_gpu,
-                  callbacks)
+            train(
+                cfg,
+                labels,
+                splits,
+                state or new_state(data_fingerprint, ""),
+                paths["checkpoint_dir"],
+                on_gpu,
+                callbacks,
+            )
         return {"rank": distributed.rank(), "outputs": "written by the main process (rank 0)"}
 
     model_name = registered_model_name(cfg, "paddle")
@@ -409,13 +500,21 @@ def run(cfg, callbacks=()) -> dict:
 
         per_epoch = int(state.get("iters_per_epoch", 1))
         metrics = training_metrics(
-            num_params=count_parameters(best_net), best_scores=state.get("best_scores"),
-            class_names=labels.names, iters=len(state["history"]) * per_epoch,
-            best_iter=state["best_epoch"] * per_epoch, resumed_from_iter=resumed_from * per_epoch,
-            iters_per_epoch=per_epoch, train_seconds=state["train_seconds"],
-            train_step_seconds=state["train_step_seconds"], train_images=state["train_images"],
-            input_size=input_size, crop_size=int(params.crop_size), batch_size=int(params.batch_size),
-            device="gpu" if on_gpu else "cpu")
+            num_params=count_parameters(best_net),
+            best_scores=state.get("best_scores"),
+            class_names=labels.names,
+            iters=len(state["history"]) * per_epoch,
+            best_iter=state["best_epoch"] * per_epoch,
+            resumed_from_iter=resumed_from * per_epoch,
+            iters_per_epoch=per_epoch,
+            train_seconds=state["train_seconds"],
+            train_step_seconds=state["train_step_seconds"],
+            train_images=state["train_images"],
+            input_size=input_size,
+            crop_size=int(params.crop_size),
+            batch_size=int(params.batch_size),
+            device="gpu" if on_gpu else "cpu",
+        )
         summary = model_summary(labels.num_classes, input_size)
         meta = ModelMeta((input_size, input_size), labels.names, tuple(params.mean), tuple(params.std), "DoveNet")
         with atomic_dir(paths["model_dir"]) as tmp:
@@ -426,8 +525,13 @@ def run(cfg, callbacks=()) -> dict:
             log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
             mlflow.log_text(summary, "model/summary.txt")
             mlflow.log_artifact(str(tmp / META_NAME), "model")
-            mlflow.paddle.log_model(best_net, name="paddle_model", registered_model_name=model_name, input_spec=[
-                InputSpec([None, 3, input_size, input_size], "float32", "image")], pip_requirements=LOADS_WITH)
+            mlflow.paddle.log_model(
+                best_net,
+                name="paddle_model",
+                registered_model_name=model_name,
+                input_spec=[InputSpec([None, 3, input_size, input_size], "float32", "image")],
+                pip_requirements=LOADS_WITH,
+            )
         write_plots(paths["plots"], state["history"])
         write_json_atomic(paths["metrics"], metrics)
         state["completed"] = True  # a rerun now trains afresh instead of "resuming" a finished run

@@ -9,6 +9,7 @@ models/paddleseg/ (best weights, exported inference model, meta.json, the resolv
 mlflow_run.json), metrics/train_paddleseg.json and plots/train_paddleseg.csv. A killed run, rerun with
 the same inputs, continues from its last checkpoint.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,11 +33,29 @@ from stages.data.split_lists import check_samples, read_split, split_file
 from stages.models.inference_model import META_NAME, ModelMeta, export
 from stages.models.paddleseg_model import CONFIG_NAME
 from stages.training import distributed
-from stages.training.adaptation import (Adaptation, adapted_config, fit_batch, fit_interval, fit_processes,
-                                        log_adaptations, summary_line)
+from stages.training.adaptation import (
+    Adaptation,
+    adapted_config,
+    fit_batch,
+    fit_interval,
+    fit_processes,
+    log_adaptations,
+    summary_line,
+)
 from stages.training.distributed import LaunchSettings
-from stages.training.paddleseg_loop import (BEST_DIR, STATE_NAME, LoopSettings, build, dump_config, latest_state,
-                                            new_state, normalisation, resolve_config, restore, train)
+from stages.training.paddleseg_loop import (
+    BEST_DIR,
+    STATE_NAME,
+    LoopSettings,
+    build,
+    dump_config,
+    latest_state,
+    new_state,
+    normalisation,
+    resolve_config,
+    restore,
+    train,
+)
 from stages.training.photo_cache import MB
 from stages.training.pretrained import check_pretrained
 from stages.training.summary import training_metrics, validation_metrics, write_plots
@@ -70,18 +89,24 @@ def fit_to_data(cfg, processes: int | None = None) -> tuple[DictConfig, list[Ada
     launch, adaptations = fit_processes(STAGE, params.get("distributed"), samples)
     processes = launch.nproc * launch.nnodes if processes is None else processes
     iters = int(params.iters)
-    adaptations += [change for change in (
-        fit_batch(STAGE, int(params.batch_size), samples, processes),
-        fit_interval(STAGE, "eval_interval", int(params.eval_interval), iters),
-        fit_interval(STAGE, "log_interval", int(params.log_interval), iters)) if change]
+    adaptations += [
+        change
+        for change in (
+            fit_batch(STAGE, int(params.batch_size), samples, processes),
+            fit_interval(STAGE, "eval_interval", int(params.eval_interval), iters),
+            fit_interval(STAGE, "log_interval", int(params.log_interval), iters),
+        )
+        if change
+    ]
     return adapted_config(cfg, adaptations), adaptations, launch
 
 
 def resolved_document(cfg, labels=None) -> dict:
     """The PaddleSeg config template filled from params and the labels file."""
     labels = labels or read_labels(cfg.data.labels)
-    return resolve_config(cfg.train_paddleseg.config, cfg, {"labels": {"num_classes": labels.num_classes,
-                                                                       "names": list(labels.names)}})
+    return resolve_config(
+        cfg.train_paddleseg.config, cfg, {"labels": {"num_classes": labels.num_classes, "names": list(labels.names)}}
+    )
 
 
 def check_before_start(cfg) -> LaunchSettings:
@@ -93,10 +118,14 @@ def check_before_start(cfg) -> LaunchSettings:
 
 def fingerprint(cfg, resolved_config: str, labels, samples) -> str:
     """What a checkpoint was made from: the resolved PaddleSeg config, params, labels, data bytes and code."""
-    params = {k: v for k, v in OmegaConf.to_container(cfg.train_paddleseg, resolve=True).items()
-              if k not in RUNTIME_PARAMS}
-    digest = hashlib.sha256(json.dumps({"params": params, "seed": int(cfg.seed), "labels": labels.names,
-                                        "config": resolved_config}, sort_keys=True).encode())
+    params = {
+        k: v for k, v in OmegaConf.to_container(cfg.train_paddleseg, resolve=True).items() if k not in RUNTIME_PARAMS
+    }
+    digest = hashlib.sha256(
+        json.dumps(
+            {"params": params, "seed": int(cfg.seed), "labels": labels.names, "config": resolved_config}, sort_keys=True
+        ).encode()
+    )
     for name in ("train", "val"):
         digest.update(split_file(cfg, name).read_bytes())
     for sample in samples:
@@ -107,8 +136,7 @@ def fingerprint(cfg, resolved_config: str, labels, samples) -> str:
     return digest.hexdigest()
 
 
-def resumable_state(checkpoint_dir: Path, expected_fingerprint: str,
-                    clear: bool = True) -> tuple[Path, dict] | None:
+def resumable_state(checkpoint_dir: Path, expected_fingerprint: str, clear: bool = True) -> tuple[Path, dict] | None:
     """The newest checkpoint when it is unfinished and made from the same inputs; else None, and with
     ``clear`` the folder is emptied (stale iterations would break keep_checkpoint_max and the best model)."""
     found = latest_state(checkpoint_dir)
@@ -117,8 +145,9 @@ def resumable_state(checkpoint_dir: Path, expected_fingerprint: str,
         if state.get("fingerprint") == expected_fingerprint and not state.get("completed"):
             return folder, state
         if clear:
-            reason = "finished" if state.get("fingerprint") == expected_fingerprint else \
-                "made from other params/data/code"
+            reason = (
+                "finished" if state.get("fingerprint") == expected_fingerprint else "made from other params/data/code"
+            )
             print(f"{STAGE}: {checkpoint_dir} holds a {reason} run; training from scratch")
     if clear and checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
@@ -172,8 +201,10 @@ def run(cfg) -> dict:
     resolved_text = dump_config(document)
     processes, batch = distributed.world_size(), int(document["batch_size"])
     if not processes <= batch <= len(splits["train"]):  # a template that does not take the adapted batch size
-        raise StageError(f"{params.config}: batch_size {batch} does not fit {len(splits['train'])} training photos "
-                         f"in {processes} process(es); write batch_size: ${{train_paddleseg.batch_size}} there")
+        raise StageError(
+            f"{params.config}: batch_size {batch} does not fit {len(splits['train'])} training photos "
+            f"in {processes} process(es); write batch_size: ${{train_paddleseg.batch_size}} there"
+        )
 
     device = paddle.set_device(choose_device())
     on_gpu = "gpu" in str(device)
@@ -182,10 +213,15 @@ def run(cfg) -> dict:
 
     run_fingerprint = fingerprint(cfg, resolved_text, labels, splits["train"] + splits["val"])
     settings = LoopSettings(
-        iters=int(document["iters"]), batch_size=int(document["batch_size"]),
-        eval_interval=int(params.eval_interval), log_interval=int(params.log_interval),
-        keep_checkpoint_max=int(params.keep_checkpoint_max), num_workers=int(params.num_workers),
-        seed=int(cfg.seed), weight_average=float(params.weight_average))
+        iters=int(document["iters"]),
+        batch_size=int(document["batch_size"]),
+        eval_interval=int(params.eval_interval),
+        log_interval=int(params.log_interval),
+        keep_checkpoint_max=int(params.keep_checkpoint_max),
+        num_workers=int(params.num_workers),
+        seed=int(cfg.seed),
+        weight_average=float(params.weight_average),
+    )
     if not distributed.is_main_process():  # launched with others: train my share, the main process writes
         distributed.barrier()  # the main process has cleared stale checkpoints
         resumed = resumable_state(paths["checkpoint_dir"], run_fingerprint, clear=False)
@@ -211,17 +247,32 @@ def run(cfg) -> dict:
         def on_eval(step: int, scores: dict, row: dict) -> None:
             log_metrics(validation_metrics(scores, labels.names, row["epoch"]), step=step)
 
-        state = train(parts, settings, paths["checkpoint_dir"], state,
-                      on_log=lambda step, values: log_metrics(values, step=step), on_eval=on_eval)
+        state = train(
+            parts,
+            settings,
+            paths["checkpoint_dir"],
+            state,
+            on_log=lambda step, values: log_metrics(values, step=step),
+            on_eval=on_eval,
+        )
 
         input_size = input_size_of(document, params)
         metrics = training_metrics(
-            num_params=count_parameters(parts.model), best_scores=state["best_scores"], class_names=labels.names,
-            iters=state["iter"], best_iter=state["best_iter"], resumed_from_iter=resumed_from,
-            iters_per_epoch=len(parts.train_dataset) // settings.batch_size, train_seconds=state["train_seconds"],
-            train_step_seconds=state["train_step_seconds"], train_images=state["train_images"],
-            input_size=input_size[0], crop_size=int(params.crop_size), batch_size=settings.batch_size,
-            device="gpu" if on_gpu else "cpu")
+            num_params=count_parameters(parts.model),
+            best_scores=state["best_scores"],
+            class_names=labels.names,
+            iters=state["iter"],
+            best_iter=state["best_iter"],
+            resumed_from_iter=resumed_from,
+            iters_per_epoch=len(parts.train_dataset) // settings.batch_size,
+            train_seconds=state["train_seconds"],
+            train_step_seconds=state["train_step_seconds"],
+            train_images=state["train_images"],
+            input_size=input_size[0],
+            crop_size=int(params.crop_size),
+            batch_size=settings.batch_size,
+            device="gpu" if on_gpu else "cpu",
+        )
         architecture = str(document["model"]["type"])
         mean, std = normalisation(document)
         meta = ModelMeta(input_size, labels.names, mean, std, architecture)
@@ -235,8 +286,13 @@ def run(cfg) -> dict:
             # MLflow gets the same files before they go live, so a logging failure leaves no new outputs.
             log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
             mlflow.log_artifact(str(tmp / META_NAME), "model")
-            mlflow.paddle.log_model(parts.model, name="paddleseg_model", registered_model_name=model_name, input_spec=[
-                InputSpec([None, 3, *input_size], "float32", "image")], pip_requirements=LOADS_WITH)
+            mlflow.paddle.log_model(
+                parts.model,
+                name="paddleseg_model",
+                registered_model_name=model_name,
+                input_spec=[InputSpec([None, 3, *input_size], "float32", "image")],
+                pip_requirements=LOADS_WITH,
+            )
         write_plots(paths["plots"], state["history"])
         write_json_atomic(paths["metrics"], metrics)
         state["completed"] = True  # a rerun now trains afresh instead of "resuming" a finished run

@@ -1,4 +1,5 @@
 """python -m team_stack up|down|status [--dir .team] [--base-port N] [--users alice,bob]"""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m team_stack", description=__doc__)
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument("--dir", type=Path, default=Path(".team"), help="where the stack keeps its data")
-    parser.add_argument("--base-port", type=int, default=None,
-                        help=f"first of 11 local ports (default {DEFAULT_BASE_PORT}, or the one of the last up)")
+    parser.add_argument(
+        "--base-port",
+        type=int,
+        default=None,
+        help=f"first of 11 local ports (default {DEFAULT_BASE_PORT}, or the one of the last up)",
+    )
     parser.add_argument("--users", default="alice,bob", help="the team's MLflow and S3 accounts (first up only)")
     args = parser.parse_args(argv)
     try:

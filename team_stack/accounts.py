@@ -10,6 +10,7 @@ The permission model (MLflow basic-auth):
   from the other model, which MLflow counts as a delete).
 - What a member creates for themself (a scratch experiment) is theirs: the others only read it.
 """
+
 from __future__ import annotations
 
 import requests
@@ -37,8 +38,11 @@ class Admin:
         found = self.call("GET", f"{API}/experiments/get-by-name", ok=(200, 404), params={"experiment_name": name})
         if found.status_code == 200:
             return found.json()["experiment"]["experiment_id"]
-        created = self.call("POST", f"{API}/experiments/create",
-                            json={"name": name, "tags": [{"key": k, "value": v} for k, v in tags.items()]})
+        created = self.call(
+            "POST",
+            f"{API}/experiments/create",
+            json={"name": name, "tags": [{"key": k, "value": v} for k, v in tags.items()]},
+        )
         return created.json()["experiment_id"]
 
     def ensure_registered_model(self, name: str) -> None:
@@ -52,8 +56,14 @@ class Admin:
         self.call("POST", "/api/3.0/mlflow/users/permissions/grant", json={**resource, "permission": permission})
 
 
-def set_up_team(uri: str, admin_password: str, passwords: dict[str, str], experiment: str,
-                experiment_tags: dict[str, str], registered_models: list[str]) -> None:
+def set_up_team(
+    uri: str,
+    admin_password: str,
+    passwords: dict[str, str],
+    experiment: str,
+    experiment_tags: dict[str, str],
+    registered_models: list[str],
+) -> None:
     admin = Admin(uri, admin_password)
     experiment_id = admin.ensure_experiment(experiment, experiment_tags)
     for name in registered_models:

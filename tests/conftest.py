@@ -1,4 +1,5 @@
 """Shared test fixtures. Stage tests build a cfg from the repo's params.yaml plus overrides."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -36,8 +37,10 @@ def mlflow_tracking_uri_from_the_environment():
 @pytest.fixture
 def make_cfg():
     """make_cfg("data.raw_dir=...", ...) -> the params.yaml config with those overrides."""
+
     def _make(*overrides: str):
         return load_params(list(overrides), REPO_ROOT)
+
     return _make
 
 
@@ -66,8 +69,19 @@ def fetch_labelme_examples(cache_dir: Path = LABELME_SDIST_CACHE) -> Path:
     sdist = cache_dir / f"{root}.tar.gz"
     if not sdist.is_file():
         with tempfile.TemporaryDirectory(dir=cache_dir) as download_dir:
-            command = [sys.executable, "-m", "pip", "download", f"labelme=={version}", "--no-deps",
-                       "--no-binary", ":all:", "--disable-pip-version-check", "-d", download_dir]
+            command = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                f"labelme=={version}",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--disable-pip-version-check",
+                "-d",
+                download_dir,
+            ]
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=600)
             except subprocess.TimeoutExpired:

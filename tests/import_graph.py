@@ -1,4 +1,5 @@
 """The import graph of the stages package, read from the source (ast), for the layout and dvc.yaml tests."""
+
 from __future__ import annotations
 
 import ast
@@ -6,7 +7,12 @@ from pathlib import Path
 
 # Subpackages, lowest layer first: each may import only those before it (the order in stages/__init__.py).
 LAYERS = ("common", "data", "labelme", "evaluation", "models", "prediction", "training")
-TOOLS = ("demo_data", "team_stack", "bench", "tests")  # beside stages/: they may import it; nothing in stages/ imports them
+TOOLS = (
+    "demo_data",
+    "team_stack",
+    "bench",
+    "tests",
+)  # beside stages/: they may import it; nothing in stages/ imports them
 
 
 def module_name(path: Path, package_dir: Path) -> str:
@@ -27,8 +33,9 @@ def imported_modules(path: Path, known: dict[str, Path]) -> set[str]:
             if node.module.split(".")[0] != "stages":
                 continue
             found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names
-                         if f"{node.module}.{alias.name}" in known)
+            found.update(
+                f"{node.module}.{alias.name}" for alias in node.names if f"{node.module}.{alias.name}" in known
+            )
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "stages")
     return {name for name in found if name in known and known[name].name != "__init__.py"}
@@ -81,7 +88,9 @@ def layering_violations(package_dir: Path) -> list[str]:
             elif imported_layer not in LAYERS or importer_layer not in LAYERS:
                 problems.append(f"{importer} -> {imported}: {imported_layer or importer_layer} is not a known layer")
             elif LAYERS.index(imported_layer) > LAYERS.index(importer_layer):
-                problems.append(f"{importer} -> {imported}: imports upward ({importer_layer} is below {imported_layer})")
+                problems.append(
+                    f"{importer} -> {imported}: imports upward ({importer_layer} is below {imported_layer})"
+                )
     return problems
 
 
@@ -93,8 +102,10 @@ def stage_deps(stage: str, package_dir: Path) -> list[str]:
         layer = layer_of(name)
         return (0, 0, name) if layer is None else (1, -LAYERS.index(layer), name)
 
-    return [known[name].relative_to(package_dir.parent).as_posix()
-            for name in sorted(closure(f"stages.{stage}", known), key=order)]
+    return [
+        known[name].relative_to(package_dir.parent).as_posix()
+        for name in sorted(closure(f"stages.{stage}", known), key=order)
+    ]
 
 
 if __name__ == "__main__":  # python tests/import_graph.py predict: the deps lines for dvc.yaml

@@ -1,4 +1,5 @@
 """A real `mlflow server` on 127.0.0.1 (free port, temp backend) for the tests that need one."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +9,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def free_port() -> int:
@@ -39,14 +40,28 @@ def mlflow_server(workdir: Path, timeout_s: float = 120, backend: str | None = N
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    log = open(workdir / "server.log", "w")
+    log = open(workdir / "server.log", "w")  # noqa: SIM115 - closed in finally, after the server stops
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", backend or f"sqlite:///{workdir / 'server.db'}",
-         "--artifacts-destination", str(workdir / "artifacts")],
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            backend or f"sqlite:///{workdir / 'server.db'}",
+            "--artifacts-destination",
+            str(workdir / "artifacts"),
+        ],
         # without MLflow's GenAI job runner: about ten huey worker processes the tests never use
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_until_answering(uri + "/health", process, timeout_s, "mlflow server", workdir / "server.log")
         yield uri

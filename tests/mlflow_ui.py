@@ -6,6 +6,7 @@ runs of a real `dvc repro`), and as a script against a running UI (`make mlflow-
 
     python tests/mlflow_ui.py http://127.0.0.1:5000 --out ui-screenshots/
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--window-size=1600,1000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1600,1000",
+]
 
 
 def chromium() -> str | None:
@@ -39,8 +48,13 @@ def need_chromium() -> None:
 
 def _browser(url: str, action: str, wait_ms: int, timeout_s: float) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:  # a fresh user, no saved view
-        return subprocess.run([chromium(), *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={wait_ms}",
-                               action, url], capture_output=True, text=True, timeout=timeout_s, check=True)
+        return subprocess.run(
+            [chromium(), *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={wait_ms}", action, url],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=True,
+        )
 
 
 def visible_text(dom: str) -> list[str]:
@@ -68,8 +82,10 @@ def main() -> None:
     from stages.training.tracking import experiment_page
 
     cfg = load_params([f"mlflow.tracking_uri={os.environ.get('MLFLOW_TRACKING_URI', args.ui_url)}"])
-    pages = {"experiment": experiment_page(cfg, args.ui_url),
-             "models": f"{args.ui_url.rstrip('/')}/#/models?workflowType=machine_learning"}
+    pages = {
+        "experiment": experiment_page(cfg, args.ui_url),
+        "models": f"{args.ui_url.rstrip('/')}/#/models?workflowType=machine_learning",
+    }
     for name, url in pages.items():
         text = render(url, args.out / f"{name}.png")
         print(f"{name}: {url}\n  saved {args.out / f'{name}.png'}\n  text: {' | '.join(text[:80])}")

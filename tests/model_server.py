@@ -1,5 +1,6 @@
 """A real `mlflow models serve` on 127.0.0.1 (free port) for the tests that serve the photo segmenter, and the
 requests a client sends it (MLflow's JSON, photo files base64-encoded)."""
+
 from __future__ import annotations
 
 import base64
@@ -11,11 +12,10 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from mlflow_server import wait_until_answering
-
 
 VENV_BIN = str(Path(sys.executable).parent)
 
@@ -35,14 +35,16 @@ def serving_env(tracking_uri: str | None = None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def model_server(command: str, port: int, cwd: Path, env: dict[str, str], log: Path,
-                 timeout_s: float = 180) -> Iterator[str]:
+def model_server(
+    command: str, port: int, cwd: Path, env: dict[str, str], log: Path, timeout_s: float = 180
+) -> Iterator[str]:
     """Run ``command`` (a shell line that serves a model on ``port``) in ``cwd``; yield its URL once /ping
     answers. The server and its workers are stopped at the end (their own process group)."""
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as output:
-        process = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            ["bash", "-c", command], cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             wait_until_answering(url + "/ping", process, timeout_s, f"`{command}`", log)
             yield url
@@ -62,8 +64,9 @@ def photos_request(photos: list[bytes]) -> dict:
 
 def post(url: str, body: dict, timeout_s: float = 120) -> tuple[int, dict]:
     """(HTTP status, JSON answer) of a POST to the server's /invocations."""
-    request = urllib.request.Request(url + "/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url + "/invocations", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, json.loads(response.read())
@@ -73,4 +76,3 @@ def post(url: str, body: dict, timeout_s: float = 120) -> tuple[int, dict]:
 
 def masks(answer: dict) -> list[bytes]:
     return [base64.b64decode(row["mask"]) for row in answer["predictions"]]
-

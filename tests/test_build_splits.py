@@ -22,8 +22,10 @@ def demo_like(n_doves=40, n_empty=10):
 @pytest.fixture
 def split_cfg(tmp_path, make_cfg):
     def _cfg(*extra):
-        return make_cfg(f"data.processed_dir={tmp_path / 'processed'}", f"data.splits_dir={tmp_path / 'splits'}",
-                        *extra)
+        return make_cfg(
+            f"data.processed_dir={tmp_path / 'processed'}", f"data.splits_dir={tmp_path / 'splits'}", *extra
+        )
+
     return _cfg
 
 
@@ -39,7 +41,11 @@ def test_splits_are_disjoint_complete_and_near_the_ratios(tmp_path, split_cfg):
     assert not (stems["train"] & stems["val"]) and not (stems["train"] & stems["test"])
     assert not (stems["val"] & stems["test"])
     assert set().union(*stems.values()) == set(demo_like())
-    assert result["counts"] == {"train": 35, "val": 8, "test": 7} or result["counts"] == {"train": 35, "val": 7, "test": 8}
+    assert result["counts"] == {"train": 35, "val": 8, "test": 7} or result["counts"] == {
+        "train": 35,
+        "val": 7,
+        "test": 8,
+    }
 
 
 def test_lines_are_paddleseg_pairs_relative_to_processed_dir(tmp_path, split_cfg):
@@ -85,11 +91,11 @@ def test_summary_has_counts_and_pixel_share(tmp_path, split_cfg):
 
 def test_an_empty_split_is_a_clear_error_and_writes_nothing(tmp_path, split_cfg):
     write_manifest(tmp_path / "processed", demo_like(2, 0))
-    with pytest.raises(StageError, match="2 annotated photo.*at least one each: annotate 1 more"):
+    with pytest.raises(StageError, match=r"2 annotated photo.*at least one each: annotate 1 more"):
         run(split_cfg())
     assert not (tmp_path / "splits").exists()
     write_manifest(tmp_path / "processed", demo_like())
-    with pytest.raises(StageError, match="build_splits.val=0 .*val split empty.*build_splits.val=0.15"):
+    with pytest.raises(StageError, match=r"build_splits.val=0 .*val split empty.*build_splits.val=0.15"):
         run(split_cfg("build_splits.train=0.85", "build_splits.val=0", "build_splits.test=0.15"))
     assert not (tmp_path / "splits").exists()
 
@@ -127,7 +133,7 @@ def test_classes_without_train_pixels_are_named_in_a_warning_and_the_summary(tmp
 
 def test_ratios_must_sum_to_one(tmp_path, split_cfg):
     write_manifest(tmp_path / "processed", demo_like())
-    with pytest.raises(StageError, match="sum to 1"):
+    with pytest.raises(StageError, match=r"sum to 1"):
         run(split_cfg("build_splits.train=0.9"))
 
 
@@ -135,13 +141,13 @@ def test_a_stem_containing_the_separator_is_refused(tmp_path, split_cfg):
     pixels = demo_like(10, 0)
     pixels["my dove"] = {"_background_": 1, "dove": 1}
     write_manifest(tmp_path / "processed", pixels)
-    with pytest.raises(StageError, match="my dove.*separator"):
+    with pytest.raises(StageError, match=r"my dove.*separator"):
         run(split_cfg())
     assert not (tmp_path / "splits").exists()
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path, split_cfg):
-    with pytest.raises(StageError, match="manifest.json.*convert_json"):
+    with pytest.raises(StageError, match=r"manifest.json.*convert_json"):
         run(split_cfg())
 
 

@@ -32,8 +32,7 @@ def test_every_profile_composes_and_names_itself():
 
 def run_stage(cwd, *args):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_stage_cli_takes_overrides_without_hydra_folders_or_chdir(tmp_path):
@@ -42,8 +41,13 @@ def test_stage_cli_takes_overrides_without_hydra_folders_or_chdir(tmp_path):
     processed.mkdir()
     samples = [{"stem": f"s{i}", "class_pixels": {"_background_": 5, "dove": i % 2}} for i in range(20)]
     (processed / "manifest.json").write_text(json.dumps({"samples": samples}))
-    result = run_stage(tmp_path, "stages.build_splits", "data.processed_dir=processed", "data.splits_dir=out/splits",
-                       "build_splits.seed=5")
+    result = run_stage(
+        tmp_path,
+        "stages.build_splits",
+        "data.processed_dir=processed",
+        "data.splits_dir=out/splits",
+        "build_splits.seed=5",
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "splits" / "train.txt").is_file()  # relative to the cwd: no chdir
     leftovers = {p.name for p in tmp_path.iterdir()} - {"params.yaml", "processed", "out"}

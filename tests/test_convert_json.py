@@ -1,4 +1,5 @@
 """convert_json on tiny labelme annotations built in tmp_path: accepted oddities, every refused input, atomicity."""
+
 from __future__ import annotations
 
 import base64
@@ -23,6 +24,7 @@ LABELS = ["__ignore__", "_background_", "dove", "cat"]  # dove -> 1, cat -> 2, _
 
 
 # --- fixture factory: labelme JSON + images ---------------------------------------------------------
+
 
 def image_bytes(width=40, height=30, mode="RGB", fmt="PNG", exif_orientation=None) -> bytes:
     """A deterministic picture with a gradient, so orientation and channel mistakes show."""
@@ -49,12 +51,30 @@ def image_bytes(width=40, height=30, mode="RGB", fmt="PNG", exif_orientation=Non
 
 
 def shape(label="dove", points=((5, 5), (20, 5), (20, 15)), shape_type="polygon", **extra) -> dict:
-    return {"label": label, "points": [list(p) for p in points], "group_id": None, "description": "",
-            "shape_type": shape_type, "flags": {}, **extra}
+    return {
+        "label": label,
+        "points": [list(p) for p in points],
+        "group_id": None,
+        "description": "",
+        "shape_type": shape_type,
+        "flags": {},
+        **extra,
+    }
 
 
-def annotation(raw: Path, name: str, shapes=None, *, image: bytes | None = None, image_name: str | None = None,
-               image_path: str | None = None, embed=False, height=30, width=40, **overrides) -> Path:
+def annotation(
+    raw: Path,
+    name: str,
+    shapes=None,
+    *,
+    image: bytes | None = None,
+    image_name: str | None = None,
+    image_path: str | None = None,
+    embed=False,
+    height=30,
+    width=40,
+    **overrides,
+) -> Path:
     """Write raw/<name>.json (and its image beside it unless embedded); returns the JSON path.
 
     ``image_name`` is the file written next to the JSON; ``image_path`` what the JSON says (default: the same).
@@ -67,11 +87,13 @@ def annotation(raw: Path, name: str, shapes=None, *, image: bytes | None = None,
         (json_path.parent / image_name).parent.mkdir(parents=True, exist_ok=True)
         (json_path.parent / image_name).write_bytes(data)
     document = {
-        "version": "5.5.0", "flags": {},
+        "version": "5.5.0",
+        "flags": {},
         "shapes": [shape()] if shapes is None else shapes,
         "imagePath": image_path if image_path is not None else image_name,
         "imageData": base64.b64encode(data).decode() if embed else None,
-        "imageHeight": height, "imageWidth": width,
+        "imageHeight": height,
+        "imageWidth": width,
     }
     document.update(overrides)
     json_path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
@@ -96,15 +118,24 @@ def convert(tmp_path, raw, out, make_cfg):
     labels.write_text("\n".join(LABELS) + "\n")
 
     def _convert(*overrides):
-        return run(make_cfg(f"data.raw_dir={raw}", f"data.processed_dir={out}", f"data.labels={labels}",
-                            "convert_json.workers=1", *overrides))
+        return run(
+            make_cfg(
+                f"data.raw_dir={raw}",
+                f"data.processed_dir={out}",
+                f"data.labels={labels}",
+                "convert_json.workers=1",
+                *overrides,
+            )
+        )
+
     return _convert
 
 
 def img(out: Path, stem: str) -> np.ndarray:
     """The processed image, img.jpg or img.png as the manifest names it (and nothing else beside it)."""
-    entry = next(s for s in json.loads((out / "manifest.json").read_text(encoding="utf-8"))["samples"]
-                 if s["stem"] == stem)
+    entry = next(
+        s for s in json.loads((out / "manifest.json").read_text(encoding="utf-8"))["samples"] if s["stem"] == stem
+    )
     assert entry["image_file"] in ("img.jpg", "img.png")
     assert sorted(p.name for p in (out / stem).iterdir()) == sorted([entry["image_file"], "label.png", "label_viz.png"])
     with Image.open(out / stem / entry["image_file"]) as image:
@@ -127,9 +158,11 @@ def refused(convert, out) -> str:
 
 # --- the happy path ---------------------------------------------------------------------------------
 
+
 def test_writes_images_labels_viz_class_names_and_manifest(raw, out, convert):
-    annotation(raw, "a", [shape("dove", [(0, 0), (9, 0), (9, 9), (0, 9)]),
-                          shape("cat", [(20, 10), (29, 19)], "rectangle")])
+    annotation(
+        raw, "a", [shape("dove", [(0, 0), (9, 0), (9, 9), (0, 9)]), shape("cat", [(20, 10), (29, 19)], "rectangle")]
+    )
     annotation(raw, "b", [shape("__ignore__", [(0, 0), (39, 29)], "rectangle")])
 
     result = convert()
@@ -167,13 +200,15 @@ def test_labels_match_labelme_oracle(raw, out, convert):
 
     ring = np.zeros((8, 10), bool)
     ring[1:7, 1:9], ring[3:5, 3:7] = True, False
-    shapes = [shape("dove", [(2.4, 3.6), (30.2, 4.9), (25.5, 26.1), (4.0, 20.0)]),
-              shape("cat", [(10, 10), (16, 13)], "circle"),
-              shape("dove", [(1, 28), (38, 2)], "line"),
-              shape("cat", [(33.3, 22.7)], "point"),
-              shape("__ignore__", [(30, 0), (39.5, 8.2)], "rectangle"),
-              shape("dove", [(5, 25), (12, 27), (20, 22), (36, 28)], "linestrip"),
-              mask_shape("cat", 14, 17, ring)]
+    shapes = [
+        shape("dove", [(2.4, 3.6), (30.2, 4.9), (25.5, 26.1), (4.0, 20.0)]),
+        shape("cat", [(10, 10), (16, 13)], "circle"),
+        shape("dove", [(1, 28), (38, 2)], "line"),
+        shape("cat", [(33.3, 22.7)], "point"),
+        shape("__ignore__", [(30, 0), (39.5, 8.2)], "rectangle"),
+        shape("dove", [(5, 25), (12, 27), (20, 22), (36, 28)], "linestrip"),
+        mask_shape("cat", 14, 17, ring),
+    ]
     json_path = annotation(raw, "a", shapes)
     convert()
     ids = {"_background_": 0, "dove": 1, "cat": 2, "__ignore__": 255}
@@ -186,13 +221,23 @@ def test_labels_match_labelme_oracle(raw, out, convert):
 def test_label_viz_is_labelme2voc_picture(raw, out, convert):
     import imgviz
 
-    annotation(raw, "a", [shape("dove", [(0, 0), (25, 3), (12, 29)]), shape("cat", [(20, 10), (39, 29)], "rectangle"),
-                          shape("__ignore__", [(30, 0), (39, 5)], "rectangle")], image=image_bytes(400, 300),
-               height=300, width=400)
+    annotation(
+        raw,
+        "a",
+        [
+            shape("dove", [(0, 0), (25, 3), (12, 29)]),
+            shape("cat", [(20, 10), (39, 29)], "rectangle"),
+            shape("__ignore__", [(30, 0), (39, 5)], "rectangle"),
+        ],
+        image=image_bytes(400, 300),
+        height=300,
+        width=400,
+    )
     convert()
     names = {0: "_background_", 1: "dove", 2: "cat", 255: "__ignore__"}
-    expected = imgviz.label2rgb(label(out, "a"), imgviz.rgb2gray(img(out, "a")), label_names=names, font_size=15,
-                                loc="rb")
+    expected = imgviz.label2rgb(
+        label(out, "a"), imgviz.rgb2gray(img(out, "a")), label_names=names, font_size=15, loc="rb"
+    )
     with Image.open(out / "a" / "label_viz.png") as viz:
         np.testing.assert_array_equal(np.asarray(viz), expected)
 
@@ -219,13 +264,17 @@ def test_parallel_run_writes_the_same_as_serial(raw, tmp_path, out, convert):
 
 # --- accepted oddities ------------------------------------------------------------------------------
 
+
 def test_embedded_image_data_wins_over_image_path(raw, out, convert):
     embedded = image_bytes()
     # imagePath names another (here: missing) file; labelme uses imageData then, and so do we.
     annotation(raw, "a", embed=True, image=embedded, image_path="elsewhere.jpg")
     annotation(raw, "b", image=image_bytes(height=30, width=40, mode="L"))
-    (raw / "b.json").write_text((raw / "b.json").read_text().replace(
-        '"imageData": null', f'"imageData": "{base64.b64encode(embedded).decode()}"'))
+    (raw / "b.json").write_text(
+        (raw / "b.json")
+        .read_text()
+        .replace('"imageData": null', f'"imageData": "{base64.b64encode(embedded).decode()}"')
+    )
     convert()
     expected = to_rgb(Image.open(io.BytesIO(embedded)))
     np.testing.assert_array_equal(img(out, "a"), expected)
@@ -234,8 +283,13 @@ def test_embedded_image_data_wins_over_image_path(raw, out, convert):
 
 
 def test_windows_backslash_path_non_ascii_name_and_subfolders(raw, out, convert):
-    annotation(raw, "north/a", image_name="photos/鸽子_001.jpg", image_path="photos\\鸽子_001.jpg",
-               image=image_bytes(fmt="JPEG"))
+    annotation(
+        raw,
+        "north/a",
+        image_name="photos/鸽子_001.jpg",
+        image_path="photos\\鸽子_001.jpg",
+        image=image_bytes(fmt="JPEG"),
+    )
     annotation(raw, "south/deeper/鸽子_002", image_name="鸽子_002.png")
     convert()
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["a", "鸽子_002"]
@@ -243,7 +297,8 @@ def test_windows_backslash_path_non_ascii_name_and_subfolders(raw, out, convert)
     samples = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["samples"]
     assert [(s["json"], s["image"]) for s in samples] == [
         ("north/a.json", "north/photos/鸽子_001.jpg"),
-        ("south/deeper/鸽子_002.json", "south/deeper/鸽子_002.png")]
+        ("south/deeper/鸽子_002.json", "south/deeper/鸽子_002.png"),
+    ]
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "I;16"])
@@ -263,8 +318,9 @@ def test_any_image_mode_becomes_rgb(raw, out, convert, mode):
 def test_exif_rotated_jpeg_is_oriented_and_sizes_declared_oriented(raw, out, convert):
     # Stored 40 wide x 30 high, EXIF 6 (rotate 90° clockwise to view): the photo is 30 wide x 40 high.
     data = image_bytes(width=40, height=30, fmt="JPEG", exif_orientation=6)
-    annotation(raw, "a", [shape("dove", [(0, 0), (9, 39)], "rectangle")], image=data, image_name="a.jpg",
-               height=40, width=30)
+    annotation(
+        raw, "a", [shape("dove", [(0, 0), (9, 39)], "rectangle")], image=data, image_name="a.jpg", height=40, width=30
+    )
     convert()
     assert img(out, "a").shape == (40, 30, 3)
     # re-encoded as JPEG (with the photo's own tables): within JPEG's rounding of the rotated pixels
@@ -274,8 +330,11 @@ def test_exif_rotated_jpeg_is_oriented_and_sizes_declared_oriented(raw, out, con
 
 
 def test_shapes_partly_outside_are_clipped_and_no_shapes_is_background(raw, out, convert):
-    annotation(raw, "a", [shape("dove", [(-50, -50), (20, -50), (20, 15), (-50, 15)]),
-                          shape("cat", [(35, 25), (80, 90)], "rectangle")])
+    annotation(
+        raw,
+        "a",
+        [shape("dove", [(-50, -50), (20, -50), (20, 15), (-50, 15)]), shape("cat", [(35, 25), (80, 90)], "rectangle")],
+    )
     annotation(raw, "b", [])
     convert()
     a = label(out, "a")
@@ -288,14 +347,19 @@ def test_raw_data_is_never_modified(raw, out, convert):
     annotation(raw, "sub/b", embed=True)
 
     def snapshot():
-        return {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-                for p in sorted(raw.rglob("*")) if p.is_file()}
+        return {
+            p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(raw.rglob("*"))
+            if p.is_file()
+        }
+
     before = snapshot()
     convert()
     assert snapshot() == before
 
 
 # --- refused input: each case names the file and the problem, and nothing is written ----------------
+
 
 def _bad_json(raw):
     (raw / "bad.json").write_text('{"shapes": [')
@@ -386,9 +450,24 @@ def _stems_differ_by_case(raw):
     return "writes the same output folder as sub/bad.json"
 
 
-BAD_INPUTS = [_bad_json, _json_array, _no_shapes_key, _missing_image, _garbage_image, _truncated_jpeg,
-              _garbage_image_data, _unknown_label, _size_mismatch, _absolute_posix_path, _absolute_windows_path,
-              _traversal, _windows_traversal, _too_many_pixels, _same_stem_in_two_folders, _stems_differ_by_case]
+BAD_INPUTS = [
+    _bad_json,
+    _json_array,
+    _no_shapes_key,
+    _missing_image,
+    _garbage_image,
+    _truncated_jpeg,
+    _garbage_image_data,
+    _unknown_label,
+    _size_mismatch,
+    _absolute_posix_path,
+    _absolute_windows_path,
+    _traversal,
+    _windows_traversal,
+    _too_many_pixels,
+    _same_stem_in_two_folders,
+    _stems_differ_by_case,
+]
 
 
 @pytest.mark.parametrize("make_bad", BAD_INPUTS, ids=lambda f: f.__name__.strip("_"))
@@ -436,8 +515,7 @@ def test_empty_raw_dir_is_a_clear_error(raw, out, convert):
 
 def test_every_problem_in_every_file_is_listed_and_nothing_written(raw, out, convert):
     annotation(raw, "good")
-    annotation(raw, "m1", [shape("pigeon"), shape("dove", [(1, 1)], "polygon")],
-               image=image_bytes(), height=99)
+    annotation(raw, "m1", [shape("pigeon"), shape("dove", [(1, 1)], "polygon")], image=image_bytes(), height=99)
     (raw / "m2.json").write_text("not json")
     annotation(raw, "m3", image_path="../../etc/passwd")
     annotation(raw, "sub/good")  # collides with good.json
@@ -447,10 +525,14 @@ def test_every_problem_in_every_file_is_listed_and_nothing_written(raw, out, con
     lines = message.splitlines()
     assert "in 5 of 9 annotation file(s)" in lines[0]
     body = "\n".join(lines[1:])
-    for expected in ["m1.json: shape 0 ('pigeon'): label 'pigeon'", "m1.json: shape 1 ('dove'): ",
-                     "m1.json: imageHeight is 99", "m2.json: invalid JSON",
-                     "m3.json: imagePath '../../etc/passwd' points outside",
-                     "good.json: writes the same output folder as sub/good.json"]:
+    for expected in [
+        "m1.json: shape 0 ('pigeon'): label 'pigeon'",
+        "m1.json: shape 1 ('dove'): ",
+        "m1.json: imageHeight is 99",
+        "m2.json: invalid JSON",
+        "m3.json: imagePath '../../etc/passwd' points outside",
+        "good.json: writes the same output folder as sub/good.json",
+    ]:
         assert expected in body
     assert "fine" not in body
 
@@ -471,9 +553,20 @@ def test_command_line_prints_the_problem_without_traceback(raw, out, tmp_path):
     labels.write_text("\n".join(LABELS) + "\n")
     annotation(raw, "bad", [shape("pigeon")])
     python_path = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-m", "stages.convert_json", f"data.raw_dir={raw}",
-                           f"data.processed_dir={out}", f"data.labels={labels}"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": python_path})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.convert_json",
+            f"data.raw_dir={raw}",
+            f"data.processed_dir={out}",
+            f"data.labels={labels}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": python_path},
+    )
     assert done.returncode == 1
     assert "bad.json: shape 0 ('pigeon'): label 'pigeon' is not in the labels file" in done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
@@ -481,16 +574,23 @@ def test_command_line_prints_the_problem_without_traceback(raw, out, tmp_path):
 
 # --- phone photos: JPEG bytes kept, rotated ones re-encoded, label_viz scaled down --------------------
 
-def test_jpegs_keep_their_bytes_rotated_ones_are_reencoded_and_the_lists_follow(raw, out, convert, tmp_path,
-                                                                                 make_cfg):
+
+def test_jpegs_keep_their_bytes_rotated_ones_are_reencoded_and_the_lists_follow(raw, out, convert, tmp_path, make_cfg):
     from stages import build_splits
 
     kept = image_bytes(fmt="JPEG")
     rotated = image_bytes(width=40, height=30, fmt="JPEG", exif_orientation=6)
     annotation(raw, "kept", image=kept, image_name="kept.jpg")
     annotation(raw, "embedded", image=kept, embed=True)
-    annotation(raw, "rotated", [shape("dove", [(0, 0), (9, 39)], "rectangle")], image=rotated,
-               image_name="rotated.jpg", height=40, width=30)
+    annotation(
+        raw,
+        "rotated",
+        [shape("dove", [(0, 0), (9, 39)], "rectangle")],
+        image=rotated,
+        image_name="rotated.jpg",
+        height=40,
+        width=30,
+    )
     annotation(raw, "lossless")  # a PNG
     convert()
     files = {s["stem"]: s["image_file"] for s in json.loads((out / "manifest.json").read_text())["samples"]}
@@ -501,11 +601,19 @@ def test_jpegs_keep_their_bytes_rotated_ones_are_reencoded_and_the_lists_follow(
         assert written.quantization == source.quantization  # re-encoded with the camera's own tables
     np.testing.assert_array_equal(img(out, "lossless"), to_rgb(Image.open(io.BytesIO(image_bytes()))))
 
-    cfg = make_cfg(f"data.processed_dir={out}", f"data.splits_dir={tmp_path / 'splits'}",
-                   "build_splits.train=0.5", "build_splits.val=0.25", "build_splits.test=0.25")
+    cfg = make_cfg(
+        f"data.processed_dir={out}",
+        f"data.splits_dir={tmp_path / 'splits'}",
+        "build_splits.train=0.5",
+        "build_splits.val=0.25",
+        "build_splits.test=0.25",
+    )
     build_splits.run(cfg)
-    lines = sorted(line for name in ("train", "val", "test")
-                   for line in (tmp_path / "splits" / f"{name}.txt").read_text().splitlines())
+    lines = sorted(
+        line
+        for name in ("train", "val", "test")
+        for line in (tmp_path / "splits" / f"{name}.txt").read_text().splitlines()
+    )
     assert lines == sorted(f"{stem}/{name} {stem}/label.png" for stem, name in files.items())
 
 
@@ -514,8 +622,10 @@ def test_a_large_photo_gets_a_label_viz_of_1024_px_and_a_full_size_label(raw, ou
     from stages.data.images import VOC_PALETTE
 
     data = image_bytes(width=2400, height=1800, fmt="JPEG")
-    shapes = [shape("dove", [(100, 100), (1300, 200), (900, 1500)]), shape("cat", [(1500, 900), (2300, 1700)],
-                                                                          "rectangle")]
+    shapes = [
+        shape("dove", [(100, 100), (1300, 200), (900, 1500)]),
+        shape("cat", [(1500, 900), (2300, 1700)], "rectangle"),
+    ]
     annotation(raw, "big", shapes, image=data, image_name="big.jpg", height=1800, width=2400)
     convert()
     assert (out / "big" / "img.jpg").read_bytes() == data

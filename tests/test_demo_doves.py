@@ -1,4 +1,5 @@
 """The bundled demo data set (data/raw) and its deterministic generator (demo_data/doves.py)."""
+
 from __future__ import annotations
 
 import io
@@ -19,8 +20,10 @@ TOP_KEYS = ["version", "flags", "shapes", "imagePath", "imageData", "imageHeight
 
 
 def committed_annotations() -> dict[int, dict]:
-    return {int(path.stem.split("_")[1]): json.loads(path.read_text(encoding="utf-8"))
-            for path in sorted(RAW.glob("dove_*.json"))}
+    return {
+        int(path.stem.split("_")[1]): json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(RAW.glob("dove_*.json"))
+    }
 
 
 def pick_indices() -> list[int]:
@@ -31,14 +34,20 @@ def pick_indices() -> list[int]:
         return next(index for index, labelme in annotations.items() if predicate(labelme))
 
     def doves(labelme):
-        return {shape["group_id"] if shape["group_id"] is not None else id(shape)
-                for shape in labelme["shapes"] if shape["label"] == "dove"}
+        return {
+            shape["group_id"] if shape["group_id"] is not None else id(shape)
+            for shape in labelme["shapes"]
+            if shape["label"] == "dove"
+        }
 
-    picked = {0, *demo_doves.EXIF_ORIENTATION,
-              first(lambda d: any(s["group_id"] is not None for s in d["shapes"])),
-              first(lambda d: any(s["label"] == "_background_" for s in d["shapes"])),
-              first(lambda d: not d["shapes"]),
-              first(lambda d: len(doves(d)) == 3)}
+    picked = {
+        0,
+        *demo_doves.EXIF_ORIENTATION,
+        first(lambda d: any(s["group_id"] is not None for s in d["shapes"])),
+        first(lambda d: any(s["label"] == "_background_" for s in d["shapes"])),
+        first(lambda d: not d["shapes"]),
+        first(lambda d: len(doves(d)) == 3),
+    }
     return sorted(picked)
 
 
@@ -65,7 +74,7 @@ def test_committed_json_is_labelme_5(tmp_path):
         assert labelme["flags"] == {} and labelme["imageData"] is None
         assert labelme["imagePath"] == f"{name}.jpg"
         h, w = labelme["imageHeight"], labelme["imageWidth"]
-        assert demo_doves.MIN_SIDE <= min(h, w) and max(h, w) <= demo_doves.MAX_SIDE, name
+        assert min(h, w) >= demo_doves.MIN_SIDE and max(h, w) <= demo_doves.MAX_SIDE, name
         for shape in labelme["shapes"]:
             assert list(shape) == SHAPE_KEYS, name
             assert shape["label"] in ("dove", "_background_")
@@ -105,8 +114,12 @@ def test_committed_set_covers_the_hard_cases():
     assert sum(not d["shapes"] for d in annotations.values()) >= 3  # photos without doves
     assert any(s["group_id"] is not None for s in dove_shapes)  # a dove split in pieces by an occluder
     assert any(s["label"] == "_background_" for d in annotations.values() for s in d["shapes"])  # holes
-    assert any(max(p[0] for p in s["points"]) == d["imageWidth"] - 1 or min(p[1] for p in s["points"]) == 0
-               for d in annotations.values() for s in d["shapes"] if s["label"] == "dove")  # cut by the border
+    assert any(
+        max(p[0] for p in s["points"]) == d["imageWidth"] - 1 or min(p[1] for p in s["points"]) == 0
+        for d in annotations.values()
+        for s in d["shapes"]
+        if s["label"] == "dove"
+    )  # cut by the border
     sizes = {(d["imageHeight"], d["imageWidth"]) for d in annotations.values()}
     assert len(sizes) > 60 and any(h > w for h, w in sizes) and any(w > h for h, w in sizes)
 

@@ -1,5 +1,6 @@
 """The multi-class, phone-sized generator (demo_data/multiclass.py): labelme reads what it writes,
 and labelme's rasteriser reproduces the class map the picture was composited with."""
+
 from __future__ import annotations
 
 import io
@@ -29,7 +30,8 @@ def test_writes_labelme_5_json_jpegs_and_a_labels_file(tmp_path):
     assert names == ("_background_", "dove", "stone", "leaf", "branch", "bottle", "can")
     assert (tmp_path / "labels.txt").read_text() == "__ignore__\n" + "\n".join(names) + "\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["labels.txt"] + [f"IMG_000{i}.{ext}" for i in range(3) for ext in ("jpg", "json")])
+        ["labels.txt"] + [f"IMG_000{i}.{ext}" for i in range(3) for ext in ("jpg", "json")]
+    )
     for index in range(3):
         document = json.loads((tmp_path / f"IMG_000{index}.json").read_text())
         assert list(document) == TOP_KEYS and document["version"].startswith("5.")
@@ -63,8 +65,11 @@ def test_labelme_reproduces_the_class_map_the_picture_was_composited_with(tmp_pa
     from labelme import LabelFile
     from labelme.utils import img_data_to_arr, shapes_to_label
 
-    index, _ = find_index(lambda p: len({s["label"] for s in p.shapes}) >= 3
-                          and any(s["shape_type"] == "circle" for s in p.shapes), size, rotated_share=0.0)
+    index, _ = find_index(
+        lambda p: len({s["label"] for s in p.shapes}) >= 3 and any(s["shape_type"] == "circle" for s in p.shapes),
+        size,
+        rotated_share=0.0,
+    )
     photo = multiclass.write_photo(tmp_path, index, 0, size, rotated_share=0.0)
     loaded = LabelFile(str(tmp_path / f"{photo.name}.json"))
     assert img_data_to_arr(loaded.image_data).shape == photo.rgb.shape
@@ -80,14 +85,14 @@ def test_objects_overlap_and_the_later_one_wins():
 
     def overlapping(photo):
         masks = [(s["label"], shape_to_mask(photo.rgb.shape[:2], s)) for s in photo.shapes]
-        return any(a != b and (ma & mb).any() for i, (a, ma) in enumerate(masks) for b, mb in masks[i + 1:])
+        return any(a != b and (ma & mb).any() for i, (a, ma) in enumerate(masks) for b, mb in masks[i + 1 :])
 
     _, photo = find_index(overlapping, (200, 150), rotated_share=0.0)
     masks = [(s["label"], shape_to_mask(photo.rgb.shape[:2], s)) for s in photo.shapes]
     ids = {name: k for k, name in enumerate(photo.class_names)}
     for k, (label, mask) in enumerate(masks):
         covered = np.zeros_like(mask)
-        for _, later in masks[k + 1:]:
+        for _, later in masks[k + 1 :]:
             covered |= later
         assert (photo.label[mask & ~covered] == ids[label]).all()
 
@@ -100,7 +105,7 @@ def test_the_picture_shows_objects_where_they_are_annotated():
     inside = photo.label == target
     ys, xs = np.nonzero(inside)
     around = np.zeros_like(inside)
-    around[max(0, ys.min() - 6):ys.max() + 7, max(0, xs.min() - 6):xs.max() + 7] = True
+    around[max(0, ys.min() - 6) : ys.max() + 7, max(0, xs.min() - 6) : xs.max() + 7] = True
     around &= photo.label == 0
     assert inside.sum() > 20 and around.sum() > 20
     rgb = photo.rgb.astype(np.float64)
@@ -124,8 +129,22 @@ def test_rare_classes_are_rare():
 
 def test_cli(tmp_path, capsys):
     out = tmp_path / "photos"
-    multiclass.main(["--out", str(out), "--count", "2", "--size", "80x60", "--seed", "5", "--classes", "4",
-                     "--labels", str(tmp_path / "labels.txt")])
+    multiclass.main(
+        [
+            "--out",
+            str(out),
+            "--count",
+            "2",
+            "--size",
+            "80x60",
+            "--seed",
+            "5",
+            "--classes",
+            "4",
+            "--labels",
+            str(tmp_path / "labels.txt"),
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 2 and report["classes"] == 4 and report["size"] == "80x60"
     assert (tmp_path / "labels.txt").read_text().splitlines()[2:] == ["dove", "stone", "leaf", "branch"]

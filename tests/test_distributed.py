@@ -1,5 +1,6 @@
 """stages.training.distributed: single-process behaviour, batch sharding, launch commands, and (slow) a real
 2-process CPU training under `python -m paddle.distributed.launch`."""
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ def single_process(monkeypatch):
 
 
 # --- a single process -----------------------------------------------------------------------------
+
 
 def test_single_process_is_rank_0_of_1_and_main(single_process):
     assert distributed.world_size() == 1
@@ -68,6 +70,7 @@ def test_collective_helpers_are_no_ops_in_one_process(single_process):
 
 
 # --- sharding batches -----------------------------------------------------------------------------
+
 
 class CountingSampler(paddle.io.Sampler):
     def __init__(self, size):
@@ -107,7 +110,7 @@ def test_rank_batches_set_epoch_reaches_the_wrapped_sampler():
 
 
 def test_rank_batches_refuse_a_rank_outside_the_world():
-    with pytest.raises(ValueError, match="not in 0..1"):
+    with pytest.raises(ValueError, match=r"not in 0..1"):
         RankBatches([[0]], num_replicas=2, replica_rank=2)
 
 
@@ -118,12 +121,13 @@ def test_rank_batches_cover_every_sample_in_equal_parts(batches, replicas):
         sizes = {len(part[step]) for part in parts}
         assert len(sizes) == 1  # every process runs the same steps on the same amount of data
         joined = [index for part in parts for index in part[step]]
-        assert joined[:len(batch)] == batch  # in order, padding only at the end...
-        assert set(joined[len(batch):]) <= set(batch)  # ...made of the batch's own samples
+        assert joined[: len(batch)] == batch  # in order, padding only at the end...
+        assert set(joined[len(batch) :]) <= set(batch)  # ...made of the batch's own samples
         assert len(joined) - len(batch) < replicas
 
 
 # --- launch settings and commands -----------------------------------------------------------------
+
 
 def test_launch_settings_default_to_one_process():
     settings = launch_settings(None)
@@ -146,13 +150,16 @@ def test_auto_nproc_with_devices_is_one_process_per_device():
     assert distributed.auto_nproc("0,1,2") == 3
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"nprocs": 2}, "unknown keys"),
-    ({"nproc": 0}, "must be >= 1"),
-    ({"nproc": "many"}, "a number of processes or 'auto'"),
-    ({"nnodes": 2}, "needs master"),
-    ({"nnodes": 2, "master": "h:1", "node_rank": 2}, "not in 0..1"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"nprocs": 2}, "unknown keys"),
+        ({"nproc": 0}, "must be >= 1"),
+        ({"nproc": "many"}, "a number of processes or 'auto'"),
+        ({"nnodes": 2}, "needs master"),
+        ({"nnodes": 2, "master": "h:1", "node_rank": 2}, "not in 0..1"),
+    ],
+)
 def test_launch_settings_refuse_bad_values(values, message):
     with pytest.raises(StageError, match=message):
         launch_settings(values, "train_x.distributed")
@@ -161,33 +168,62 @@ def test_launch_settings_refuse_bad_values(values, message):
 @pytest.mark.skipif(paddle.is_compiled_with_cuda(), reason="checks the CPU build's refusal of devices")
 def test_devices_are_refused_on_a_cpu_build():
     # The launcher itself fails on a CPU build with "ValueError: substring not found" for --devices.
-    with pytest.raises(StageError, match="needs a GPU build"):
+    with pytest.raises(StageError, match=r"needs a GPU build"):
         launch_settings({"nproc": 2, "devices": "0,1"})
 
 
 def test_launch_command_runs_the_module_under_the_launcher():
     command = launch_command("stages.train_x", 2, extra=["train_x.epochs=1"], log_dir="/tmp/logs")
-    assert command == [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-                       "--log_dir", "/tmp/logs", "--log_overwrite", "true",
-                       sys.executable, "-u", "-m", "stages.train_x", "train_x.epochs=1"]
+    assert command == [
+        sys.executable,
+        "-m",
+        "paddle.distributed.launch",
+        "--nproc_per_node",
+        "2",
+        "--log_dir",
+        "/tmp/logs",
+        "--log_overwrite",
+        "true",
+        sys.executable,
+        "-u",
+        "-m",
+        "stages.train_x",
+        "train_x.epochs=1",
+    ]
 
 
 def test_launch_command_for_several_machines():
-    command = launch_command("stages.train_x", 8, "0,1,2,3,4,5,6,7", nnodes=2, master="10.0.0.1:8090",
-                             node_rank=1, log_dir="logs")
-    launcher_args = command[3:command.index("-u") - 1]
-    assert launcher_args == ["--nproc_per_node", "8", "--devices", "0,1,2,3,4,5,6,7", "--nnodes", "2",
-                             "--master", "10.0.0.1:8090", "--rank", "1", "--log_dir", "logs",
-                             "--log_overwrite", "true"]
+    command = launch_command(
+        "stages.train_x", 8, "0,1,2,3,4,5,6,7", nnodes=2, master="10.0.0.1:8090", node_rank=1, log_dir="logs"
+    )
+    launcher_args = command[3 : command.index("-u") - 1]
+    assert launcher_args == [
+        "--nproc_per_node",
+        "8",
+        "--devices",
+        "0,1,2,3,4,5,6,7",
+        "--nnodes",
+        "2",
+        "--master",
+        "10.0.0.1:8090",
+        "--rank",
+        "1",
+        "--log_dir",
+        "logs",
+        "--log_overwrite",
+        "true",
+    ]
 
 
 # --- relaunching a stage --------------------------------------------------------------------------
+
 
 @pytest.fixture
 def stage_dir(tmp_path, monkeypatch, single_process):
     """A folder with a params.yaml holding one stage block, as the current directory."""
     (tmp_path / "params.yaml").write_text(
-        "train_x:\n  epochs: 3\n  distributed:\n    nproc: 1\n    nnodes: 1\n    master: null\n")
+        "train_x:\n  epochs: 3\n  distributed:\n    nproc: 1\n    nnodes: 1\n    master: null\n"
+    )
     monkeypatch.chdir(tmp_path)
     executed = []
     monkeypatch.setattr(os, "execv", lambda path, args: executed.append(args))
@@ -214,7 +250,7 @@ def test_relaunch_does_nothing_inside_a_launched_process(stage_dir, monkeypatch)
 
 
 def test_relaunch_stops_on_bad_settings(stage_dir):
-    with pytest.raises(SystemExit, match="train_x.distributed: nnodes=2 needs master"):
+    with pytest.raises(SystemExit, match=r"train_x.distributed: nnodes=2 needs master"):
         distributed.relaunch_if_configured("train_x", ["train_x.distributed.nnodes=2"])
     assert stage_dir == []
 
@@ -223,7 +259,7 @@ def test_relaunch_stops_on_bad_settings(stage_dir):
 
 # paddle.Model.fit on a tiny conv net (no BatchNorm, so 2 processes x 2 samples must equal 1 process x
 # 4 samples), sharded with RankBatches. Each rank reports its parameters; only the main one writes model.json.
-TINY_TRAINING = textwrap.dedent('''
+TINY_TRAINING = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
     import numpy as np
@@ -283,7 +319,7 @@ TINY_TRAINING = textwrap.dedent('''
     (out / f"rank{distributed.rank()}.json").write_text(json.dumps({
         "weights": weights.tolist(), "val_acc": scores["acc"], "rank_sum": int(total[0]),
         "saw_model_after_barrier": (out / "model.json").is_file()}))
-''')
+""")
 
 
 def _worker_logs(log_dir: Path) -> str:
@@ -325,11 +361,26 @@ def test_two_cpu_processes_train_as_one_under_the_launcher(tmp_path):
 
 # Per trainer: tiny settings, and how many validations (MLflow val/mIoU steps) they give.
 TRAINERS = {
-    "train_paddle": (["train_paddle.input_size=32", "train_paddle.crop_size=32", "train_paddle.epochs=2",
-                      "train_paddle.batch_size=4"], [1, 2]),
-    "train_paddleseg": (["train_paddleseg.input_size=32", "train_paddleseg.crop_size=32", "train_paddleseg.iters=4",
-                         "train_paddleseg.batch_size=4", "train_paddleseg.eval_interval=2",
-                         "train_paddleseg.log_interval=1"], [2, 4]),
+    "train_paddle": (
+        [
+            "train_paddle.input_size=32",
+            "train_paddle.crop_size=32",
+            "train_paddle.epochs=2",
+            "train_paddle.batch_size=4",
+        ],
+        [1, 2],
+    ),
+    "train_paddleseg": (
+        [
+            "train_paddleseg.input_size=32",
+            "train_paddleseg.crop_size=32",
+            "train_paddleseg.iters=4",
+            "train_paddleseg.batch_size=4",
+            "train_paddleseg.eval_interval=2",
+            "train_paddleseg.log_interval=1",
+        ],
+        [2, 4],
+    ),
 }
 
 
@@ -338,18 +389,30 @@ TRAINERS = {
 def test_trainer_with_nproc_2_runs_under_the_launcher_and_only_rank_0_writes(stage, tmp_path):
     """`<stage>.distributed.nproc=2`: the unchanged stage command relaunches itself under Paddle's launcher
     (2 CPU processes, gloo); both train, one MLflow run holds each validation once, rank 0 writes outputs."""
-    from tiny_pipeline import make_dataset  # noqa: PLC0415  (tests/ is on sys.path under pytest)
+    from tiny_pipeline import make_dataset
 
     settings, eval_steps = TRAINERS[stage]
     store = tmp_path / "mlflow"
     store.mkdir()
     log_dir = tmp_path / "launcher-logs"
-    overrides = [*make_dataset(tmp_path / "data"), f"paths.checkpoints_dir={tmp_path / 'checkpoints'}",
-                 f"mlflow.tracking_uri=sqlite:///{store / 'mlflow.db'}", f"mlflow.artifact_location={store / 'mlruns'}",
-                 *settings, f"{stage}.distributed.nproc=2", f"{stage}.distributed.log_dir={log_dir}"]
+    overrides = [
+        *make_dataset(tmp_path / "data"),
+        f"paths.checkpoints_dir={tmp_path / 'checkpoints'}",
+        f"mlflow.tracking_uri=sqlite:///{store / 'mlflow.db'}",
+        f"mlflow.artifact_location={store / 'mlruns'}",
+        *settings,
+        f"{stage}.distributed.nproc=2",
+        f"{stage}.distributed.log_dir={log_dir}",
+    ]
     env = {k: v for k, v in os.environ.items() if k not in (*LAUNCHER_ENV, "MLFLOW_TRACKING_URI")}
-    done = subprocess.run([sys.executable, "-m", f"stages.{stage}", *overrides], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}", *overrides],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + _worker_logs(log_dir)
     assert "paddle.distributed.launch --nproc_per_node 2" in done.stdout
     # Both processes ran the stage to its end; only rank 0 got the outputs' summary.

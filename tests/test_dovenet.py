@@ -1,4 +1,5 @@
 """DoveNet is the tutorial's network: same layers, same parameter counts, input-sized class scores."""
+
 from __future__ import annotations
 
 import contextlib
@@ -42,11 +43,17 @@ def test_parameter_counts_match_the_tutorial():
     assert summary["total_params"] == TUTORIAL_TOTAL
     # Paddle 3.3's summary: only the BN running mean/variance are non-trainable.
     assert summary["trainable_params"] == TUTORIAL_TOTAL - 2 * BN_CHANNELS == 2_054_914
-    assert count_parameters(model) == {"total": TUTORIAL_TOTAL, "trainable": 2_054_914,
-                                       "non_trainable": 2 * BN_CHANNELS}
+    assert count_parameters(model) == {
+        "total": TUTORIAL_TOTAL,
+        "trainable": 2_054_914,
+        "non_trainable": 2 * BN_CHANNELS,
+    }
     # The tutorial's own figures, under the summary rule of its Paddle version.
-    assert tutorial_era_counts(model) == {"total": TUTORIAL_TOTAL, "trainable": TUTORIAL_TRAINABLE,
-                                          "non_trainable": TUTORIAL_NON_TRAINABLE}
+    assert tutorial_era_counts(model) == {
+        "total": TUTORIAL_TOTAL,
+        "trainable": TUTORIAL_TRAINABLE,
+        "non_trainable": TUTORIAL_NON_TRAINABLE,
+    }
 
 
 def test_parameter_count_follows_the_number_of_classes():
@@ -62,7 +69,7 @@ def test_layers_are_the_tutorials():
     for encoder, c_in, c_out in zip(model.encoders, channels_in, ENCODER_CHANNELS):
         first = encoder.separable_conv_01
         assert isinstance(first, SeparableConv2D)
-        assert first.weight_conv.shape == [c_in, 1, 3, 3]           # depthwise 3x3, no bias
+        assert first.weight_conv.shape == [c_in, 1, 3, 3]  # depthwise 3x3, no bias
         assert first.weight_pointwise.shape == [c_out, c_in, 1, 1]  # pointwise 1x1 with bias
         assert first.bias_pointwise.shape == [c_out]
         assert encoder.residual_conv.weight.shape == [c_out, c_in, 1, 1]
@@ -79,7 +86,6 @@ def test_output_is_class_scores_at_input_size(height, width):
     model.eval()
     out = model(paddle.rand([2, 3, height, width]))
     assert out.shape == [2, 3, height, width]
-
 
 
 def build(num_classes: int, monkeypatch=None, scale_factor: bool = False) -> DoveNet:

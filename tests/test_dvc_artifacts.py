@@ -1,4 +1,5 @@
 """dvc.yaml's artifacts: both models, found by real DVC in a temp copy of the repo, named as in the Model Registry."""
+
 import dvc.api
 from dvc.repo import Repo
 

@@ -1,4 +1,5 @@
 """`dvc repro` of the first two stages in a temp copy of the repo: real DVC, real data."""
+
 import pytest
 import yaml
 
@@ -9,8 +10,9 @@ from dvc_helpers import copy_repo, dvc
 def test_repro_build_splits_from_a_fresh_copy_then_status_is_clean(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     dvc(repo, "repro", "build_splits")
-    counts = {name: len((repo / "data/splits" / f"{name}.txt").read_text().splitlines())
-              for name in ("train", "val", "test")}
+    counts = {
+        name: len((repo / "data/splits" / f"{name}.txt").read_text().splitlines()) for name in ("train", "val", "test")
+    }
     assert sum(counts.values()) == 124 and all(counts.values())
     assert (repo / "data/processed/manifest.json").is_file()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())

@@ -1,4 +1,5 @@
 """stages.data.dvc_hash against real `dvc add`: the same md5, size and file count DVC records."""
+
 import subprocess
 import sys
 from pathlib import Path

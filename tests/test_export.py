@@ -1,6 +1,7 @@
 """The export stage on real tiny models: a random-weight DoveNet and an upsampling red detector, converted to
 ONNX for real, checked against Paddle Inference, read by PaddleSeg's deploy tooling, logged to MLflow with the
 served model (photos in, masks out: tests/test_photo_segmenter.py and tests/test_serve.py try it)."""
+
 import json
 import re
 from pathlib import Path
@@ -56,8 +57,10 @@ def test_each_model_gets_a_deploy_folder_with_a_dynamic_onnx_model(exported):
             assert (folder / file).read_bytes() == (Path(cfg.paths.models_dir) / name / file).read_bytes()
         # the trainer's meta.json, plus what the ONNX model is
         trainer_meta = json.loads((Path(cfg.paths.models_dir) / name / "meta.json").read_text())
-        assert json.loads((folder / "meta.json").read_text()) == {**trainer_meta, "onnx": {
-            "file": "model.onnx", "conversion": "dynamic", "input_shape": [None, 3, None, None]}}
+        assert json.loads((folder / "meta.json").read_text()) == {
+            **trainer_meta,
+            "onnx": {"file": "model.onnx", "conversion": "dynamic", "input_shape": [None, 3, None, None]},
+        }
         assert result["models"][name]["onnx_conversion"] == "dynamic"
         model = onnx.load(str(folder / "model.onnx"))
         onnx.checker.check_model(model)
@@ -76,7 +79,7 @@ def test_each_model_gets_a_deploy_folder_with_a_dynamic_onnx_model(exported):
 
 def test_the_check_passes_and_its_figures_go_to_the_metrics_file_and_the_training_run(exported):
     cfg, result, runs_before = exported
-    first_test_photos = [s.stem for s in read_split(cfg, "test")[:int(cfg.export.check.images)]]
+    first_test_photos = [s.stem for s in read_split(cfg, "test")[: int(cfg.export.check.images)]]
     client = MlflowClient(str(cfg.mlflow.tracking_uri))
     for name in MODELS:
         metrics = json.loads((Path(cfg.paths.metrics_dir) / f"export_{name}.json").read_text())
@@ -92,8 +95,11 @@ def test_the_check_passes_and_its_figures_go_to_the_metrics_file_and_the_trainin
         assert run.data.tags["onnx_opset"] == "13"
         # Added to the finished run without reopening it: its status and end time stay.
         assert (run.info.status, run.info.end_time) == ("FINISHED", before.info.end_time)
-        logged = [m for m in client.search_logged_models([run.info.experiment_id])
-                  if m.source_run_id == run.info.run_id and m.name == export.ONNX_MODEL_NAME]
+        logged = [
+            m
+            for m in client.search_logged_models([run.info.experiment_id])
+            if m.source_run_id == run.info.run_id and m.name == export.ONNX_MODEL_NAME
+        ]
         assert len(logged) == 1
         assert logged[0].model_id in {o.model_id for o in run.outputs.model_outputs}
         artifacts = {a.path for a in client.list_logged_model_artifacts(logged[0].model_id)}
@@ -101,11 +107,17 @@ def test_the_check_passes_and_its_figures_go_to_the_metrics_file_and_the_trainin
         # The served model: a new version of the serving registered model, from this run, named in the metrics.
         served = metrics["serving_model"]
         version = client.get_model_version(cfg.mlflow.registered_models.serving, served["version"])
-        assert served == {"name": "doveseg-segmenter", "version": str(version.version),
-                          "uri": f"models:/doveseg-segmenter/{version.version}"}
+        assert served == {
+            "name": "doveseg-segmenter",
+            "version": str(version.version),
+            "uri": f"models:/doveseg-segmenter/{version.version}",
+        }
         assert version.run_id == run.info.run_id
-        [segmenter] = [m for m in client.search_logged_models([run.info.experiment_id])
-                       if m.source_run_id == run.info.run_id and m.name == export.SERVING_MODEL_NAME]
+        [segmenter] = [
+            m
+            for m in client.search_logged_models([run.info.experiment_id])
+            if m.source_run_id == run.info.run_id and m.name == export.SERVING_MODEL_NAME
+        ]
         assert segmenter.model_id in {o.model_id for o in run.outputs.model_outputs}
         artifacts = {a.path for a in client.list_logged_model_artifacts(segmenter.model_id)}
         assert {"MLmodel", "python_model.pkl", "code", "artifacts"} <= artifacts
@@ -119,11 +131,19 @@ def test_deploy_yaml_is_paddleseg_deploy_format_and_its_tooling_reads_it(exporte
     folder = Path(cfg.paths.exports_dir) / "paddleseg"
     meta = read_meta(folder)
     height, width = meta.input_size
-    assert yaml.safe_load((folder / "deploy.yaml").read_text()) == {"Deploy": {
-        "model": "inference.json", "params": "inference.pdiparams",
-        "transforms": [{"type": "Resize", "target_size": [width, height]},
-                       {"type": "Normalize", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}],
-        "input_shape": [None, 3, None, None], "output_op": "none", "output_dtype": "float32"}}
+    assert yaml.safe_load((folder / "deploy.yaml").read_text()) == {
+        "Deploy": {
+            "model": "inference.json",
+            "params": "inference.pdiparams",
+            "transforms": [
+                {"type": "Resize", "target_size": [width, height]},
+                {"type": "Normalize", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+            ],
+            "input_shape": [None, 3, None, None],
+            "output_op": "none",
+            "output_dtype": "float32",
+        }
+    }
 
     deploy = DeployConfig(str(folder / "deploy.yaml"))
     assert Path(deploy.model) == folder / "inference.json" and Path(deploy.params) == folder / "inference.pdiparams"
@@ -147,14 +167,24 @@ def test_deploy_yaml_is_paddleseg_deploy_format_and_its_tooling_reads_it(exporte
 
 def corrupting(convert_function):
     """convert, then flip the sign of the model's first weight tensor: a wrong ONNX model that still loads."""
+
     def _convert(model_dir, onnx_path, opset, model_name):
         convert_function(model_dir, onnx_path, opset, model_name)
         model = onnx.load(str(onnx_path))
-        tensors = [*model.graph.initializer, *(attribute.t for node in model.graph.node if node.op_type == "Constant"
-                                              for attribute in node.attribute if attribute.name == "value")]
+        tensors = [
+            *model.graph.initializer,
+            *(
+                attribute.t
+                for node in model.graph.node
+                if node.op_type == "Constant"
+                for attribute in node.attribute
+                if attribute.name == "value"
+            ),
+        ]
         weights = next(t for t in tensors if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4)
         weights.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(weights), weights.name))
         onnx.save(model, str(onnx_path))
+
     return _convert
 
 
@@ -163,8 +193,11 @@ def test_a_corrupted_onnx_model_fails_the_check_and_the_stage_writes_nothing(tmp
     cfg = make_cfg(*make_dataset(tmp_path), *mlflow_store, "export.models=[paddleseg]")
     trained_models(tmp_path, cfg, names=("paddleseg",))
     monkeypatch.setattr(export, "convert", corrupting(convert))
-    with pytest.raises(StageError, match=r"model 'paddleseg': ONNX model disagrees with Paddle Inference on 4 "
-                                         r"test photos: max logit difference .* > .*; class ids agree on"):
+    with pytest.raises(
+        StageError,
+        match=r"model 'paddleseg': ONNX model disagrees with Paddle Inference on 4 "
+        r"test photos: max logit difference .* > .*; class ids agree on",
+    ):
         export.run(cfg)
     assert not Path(cfg.paths.exports_dir).exists() or not list(Path(cfg.paths.exports_dir).iterdir())
     assert not (Path(cfg.paths.metrics_dir) / "export_paddleseg.json").exists()
@@ -187,8 +220,9 @@ class ScaleFactorUpsampler(paddle.nn.Layer):
 
 
 def test_a_failed_conversion_is_one_line_naming_the_model_and_the_op(tmp_path):
-    export_inference_model(ScaleFactorUpsampler(), tmp_path, ModelMeta((16, 16), CLASS_NAMES, (0.5,) * 3,
-                                                                      (0.5,) * 3, "old"))
+    export_inference_model(
+        ScaleFactorUpsampler(), tmp_path, ModelMeta((16, 16), CLASS_NAMES, (0.5,) * 3, (0.5,) * 3, "old")
+    )
     with pytest.raises(StageError) as caught:  # not SystemExit: paddle2onnx's sys.exit is caught
         convert(tmp_path, tmp_path / "model.onnx", 13, "old")
     message = str(caught.value)
@@ -218,6 +252,7 @@ def test_bad_params_and_untrained_models_fail_before_writing(tmp_path):
 
 
 # --- models paddle2onnx aborts on: a static conversion, or Paddle Inference only ---------------------------
+
 
 class PooledRedDetector(paddle.nn.Layer):
     """Scores "dove" by redness, plus a context term from adaptive pooling (as PP-LiteSeg's context module):
@@ -257,9 +292,16 @@ def pooled_model(model_dir: Path, cfg=None, paddleseg_config: bool = False) -> N
     export_inference_model(FirstLogits(), model_dir, meta)
     if paddleseg_config:
         paddle.save(model.state_dict(), str(model_dir / "model.pdparams"))
-        (model_dir / "paddleseg.yml").write_text(yaml.safe_dump({
-            "batch_size": 2, "iters": 1, "train_dataset": {"type": "Dataset", "mode": "train"},
-            "model": {"type": "PooledRedDetector", "num_classes": 2, "pretrained": "https://127.0.0.1:9/none"}}))
+        (model_dir / "paddleseg.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "batch_size": 2,
+                    "iters": 1,
+                    "train_dataset": {"type": "Dataset", "mode": "train"},
+                    "model": {"type": "PooledRedDetector", "num_classes": 2, "pretrained": "https://127.0.0.1:9/none"},
+                }
+            )
+        )
 
 
 def test_a_converter_abort_is_one_line_naming_the_model_the_op_and_the_reason(tmp_path):
@@ -268,8 +310,10 @@ def test_a_converter_abort_is_one_line_naming_the_model_the_op_and_the_reason(tm
         convert(tmp_path, tmp_path / "model.onnx", 13, "pooled")
     message = str(caught.value)
     assert "\n" not in message
-    assert message == ("model 'pooled': paddle2onnx 2.1.0 cannot convert op pd_op.pool2d to ONNX opset 13: "
-                       "Adaptive only support static input shape (the converter was killed by SIGABRT)")
+    assert message == (
+        "model 'pooled': paddle2onnx 2.1.0 cannot convert op pd_op.pool2d to ONNX opset 13: "
+        "Adaptive only support static input shape (the converter was killed by SIGABRT)"
+    )
     assert caught.value.needs_static_shape and not (tmp_path / "model.onnx").exists()
 
 
@@ -296,16 +340,22 @@ def test_a_paddleseg_model_with_adaptive_pooling_exports_at_a_static_size(tmp_pa
     assert metrics["onnx_input_shape"] == [None, 3, 24, 20] and metrics["mask_agreement"] >= 0.9999
     assert json.loads((Path(cfg.paths.metrics_dir) / "export_paddleseg.json").read_text()) == metrics
     assert json.loads((folder / "meta.json").read_text())["onnx"] == {
-        "file": "model.onnx", "conversion": "static", "input_shape": [None, 3, 24, 20]}
+        "file": "model.onnx",
+        "conversion": "static",
+        "input_shape": [None, 3, 24, 20],
+    }
     assert yaml.safe_load((folder / "deploy.yaml").read_text())["Deploy"]["input_shape"] == [None, 3, 24, 20]
     batch = np.random.default_rng(0).normal(size=(3, 3, 24, 20)).astype(np.float32)  # any batch
-    np.testing.assert_allclose(OnnxPredictor(folder).logits(batch), Predictor(folder, use_gpu=False).logits(batch),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        OnnxPredictor(folder).logits(batch), Predictor(folder, use_gpu=False).logits(batch), atol=1e-4
+    )
     # predict on onnxruntime: every photo resized to the model's input size, then masks at full size
     predicted = predict.run(make_cfg(*make_dataset(tmp_path), "predict.models=[paddleseg]"))
     assert predicted["models"]["paddleseg"]["mIoU"] > 0.5
-    assert json.loads((Path(cfg.paths.predictions_dir) / "paddleseg" / "metrics.json").read_text())["engine"] \
+    assert (
+        json.loads((Path(cfg.paths.predictions_dir) / "paddleseg" / "metrics.json").read_text())["engine"]
         == "onnxruntime"
+    )
 
 
 @pytest.mark.slow
@@ -318,13 +368,16 @@ def test_a_static_conversion_that_disagrees_with_paddle_falls_back_to_paddle(tmp
     monkeypatch.setattr(export, "convert", corrupting(convert))  # the dynamic attempt aborts, the static one is wrong
     metrics = export.run(cfg)["models"]["paddleseg"]
     assert metrics["onnx_conversion"] is None and metrics["check_passed"] is None
-    assert "; converted at a static 24x20, it disagrees with Paddle Inference on 4 test photos: max logit " \
+    assert (
+        "; converted at a static 24x20, it disagrees with Paddle Inference on 4 test photos: max logit "
         "difference" in metrics["onnx_missing"]
+    )
     assert not (Path(cfg.paths.exports_dir) / "paddleseg" / "model.onnx").exists()
 
 
-def test_a_model_onnx_cannot_hold_is_exported_for_paddle_and_predicted_with_it(tmp_path, mlflow_store, monkeypatch,
-                                                                                capfd):
+def test_a_model_onnx_cannot_hold_is_exported_for_paddle_and_predicted_with_it(
+    tmp_path, mlflow_store, monkeypatch, capfd
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     overrides = [*make_dataset(tmp_path), *mlflow_store]
     cfg = make_cfg(*overrides, "export.models=[paddleseg]")
@@ -334,8 +387,9 @@ def test_a_model_onnx_cannot_hold_is_exported_for_paddle_and_predicted_with_it(t
     capfd.readouterr()
     metrics = export.run(cfg)["models"]["paddleseg"]
     warnings = [line for line in capfd.readouterr().err.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and warnings[0].startswith("export: warning: model 'paddleseg': paddle2onnx 2.1.0 "
-                                                         "cannot convert op pd_op.pool2d")
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "export: warning: model 'paddleseg': paddle2onnx 2.1.0 cannot convert op pd_op.pool2d"
+    )
     assert "Paddle Inference only" in warnings[0]
     folder = Path(cfg.paths.exports_dir) / "paddleseg"
     assert {p.name for p in folder.iterdir()} == DEPLOY_FILES - {"model.onnx"}
@@ -350,5 +404,6 @@ def test_a_model_onnx_cannot_hold_is_exported_for_paddle_and_predicted_with_it(t
     predicted = predict.run(make_cfg(*overrides, "predict.models=[paddleseg]"))
     assert "predict: warning: model 'paddleseg' has no ONNX model" in capfd.readouterr().err
     assert predicted["models"]["paddleseg"]["mIoU"] > 0.5
-    assert json.loads((Path(cfg.paths.predictions_dir) / "paddleseg" / "metrics.json").read_text())["engine"] \
-        == "paddle"
+    assert (
+        json.loads((Path(cfg.paths.predictions_dir) / "paddleseg" / "metrics.json").read_text())["engine"] == "paddle"
+    )

@@ -3,6 +3,7 @@
 labelme is the oracle only: random shapes of every type (hypothesis), labelme's example annotations from
 its sdist, then unit tests for what labelme cannot do (bad shapes, clipped masks).
 """
+
 from __future__ import annotations
 
 import base64
@@ -33,6 +34,7 @@ def labelme():
         labelme = pytest.importorskip("labelme")
     import labelme.utils
     from loguru import logger
+
     logger.disable("labelme")  # its per-file DEBUG lines
     return labelme
 
@@ -40,8 +42,8 @@ def labelme():
 def labelme_label(labelme, image_size, shapes, class_ids=CLASS_IDS) -> np.ndarray:
     """labelme's class label for JSON shape dicts (labelme wants a mask shape's PNG decoded first)."""
     decoded = []
-    for shape in shapes:
-        shape = dict(shape)
+    for original in shapes:
+        shape = dict(original)
         if shape.get("shape_type") == "mask":
             shape["mask"] = labelme.utils.img_b64_to_arr(shape["mask"]).astype(bool)
         decoded.append(shape)
@@ -57,8 +59,15 @@ def encode_png(array: np.ndarray, mode: str | None = None) -> str:
 
 # --- random shapes -------------------------------------------------------------------------------------
 
-POINT_COUNTS = {"polygon": (3, 8), "oriented_rectangle": (4, 4), "rectangle": (2, 2), "circle": (2, 2),
-                "line": (2, 2), "linestrip": (2, 6), "point": (1, 1)}
+POINT_COUNTS = {
+    "polygon": (3, 8),
+    "oriented_rectangle": (4, 4),
+    "rectangle": (2, 2),
+    "circle": (2, 2),
+    "line": (2, 2),
+    "linestrip": (2, 6),
+    "point": (1, 1),
+}
 
 
 def coordinate(extent: int) -> st.SearchStrategy:
@@ -115,10 +124,12 @@ def mask_shapes(draw, image_size: tuple[int, int], label: str = "a", inside: boo
     dx = draw(st.sampled_from([0, 0.25, 0.5, 0.999])) if left >= 0 else 0
     dy = draw(st.sampled_from([0, 0.25, 0.5, 0.999])) if top >= 0 else 0
     encoding = draw(st.sampled_from(["L01", "L255", "1", "P"]))
-    encoded = {"L01": lambda: encode_png(mask.astype(np.uint8)),  # what labelme writes
-               "L255": lambda: encode_png(mask.astype(np.uint8) * 255),
-               "1": lambda: encode_png(mask),
-               "P": lambda: encode_png(mask.astype(np.uint8) * 3, "P")}[encoding]()
+    encoded = {
+        "L01": lambda: encode_png(mask.astype(np.uint8)),  # what labelme writes
+        "L255": lambda: encode_png(mask.astype(np.uint8) * 255),
+        "1": lambda: encode_png(mask),
+        "P": lambda: encode_png(mask.astype(np.uint8) * 3, "P"),
+    }[encoding]()
     points = [[left + dx, top + dy], [left + dx + mask_width - 1, top + dy + mask_height - 1]]
     return {"label": label, "points": points, "shape_type": "mask", "mask": encoded, "group_id": None}
 
@@ -133,8 +144,14 @@ def one_shape_cases(draw, shape_type: str):
 def many_shape_cases(draw):
     image_size = draw(image_sizes())
     count = draw(st.integers(1, 6))
-    shapes = [draw(drawn_shapes(draw(st.sampled_from(SHAPE_TYPES)), image_size,
-                                draw(st.sampled_from(["a", "b", "c", "__ignore__"])))) for _ in range(count)]
+    shapes = [
+        draw(
+            drawn_shapes(
+                draw(st.sampled_from(SHAPE_TYPES)), image_size, draw(st.sampled_from(["a", "b", "c", "__ignore__"]))
+            )
+        )
+        for _ in range(count)
+    ]
     return image_size, shapes
 
 
@@ -150,6 +167,7 @@ def check_against_labelme(labelme, image_size, shapes):
 
 
 # --- property tests against labelme ---------------------------------------------------------------------
+
 
 def test_shape_types_are_labelme_6s_drawable_types():
     assert set(SHAPE_TYPES) == set(POINT_COUNTS) | {"mask"}
@@ -195,16 +213,21 @@ def test_masks_are_clipped(labelme, data):
     padded_shape = dict(shape, points=[[x + pad, y + pad] for x, y in shape["points"]])
     height, width = image_size
     padded = labelme_label(labelme, (height + 2 * pad, width + 2 * pad), [padded_shape])
-    expected = padded[pad:pad + height, pad:pad + width]
+    expected = padded[pad : pad + height, pad : pad + width]
     np.testing.assert_array_equal(shapes_to_label(image_size, [shape], CLASS_IDS.get), expected)
 
 
 @pytest.mark.parametrize("shape_type", ["polygon", "rectangle", "circle", "line", "linestrip", "point"])
 def test_coordinates_at_the_limit_still_match_labelme(labelme, shape_type):
     far = MAX_COORDINATE
-    points = {"polygon": [[-far, -far], [far, 3.5], [2, far]], "rectangle": [[-far, 2], [far, 5.5]],
-              "circle": [[far, 10], [-far, 12]], "line": [[-far, -far], [far, far]],
-              "linestrip": [[-far, 3], [far, 9], [5, far]], "point": [[far, -far]]}[shape_type]
+    points = {
+        "polygon": [[-far, -far], [far, 3.5], [2, far]],
+        "rectangle": [[-far, 2], [far, 5.5]],
+        "circle": [[far, 10], [-far, 12]],
+        "line": [[-far, -far], [far, far]],
+        "linestrip": [[-far, 3], [far, 9], [5, far]],
+        "point": [[far, -far]],
+    }[shape_type]
     shape = {"label": "b", "points": points, "shape_type": shape_type}
     assert shape_problems(shape) == []
     check_against_labelme(labelme, (30, 40), [shape])
@@ -218,6 +241,7 @@ def test_mask_at_a_fraction_below_zero_is_truncated_to_zero_like_labelme(labelme
 
 
 # --- labelme's own example annotations ------------------------------------------------------------------
+
 
 def test_labelme_example_annotations_match_pixel_for_pixel(labelme, labelme_examples_dir):
     compared, shape_types, mismatches = [], set(), []
@@ -250,6 +274,7 @@ def test_labelme_example_annotations_match_pixel_for_pixel(labelme, labelme_exam
 
 
 # --- shape problems -------------------------------------------------------------------------------------
+
 
 def good_mask(width=3, height=2) -> str:
     return encode_png(np.ones((height, width), dtype=np.uint8))
@@ -325,12 +350,16 @@ BAD_SHAPES = {  # name: (shape, a phrase the problem contains)
     "mask_without_mask": (shape([(1, 1), (3, 2)], "mask"), "a mask shape needs a 'mask'"),
     "mask_not_a_string": (shape([(1, 1), (3, 2)], "mask", mask=[[1, 0]]), "mask must be a base64 PNG string"),
     "mask_bad_base64": (shape([(1, 1), (3, 2)], "mask", mask="abc"), "mask is not valid base64"),
-    "mask_not_an_image": (shape([(1, 1), (3, 2)], "mask", mask=base64.b64encode(b"hello").decode()),
-                          "mask is not a readable image"),
+    "mask_not_an_image": (
+        shape([(1, 1), (3, 2)], "mask", mask=base64.b64encode(b"hello").decode()),
+        "mask is not a readable image",
+    ),
     "mask_truncated_png": (shape([(1, 1), (3, 2)], "mask", mask=good_mask()[:60]), "mask is not"),
     "mask_rgb": (shape([(1, 1), (3, 2)], "mask", mask=rgb_png()), "single-channel"),
-    "mask_wrong_size": (shape([(1, 1), (4, 2)], "mask", mask=good_mask()), "mask is 3x2 pixels but its points "
-                                                                          "span 4x2"),
+    "mask_wrong_size": (
+        shape([(1, 1), (4, 2)], "mask", mask=good_mask()),
+        "mask is 3x2 pixels but its points span 4x2",
+    ),
     "mask_points_reversed": (shape([(3, 2), (1, 1)], "mask", mask=good_mask()), "span -1x0"),
 }
 
@@ -362,6 +391,7 @@ def test_shape_to_mask_does_not_need_a_label():
 
 # --- clipping, empty input, class ids ---------------------------------------------------------------------
 
+
 def test_no_shapes_is_all_background():
     label = shapes_to_label((3, 4), [], CLASS_IDS.get)
     assert label.dtype == np.uint8 and label.shape == (3, 4) and not label.any()
@@ -379,9 +409,13 @@ def test_shapes_partly_outside_are_clipped():
 
 
 def test_shapes_wholly_outside_paint_nothing():
-    outside = [shape([(-20, -20), (-1, -1)], "rectangle"), shape([(10, 1), (20, 1), (15, 4)]),
-               shape([(-50, 2), (-44, 2)], "circle"), shape([(1, -30)], "point"),
-               shape([(9, 0), (9, 4)], "mask", mask=good_mask(1, 5))]
+    outside = [
+        shape([(-20, -20), (-1, -1)], "rectangle"),
+        shape([(10, 1), (20, 1), (15, 4)]),
+        shape([(-50, 2), (-44, 2)], "circle"),
+        shape([(1, -30)], "point"),
+        shape([(9, 0), (9, 4)], "mask", mask=good_mask(1, 5)),
+    ]
     assert not shapes_to_label((5, 6), outside, CLASS_IDS.get).any()
 
 

@@ -1,10 +1,12 @@
 """The package layout: stages/ holds only stage modules on top, shared code one level down, imported only downward."""
+
 import ast
 import shutil
 
 import yaml
-from conftest import REPO_ROOT
 from import_graph import LAYERS, TOOLS, layering_violations
+
+from conftest import REPO_ROOT
 
 STAGES_DIR = REPO_ROOT / "stages"
 

@@ -1,5 +1,6 @@
 """The scoring convention of stages.evaluation.metrics: headline means over the classes present in the label
 or the prediction, PaddleSeg's all-classes means under their own names, None for undefined per-class ratios."""
+
 import numpy as np
 import pytest
 

@@ -1,5 +1,6 @@
 """conftest's mlflow_tracking_uri_from_the_environment: one test's in-process stage run, which sets MLflow's
 process-wide tracking URI, must not shadow a later test's MLFLOW_TRACKING_URI. The two tests run in file order."""
+
 import os
 
 import mlflow

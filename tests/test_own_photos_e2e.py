@@ -5,6 +5,7 @@ replace the demo set in a temp copy of the repo, as README's "Bring your own pho
 demo profile's batch sizes assume 87 training photos; here there are 6, and the pipeline must adapt,
 say so, and finish, with the report's headline mIoU over the classes present.
 """
+
 import json
 import shutil
 import time
@@ -24,14 +25,22 @@ MODELS = ("paddle", "paddleseg")
 def own_photos_repo(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("own") / "repo")
     shutil.rmtree(repo / "data" / "raw")
-    names = write_multiclass_dataset(repo / "data" / "raw", count=8, seed=3, size=(640, 480), classes=12,
-                                     labels_file=repo / "data" / "labels.txt", progress=False)
+    names = write_multiclass_dataset(
+        repo / "data" / "raw",
+        count=8,
+        seed=3,
+        size=(640, 480),
+        classes=12,
+        labels_file=repo / "data" / "labels.txt",
+        progress=False,
+    )
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "my photos")
     started = time.perf_counter()
     result = dvc(repo, "repro", timeout=3600)
-    print(f"dvc repro of the demo profile on 8 photos of {len(names) - 1} classes: "
-          f"{time.perf_counter() - started:.0f} s")
+    print(
+        f"dvc repro of the demo profile on 8 photos of {len(names) - 1} classes: {time.perf_counter() - started:.0f} s"
+    )
     return repo, names, result.stdout + result.stderr
 
 

@@ -1,5 +1,6 @@
 """The PaddleSeg 2.8.0 / Paddle 3 fixes: each original still fails (else its fix must go), each patch works;
 and the shared ConfusionMatrix gives PaddleSeg's own numbers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,6 +48,7 @@ def reference_loss(logits, label, weight=None, top_k=1.0, avg_non_ignore=True):
 
 # --- fix 1: CrossEntropyLoss dtype promotion ------------------------------------------------------
 
+
 def test_original_cross_entropy_still_fails_on_this_paddle():
     """If this fails, Paddle promotes int64 * float32 again: remove fix 1 from stages/training/paddleseg_compat.py."""
     logits, label = logits_and_label()
@@ -58,18 +60,22 @@ def test_original_cross_entropy_still_fails_on_this_paddle():
         ORIGINALS["cross_entropy_post_process"](loss_layer, logit, label_t, None, per_pixel)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {},
-    {"weight": [0.2, 1.0, 3.0]},
-    {"top_k_percent_pixels": 0.3},
-    {"weight": [0.5, 2.0, 1.0], "top_k_percent_pixels": 0.5},
-    {"avg_non_ignore": False},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"weight": [0.2, 1.0, 3.0]},
+        {"top_k_percent_pixels": 0.3},
+        {"weight": [0.5, 2.0, 1.0], "top_k_percent_pixels": 0.5},
+        {"avg_non_ignore": False},
+    ],
+)
 def test_patched_cross_entropy_matches_its_definition(kwargs):
     logits, label = logits_and_label(seed=len(kwargs))
     loss = CrossEntropyLoss(**kwargs)(paddle.to_tensor(logits), paddle.to_tensor(label, dtype="int64"))
-    expected = reference_loss(logits, label, kwargs.get("weight"), kwargs.get("top_k_percent_pixels", 1.0),
-                              kwargs.get("avg_non_ignore", True))
+    expected = reference_loss(
+        logits, label, kwargs.get("weight"), kwargs.get("top_k_percent_pixels", 1.0), kwargs.get("avg_non_ignore", True)
+    )
     assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
@@ -83,12 +89,14 @@ def test_patched_cross_entropy_trains():
 
 # --- fix 2: core.train logs loss.numpy()[0] --------------------------------------------------------
 
+
 def test_original_loss_computation_still_gives_0d_losses():
     """If this fails, losses are 1-element again and core.train's l[0] works: remove fix 2."""
     logits, label = logits_and_label()
     losses = {"types": [CrossEntropyLoss()], "coef": [1]}
-    out = ORIGINALS["train_loss_computation"]([paddle.to_tensor(logits)], paddle.to_tensor(label, "int64"),
-                                              None, losses)
+    out = ORIGINALS["train_loss_computation"](
+        [paddle.to_tensor(logits)], paddle.to_tensor(label, "int64"), None, losses
+    )
     with pytest.raises(IndexError):
         out[0].numpy()[0]  # what core.train does when it logs
 
@@ -104,6 +112,7 @@ def test_patched_loss_computation_gives_one_element_losses_of_the_same_value():
 
 
 # --- fix 3: calculate_area's paddle.concat of 0-d sums --------------------------------------------
+
 
 def test_original_calculate_area_still_fails_on_this_paddle():
     """If this fails, paddle.concat accepts 0-d tensors again: remove fix 3."""
@@ -121,7 +130,8 @@ def test_patched_calculate_area_counts_pixels(seed):
     label[rng.random(label.shape) < 0.25] = 255
     pred = rng.integers(0, classes, size=(2, 1, 7, 9))
     intersect, pred_area, label_area = paddleseg_metrics.calculate_area(
-        paddle.to_tensor(pred, "int32"), paddle.to_tensor(label, "int64"), classes, ignore_index=255)
+        paddle.to_tensor(pred, "int32"), paddle.to_tensor(label, "int64"), classes, ignore_index=255
+    )
     valid = label != 255
     for c in range(classes):
         assert int(pred_area[c]) == np.sum((pred == c) & valid)
@@ -131,6 +141,7 @@ def test_patched_calculate_area_counts_pixels(seed):
 
 
 # --- fix 4: DiceLoss edits autograd's tensors in place -------------------------------------------------
+
 
 def reference_dice(logits, label, weight=None, smooth=1.0):
     """PaddleSeg's soft Dice loss, from its documentation, in NumPy."""
@@ -188,6 +199,7 @@ def test_apply_is_idempotent():
 
 # --- the shared metric module gives PaddleSeg's numbers ---------------------------------------------
 
+
 @pytest.mark.parametrize("seed", range(6))
 def test_confusion_matrix_equals_paddleseg_metrics(seed):
     rng = np.random.default_rng(seed)
@@ -201,8 +213,9 @@ def test_confusion_matrix_equals_paddleseg_metrics(seed):
         pred = np.where(rng.random(label.shape) < 0.6, label, rng.integers(0, classes, size=label.shape))
         pred = np.where((pred == 255) | (pred == classes - 1), 0, pred)
         matrix.update(pred, label)
-        areas = paddleseg_metrics.calculate_area(paddle.to_tensor(pred, "int32"), paddle.to_tensor(label, "int64"),
-                                                 classes, ignore_index=255)
+        areas = paddleseg_metrics.calculate_area(
+            paddle.to_tensor(pred, "int32"), paddle.to_tensor(label, "int64"), classes, ignore_index=255
+        )
         totals = [total + area for total, area in zip(totals, areas)]
     ours = matrix.scores()
     class_iou, miou = paddleseg_metrics.mean_iou(*totals)
@@ -222,6 +235,7 @@ def test_confusion_matrix_equals_paddleseg_metrics(seed):
 
 
 # --- PaddleSeg's own train, evaluate and predict run with the fixes -------------------------------
+
 
 @pytest.mark.slow
 def test_paddleseg_core_train_evaluate_and_predict_run(tmp_path):
@@ -249,14 +263,29 @@ model: {{type: UNet, num_classes: 2}}
 """)
     builder = SegBuilder(Config(str(config_file)))
     out = tmp_path / "out"
-    train(builder.model, builder.train_dataset, val_dataset=builder.val_dataset, optimizer=builder.optimizer,
-          save_dir=str(out), iters=2, batch_size=2, save_interval=2, log_iters=1, losses=builder.loss)
+    train(
+        builder.model,
+        builder.train_dataset,
+        val_dataset=builder.val_dataset,
+        optimizer=builder.optimizer,
+        save_dir=str(out),
+        iters=2,
+        batch_size=2,
+        save_interval=2,
+        log_iters=1,
+        losses=builder.loss,
+    )
     assert (out / "iter_2" / "model.pdparams").is_file() and (out / "best_model" / "model.pdparams").is_file()
 
-    miou, acc, class_iou, _, kappa = evaluate(builder.model, builder.val_dataset, print_detail=False)
+    miou, _acc, class_iou, _, _kappa = evaluate(builder.model, builder.val_dataset, print_detail=False)
     assert 0.0 <= miou <= 1.0 and len(class_iou) == 2
 
     image = str(root / "dove_a" / "img.png")
-    predict(builder.model, str(out / "best_model" / "model.pdparams"),
-            T.Compose([T.Resize(target_size=(32, 32)), T.Normalize()]), [image], save_dir=str(tmp_path / "pred"))
+    predict(
+        builder.model,
+        str(out / "best_model" / "model.pdparams"),
+        T.Compose([T.Resize(target_size=(32, 32)), T.Normalize()]),
+        [image],
+        save_dir=str(tmp_path / "pred"),
+    )
     assert (tmp_path / "pred" / "pseudo_color_prediction" / "img.png").is_file()

@@ -1,6 +1,7 @@
 """The ready PaddleSeg configs beside conf/paddleseg/unet.yml, each through the whole pipeline at tiny sizes:
 a few iterations of train_paddleseg, export (PP-LiteSeg's ONNX model at a static input size), predict on
 onnxruntime and preannotate. One tiny data set and one MLflow store serve them all."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import export, predict, preannotate, train_paddleseg
+from stages import export, preannotate, predict, train_paddleseg
 from stages.common.config import load_params
 from stages.training.paddleseg_loop import resolve_config
 
@@ -18,11 +19,20 @@ from tiny_pipeline import make_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"dove_a": (30, 40), "dove_b": (47, 33), "dove_c": (64, 48), "dove_d": (21, 26), "empty_e": (36, 36)}
-TINY = ["train_paddleseg.input_size=32", "train_paddleseg.crop_size=32", "train_paddleseg.iters=2",
-        "train_paddleseg.batch_size=2", "train_paddleseg.eval_interval=2", "train_paddleseg.log_interval=1",
-        "train_paddleseg.keep_checkpoint_max=1", "train_paddleseg.num_threads=1",
-        "train_paddleseg.distributed.nproc=1", "export.models=[paddleseg]", "export.check.images=2",
-        "predict.models=[paddleseg]"]
+TINY = [
+    "train_paddleseg.input_size=32",
+    "train_paddleseg.crop_size=32",
+    "train_paddleseg.iters=2",
+    "train_paddleseg.batch_size=2",
+    "train_paddleseg.eval_interval=2",
+    "train_paddleseg.log_interval=1",
+    "train_paddleseg.keep_checkpoint_max=1",
+    "train_paddleseg.num_threads=1",
+    "train_paddleseg.distributed.nproc=1",
+    "export.models=[paddleseg]",
+    "export.check.images=2",
+    "predict.models=[paddleseg]",
+]
 # config -> (model type, training heads, how export converts it to ONNX, input size)
 CONFIGS = {
     # PP-LiteSeg pools its 1/32 features adaptively to 1x1, 2x2 and 4x4: paddle2onnx's static conversion is
@@ -54,8 +64,10 @@ def test_the_config_resolves_with_one_loss_per_head(config):
     model_type, heads, _, _ = CONFIGS[config]
     assert document["model"]["type"] == model_type and document["model"]["num_classes"] == 3
     assert len(document["loss"]["types"]) == len(document["loss"]["coef"]) == heads
-    assert document["lr_scheduler"]["learning_rate"] == 0.01 and document["batch_size"] == cfg.train_paddleseg.batch_size
-    crop = [t for t in document["train_dataset"]["transforms"] if t["type"] == "RandomPaddingCrop"][0]
+    assert (
+        document["lr_scheduler"]["learning_rate"] == 0.01 and document["batch_size"] == cfg.train_paddleseg.batch_size
+    )
+    crop = next(t for t in document["train_dataset"]["transforms"] if t["type"] == "RandomPaddingCrop")
     assert crop["crop_size"] == [cfg.train_paddleseg.crop_size] * 2
     assert document["val_dataset"]["transforms"][0]["target_size"] == [cfg.train_paddleseg.input_size] * 2
     assert "${" not in yaml.safe_dump(document)
@@ -69,13 +81,23 @@ def test_the_config_trains_exports_predicts_and_preannotates(shared, config, mon
     name = config.removesuffix(".yml")
     out = root / name  # this config's outputs; the data set is shared
     model_type, _, conversion, size = CONFIGS[config]
-    cfg = load_params([*overrides, f"train_paddleseg.config=conf/paddleseg/{config}",
-                       f"paths.models_dir={out / 'models'}", f"paths.exports_dir={out / 'exports'}",
-                       f"paths.checkpoints_dir={out / 'checkpoints'}", f"paths.metrics_dir={out / 'metrics'}",
-                       f"paths.plots_dir={out / 'plots'}", f"paths.predictions_dir={out / 'predictions'}",
-                       f"preannotate.input_dir={tmp_path / 'photos'}", "preannotate.model=paddleseg",
-                       f"preannotate.output_dir={tmp_path / 'review'}", f"train_paddleseg.input_size={size}"],
-                      REPO_ROOT)
+    cfg = load_params(
+        [
+            *overrides,
+            f"train_paddleseg.config=conf/paddleseg/{config}",
+            f"paths.models_dir={out / 'models'}",
+            f"paths.exports_dir={out / 'exports'}",
+            f"paths.checkpoints_dir={out / 'checkpoints'}",
+            f"paths.metrics_dir={out / 'metrics'}",
+            f"paths.plots_dir={out / 'plots'}",
+            f"paths.predictions_dir={out / 'predictions'}",
+            f"preannotate.input_dir={tmp_path / 'photos'}",
+            "preannotate.model=paddleseg",
+            f"preannotate.output_dir={tmp_path / 'review'}",
+            f"train_paddleseg.input_size={size}",
+        ],
+        REPO_ROOT,
+    )
 
     trained = train_paddleseg.run(cfg)
     assert trained["iters"] == 2 and 0 <= trained["best_val_mIoU"] <= 1

@@ -1,5 +1,6 @@
 """Training photos are decoded and resized once per run (stages/training/photo_cache.py), for both trainers,
 and the cache changes speed, never the samples."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,6 +31,7 @@ def counting(monkeypatch, module):
     def read_rgb(path, *args, **kwargs):
         calls.append(str(path))
         return original(path, *args, **kwargs)
+
     monkeypatch.setattr(module, "read_rgb", read_rgb)
     return calls
 
@@ -82,11 +84,26 @@ def paddleseg_datasets(tmp_path, root):
     from paddleseg.datasets import Dataset
 
     processed, splits = root / "processed", root / "splits"
-    train = Dataset(mode="train", dataset_root=str(processed), train_path=str(splits / "train.txt"), num_classes=2,
-                    transforms=[T.Resize(target_size=(24, 24)), T.ResizeStepScaling(0.75, 1.25, 0.25),
-                                T.RandomPaddingCrop(crop_size=(16, 16)), T.RandomHorizontalFlip(), T.Normalize()])
-    val = Dataset(mode="val", dataset_root=str(processed), val_path=str(splits / "val.txt"), num_classes=2,
-                  transforms=[T.Resize(target_size=(24, 24)), T.Normalize()])
+    train = Dataset(
+        mode="train",
+        dataset_root=str(processed),
+        train_path=str(splits / "train.txt"),
+        num_classes=2,
+        transforms=[
+            T.Resize(target_size=(24, 24)),
+            T.ResizeStepScaling(0.75, 1.25, 0.25),
+            T.RandomPaddingCrop(crop_size=(16, 16)),
+            T.RandomHorizontalFlip(),
+            T.Normalize(),
+        ],
+    )
+    val = Dataset(
+        mode="val",
+        dataset_root=str(processed),
+        val_path=str(splits / "val.txt"),
+        num_classes=2,
+        transforms=[T.Resize(target_size=(24, 24)), T.Normalize()],
+    )
     return train, val
 
 
@@ -101,16 +118,21 @@ def test_paddleseg_items_match_paddleseg_and_photos_are_decoded_once(tmp_path, m
     make_dataset(root)
     train, val = paddleseg_datasets(tmp_path, root)
     for dataset in (train, val):  # what PaddleSeg reads, a reduced decode where we make one
-        dataset.file_list = [[read_rgb(image, (24, 24)).astype(np.float32)[..., ::-1].copy(), label]
-                             if image.endswith("dove_c/img.jpg") else [image, label]
-                             for image, label in dataset.file_list]
+        dataset.file_list = [
+            [read_rgb(image, (24, 24)).astype(np.float32)[..., ::-1].copy(), label]
+            if image.endswith("dove_c/img.jpg")
+            else [image, label]
+            for image, label in dataset.file_list
+        ]
     reference = {id(dataset): dataset.file_list for dataset in (train, val)}
     calls = counting(monkeypatch, paddleseg_loop)
     cached_train, cached_val = paddleseg_loop.cached(train, 1 << 20), paddleseg_loop.cached(val, 1 << 20)
     assert len(cached_train.fixed_ops) == 1 and len(cached_train.random_ops) == 4
     for dataset in (train, val):  # our reading: the files, as the lists name them
-        dataset.file_list = [[str(root / "processed" / "dove_c" / "img.jpg") if not isinstance(image, str) else image,
-                              label] for image, label in dataset.file_list]
+        dataset.file_list = [
+            [str(root / "processed" / "dove_c" / "img.jpg") if not isinstance(image, str) else image, label]
+            for image, label in dataset.file_list
+        ]
     cached_train.fill_cache("training photos")
     cached_val.fill_cache("validation photos")
     for dataset in (train, val):

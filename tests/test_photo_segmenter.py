@@ -3,6 +3,7 @@
 The model is saved with mlflow.pyfunc.save_model from a tiny exported model (tests/tiny_pipeline.py), as the
 export stage logs it; tests/test_serve.py serves it with `mlflow models serve` from a registry.
 """
+
 import io
 import json
 import os
@@ -87,12 +88,15 @@ def test_bad_photos_are_refused_by_row_before_any_is_decoded_and_the_model_keeps
     assert message.startswith("cannot segment 4 of 5 photo(s): row 0: empty: 0 bytes; row 1: not an image file")
     assert "row 2: too large: 10000 x 6000 = 60,000,000 pixels; the limit is 50,000,000 pixels" in message
     # Pillow's own bound refuses it first, unless something in the process lifted Pillow's global limit
-    assert re.search(r"row 3: too large: (Pillow refuses it as a decompression bomb \(Image size \(200000000 pixels\)"
-                     r"|20000 x 10000 = 200,000,000 pixels)", message), message
+    assert re.search(
+        r"row 3: too large: (Pillow refuses it as a decompression bomb \(Image size \(200000000 pixels\)"
+        r"|20000 x 10000 = 200,000,000 pixels)",
+        message,
+    ), message
     assert "row 4" not in message
 
     jpeg = photos[1].read_bytes()
-    truncated = jpeg[:len(jpeg) // 2]  # the header, then the data stops
+    truncated = jpeg[: len(jpeg) // 2]  # the header, then the data stops
     with pytest.raises(MlflowException, match=r"cannot segment 1 of 2 photo\(s\): row 1: cannot be decoded"):
         model.predict(pd.DataFrame({"image": [good, truncated]}))
 
@@ -114,8 +118,14 @@ print(json.dumps({{"masks": len(answer), "stages": stages.__file__,
                   "paddle": sorted(m for m in sys.modules if m.split(".")[0] in ("paddle", "paddleseg", "paddle2onnx"))}}))
 """
     # From an empty folder, as `mlflow models serve` runs: `stages` comes from the model's own copy.
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["masks"] == 1

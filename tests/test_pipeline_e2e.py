@@ -5,6 +5,7 @@ server on 127.0.0.1 as the tracking store. Then: status, metrics, the DAG, which
 a DVC remote round trip into a fresh clone, the champion served by `mlflow models serve`, and a `dvc exp run -S`
 tagged in MLflow (last: it changes the workspace).
 """
+
 import io
 import json
 import subprocess
@@ -15,11 +16,11 @@ import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from mlflow_ui import need_chromium, render
 from PIL import Image
 
 from dvc_helpers import dvc, env, git, smoke_copy
 from mlflow_server import free_port, mlflow_server
-from mlflow_ui import need_chromium, render
 from model_server import masks, model_server, photos_request, post, serve_command, serving_env
 
 pytestmark = pytest.mark.slow
@@ -37,9 +38,14 @@ def team_repo(tmp_path_factory):
     git(repo, "commit", "-qm", "data/raw under DVC")
     with mlflow_server(root / "mlflow") as uri:
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo,
-                                env={**env(), "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True,
-                                timeout=1800)
+        result = subprocess.run(
+            [sys.executable, "-m", "dvc", "repro"],
+            cwd=repo,
+            env={**env(), "MLFLOW_TRACKING_URI": uri},
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         assert result.returncode == 0, f"dvc repro failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}"
         print(f"smoke dvc repro: {time.perf_counter() - started:.1f} s")
         git(repo, "add", "-A")  # dvc.lock and the git-tracked metrics, plots and reports/metrics.json
@@ -62,7 +68,9 @@ def test_after_repro_status_is_clean_and_metrics_list_both_models(team_repo):
 def test_mlflow_server_holds_both_training_runs_with_the_same_metric_names(team_repo):
     repo, uri = team_repo
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["experiment"])
+    experiment = client.get_experiment_by_name(
+        yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["experiment"]
+    )
     runs = {run.data.tags["stage"]: run for run in client.search_runs([experiment.experiment_id])}
     assert set(TRAINERS) <= set(runs)
     names = [set(runs[t].data.metrics) for t in TRAINERS]
@@ -151,11 +159,14 @@ def test_the_champion_is_served_by_mlflow_models_serve_with_predicts_masks(team_
     assert served.run_id == runs[f"train_{champion}"].info.run_id
     assert report[champion]["serving_model_uri"] == f"models:/{serving}/{served.version}"
 
-    stems_and_images = [line.split()[0] for line in (repo / "data" / "splits" / "test.txt").read_text().splitlines()[:2]]
+    stems_and_images = [
+        line.split()[0] for line in (repo / "data" / "splits" / "test.txt").read_text().splitlines()[:2]
+    ]
     photos = [repo / "data" / "processed" / image for image in stems_and_images]
     port = free_port()
-    with model_server(serve_command(f"models:/{serving}@champion", port), port, repo, serving_env(uri),
-                      tmp_path / "serve.log") as url:
+    with model_server(
+        serve_command(f"models:/{serving}@champion", port), port, repo, serving_env(uri), tmp_path / "serve.log"
+    ) as url:
         status, answer = post(url, photos_request([photo.read_bytes() for photo in photos]))
     assert status == 200, answer
     for photo, mask in zip(photos, masks(answer)):
@@ -203,12 +214,22 @@ def test_mlflow_ui_shows_both_runs_with_their_dataset_and_the_registered_models(
 
 def test_dag_shows_every_stage(team_repo):
     repo, _ = team_repo
-    edges = {tuple(line.split()) for line in dvc(repo, "dag", "--dot").stdout.replace('"', "").replace(";", "")
-             .splitlines() if "->" in line}
+    edges = {
+        tuple(line.split())
+        for line in dvc(repo, "dag", "--dot").stdout.replace('"', "").replace(";", "").splitlines()
+        if "->" in line
+    }
     edges = {(edge[0], edge[2]) for edge in edges}
-    assert {("convert_json", "build_splits"), ("build_splits", "train_paddle"), ("build_splits", "train_paddleseg"),
-            ("train_paddle", "export@paddle"), ("train_paddleseg", "export@paddleseg"),
-            ("export@paddle", "predict"), ("export@paddleseg", "predict"), ("predict", "report")} <= edges
+    assert {
+        ("convert_json", "build_splits"),
+        ("build_splits", "train_paddle"),
+        ("build_splits", "train_paddleseg"),
+        ("train_paddle", "export@paddle"),
+        ("train_paddleseg", "export@paddleseg"),
+        ("export@paddle", "predict"),
+        ("export@paddleseg", "predict"),
+        ("predict", "report"),
+    } <= edges
     assert ("train_paddle", "export@paddleseg") not in edges and ("train_paddleseg", "export@paddle") not in edges
 
 
@@ -217,8 +238,13 @@ def test_each_model_is_exported_checked_and_logged_with_its_onnx_model(team_repo
     client = MlflowClient(uri)
     for model in MODELS:
         folder = repo / "exports" / model
-        assert {p.name for p in folder.iterdir()} == {"inference.json", "inference.pdiparams", "meta.json",
-                                                      "deploy.yaml", "model.onnx"}
+        assert {p.name for p in folder.iterdir()} == {
+            "inference.json",
+            "inference.pdiparams",
+            "meta.json",
+            "deploy.yaml",
+            "model.onnx",
+        }
         deploy = yaml.safe_load((folder / "deploy.yaml").read_text())["Deploy"]
         assert (folder / deploy["model"]).is_file() and (folder / deploy["params"]).is_file()
         check = json.loads((repo / "metrics" / f"export_{model}.json").read_text())
@@ -227,8 +253,7 @@ def test_each_model_is_exported_checked_and_logged_with_its_onnx_model(team_repo
         run_id = json.loads((repo / "models" / model / "mlflow_run.json").read_text())["run_id"]
         run = client.get_run(run_id)
         assert run.data.metrics["export/mask_agreement"] == pytest.approx(check["mask_agreement"])
-        logged = {m.name for m in client.search_logged_models([run.info.experiment_id])
-                  if m.source_run_id == run_id}
+        logged = {m.name for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run_id}
         # beside the trainer's Paddle model: the ONNX model and the served model (photos in, masks out)
         assert {"onnx_model", "photo_segmenter"} <= logged and len(logged) == 3
         assert json.loads((repo / "predictions" / model / "metrics.json").read_text())["engine"] == "onnxruntime"
@@ -249,7 +274,9 @@ def changed_stages(repo, edit) -> set[str]:
 
 def test_a_param_edit_reruns_only_the_stages_it_touches(team_repo):
     repo, _ = team_repo
-    assert changed_stages(repo, lambda p: p["report"].update(worst_samples=p["report"]["worst_samples"] + 1)) == {"report"}
+    assert changed_stages(repo, lambda p: p["report"].update(worst_samples=p["report"]["worst_samples"] + 1)) == {
+        "report"
+    }
     assert changed_stages(repo, lambda p: p["predict"].update(batch_size=p["predict"]["batch_size"] + 1)) == {"predict"}
     assert "train_paddle" not in changed_stages(repo, lambda p: p["train_paddleseg"].update(lr=0.123))
     assert "train_paddleseg" not in changed_stages(repo, lambda p: p["train_paddle"].update(lr=0.123))
@@ -271,7 +298,9 @@ def test_a_predict_param_edit_reruns_predict_and_report_not_the_trainers(team_re
         params_file.write_text(original)
     assert "Running stage 'predict'" in ran and "Running stage 'report'" in ran
     assert "Running stage 'train_paddle" not in ran and "Running stage 'convert_json'" not in ran
-    restored = dvc(repo, "repro", extra_env={"MLFLOW_TRACKING_URI": uri}).stdout  # back to the committed params: from DVC's run cache
+    restored = dvc(
+        repo, "repro", extra_env={"MLFLOW_TRACKING_URI": uri}
+    ).stdout  # back to the committed params: from DVC's run cache
     assert "Running stage 'train_paddle" not in restored
     assert "Data and pipelines are up to date" in dvc(repo, "status").stdout
 
@@ -297,18 +326,41 @@ def test_remote_round_trip_restores_everything_without_retraining(team_repo, tmp
     assert "Data and pipelines are up to date" in dvc(clone, "status").stdout
     result = dvc(clone, "repro")
     assert "Running stage" not in result.stdout, result.stdout
-    for path in ("data/raw", "models/paddle/inference.pdiparams", "models/paddleseg/inference.pdiparams",
-                 "exports/paddle/model.onnx", "exports/paddleseg/deploy.yaml",
-                 "predictions", "reports/index.html", "reports/metrics.json"):
+    for path in (
+        "data/raw",
+        "models/paddle/inference.pdiparams",
+        "models/paddleseg/inference.pdiparams",
+        "exports/paddle/model.onnx",
+        "exports/paddleseg/deploy.yaml",
+        "predictions",
+        "reports/index.html",
+        "reports/metrics.json",
+    ):
         assert (clone / path).exists(), path
 
 
 def test_exp_run_composes_params_and_tags_the_mlflow_run(team_repo):
     repo, uri = team_repo
-    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-n", "lr-sweep-1",
-                             "-S", "profile=smoke", "-S", "train_paddle.lr=0.0021"],
-                            cwd=repo, env={**env(), "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True,
-                            timeout=1800)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            "-n",
+            "lr-sweep-1",
+            "-S",
+            "profile=smoke",
+            "-S",
+            "train_paddle.lr=0.0021",
+        ],
+        cwd=repo,
+        env={**env(), "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["train_paddle"]["lr"] == 0.0021 and params["profile"] == "smoke"
@@ -331,10 +383,26 @@ def test_exp_run_with_another_paddleseg_config_finishes_through_report(team_repo
     # whose checkpoints persist, never comes from DVC's run cache
     git(repo, "checkout", "--", ".")
     dvc(repo, "checkout", "--force")
-    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-n", "pp-liteseg", "-S", "profile=smoke",
-                             "-S", "train_paddleseg.config=conf/paddleseg/pp_liteseg_stdc1.yml"],
-                            cwd=repo, env={**env(), "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True,
-                            timeout=1800)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            "-n",
+            "pp-liteseg",
+            "-S",
+            "profile=smoke",
+            "-S",
+            "train_paddleseg.config=conf/paddleseg/pp_liteseg_stdc1.yml",
+        ],
+        cwd=repo,
+        env={**env(), "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     for stage in ("train_paddleseg", "export@paddleseg", "predict", "report"):
         assert f"Running stage '{stage}'" in result.stdout

@@ -5,6 +5,7 @@ The model is a real exported Paddle inference model with set weights: a 1x1 conv
 pixel is and "green" by how green, so photos of red and green shapes with holes are predicted well, and a
 dull red box on a reddish background is predicted unsurely.
 """
+
 from __future__ import annotations
 
 import csv
@@ -52,8 +53,11 @@ def colour_detector():
 
 
 def export_colour_model(model_dir: Path, class_names=CLASS_NAMES) -> None:
-    export(colour_detector(), model_dir, ModelMeta(INPUT_SIZE, tuple(class_names), (0.5,) * 3, (0.5,) * 3,
-                                                   "ColourDetector"))
+    export(
+        colour_detector(),
+        model_dir,
+        ModelMeta(INPUT_SIZE, tuple(class_names), (0.5,) * 3, (0.5,) * 3, "ColourDetector"),
+    )
 
 
 def shapes_photo(path: Path, seed: int, size=(150, 200)) -> None:
@@ -65,11 +69,11 @@ def shapes_photo(path: Path, seed: int, size=(150, 200)) -> None:
     draw = ImageDraw.Draw(image)
     red, green, dull = (235, 30, 30), (30, 235, 30), (80, 80, 80)
     cx, cy = width * 0.35 + rng.integers(-8, 8), height * 0.5 + rng.integers(-8, 8)
-    draw.ellipse((cx - 55, cy - 50, cx + 55, cy + 50), fill=red)        # a red ring...
-    draw.ellipse((cx - 32, cy - 28, cx + 32, cy + 28), fill=dull)       # ...its hole...
-    draw.ellipse((cx - 17, cy - 15, cx + 17, cy + 15), fill=green)      # ...a green island in it...
-    draw.ellipse((cx - 6, cy - 6, cx + 6, cy + 6), fill=dull)           # ...with a hole of its own
-    draw.rectangle((width - 50, 12, width - 12, 60), fill=green)         # two separate regions
+    draw.ellipse((cx - 55, cy - 50, cx + 55, cy + 50), fill=red)  # a red ring...
+    draw.ellipse((cx - 32, cy - 28, cx + 32, cy + 28), fill=dull)  # ...its hole...
+    draw.ellipse((cx - 17, cy - 15, cx + 17, cy + 15), fill=green)  # ...a green island in it...
+    draw.ellipse((cx - 6, cy - 6, cx + 6, cy + 6), fill=dull)  # ...with a hole of its own
+    draw.rectangle((width - 50, 12, width - 12, 60), fill=green)  # two separate regions
     draw.polygon([(width - 60, height - 15), (width - 15, height - 60), (width - 15, height - 15)], fill=red)
     image.save(path)
 
@@ -96,11 +100,30 @@ def box_photo(path: Path, box_rgb, background_rgb, size=(120, 160)) -> None:
 def person_json(photo: Path) -> Path:
     """A labelme file as a person saves it (no marker)."""
     path = photo.with_suffix(".json")
-    path.write_text(json.dumps({
-        "version": "5.5.0", "flags": {}, "imagePath": photo.name, "imageData": None, "imageHeight": 120,
-        "imageWidth": 160, "shapes": [{"label": "red", "points": [[40, 30], [119, 30], [119, 89], [40, 89]],
-                                       "group_id": None, "description": "", "shape_type": "polygon",
-                                       "flags": {}, "mask": None}]}, indent=2))
+    path.write_text(
+        json.dumps(
+            {
+                "version": "5.5.0",
+                "flags": {},
+                "imagePath": photo.name,
+                "imageData": None,
+                "imageHeight": 120,
+                "imageWidth": 160,
+                "shapes": [
+                    {
+                        "label": "red",
+                        "points": [[40, 30], [119, 30], [119, 89], [40, 89]],
+                        "group_id": None,
+                        "description": "",
+                        "shape_type": "polygon",
+                        "flags": {},
+                        "mask": None,
+                    }
+                ],
+            },
+            indent=2,
+        )
+    )
     os.utime(path, (1_600_000_000, 1_600_000_000))  # an old mtime: any rewrite would show
     return path
 
@@ -114,10 +137,17 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def overrides(root: Path, input_dir: Path, *extra: str) -> list[str]:
-    return [f"data.labels={root / 'labels.txt'}", f"paths.models_dir={root / 'models'}",
-            f"paths.reports_dir={root / 'reports'}", f"preannotate.input_dir={input_dir}",
-            f"preannotate.output_dir={input_dir.parent / (input_dir.name + '_out')}", "preannotate.model=colour",
-            "preannotate.batch_size=3", "preannotate.cpu_threads=1", *extra]
+    return [
+        f"data.labels={root / 'labels.txt'}",
+        f"paths.models_dir={root / 'models'}",
+        f"paths.reports_dir={root / 'reports'}",
+        f"preannotate.input_dir={input_dir}",
+        f"preannotate.output_dir={input_dir.parent / (input_dir.name + '_out')}",
+        "preannotate.model=colour",
+        "preannotate.batch_size=3",
+        "preannotate.cpu_threads=1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -151,16 +181,29 @@ def photo_of(json_path: Path) -> Path:
 def test_writes_one_labelme_json_per_readable_photo_that_labelme_loads(drafted):
     from labelme import LabelFile
 
-    cfg, result, photos, _, _ = drafted
+    _cfg, result, photos, _, _ = drafted
     written = drafts(photos)
     assert [path.relative_to(photos).as_posix() for path in written] == [
-        "rotated.json", "shapes_0.json", "shapes_1.json", "shapes_2.json", "sub/shapes_sub.json", "sure.json",
-        "unsure.json"]
+        "rotated.json",
+        "shapes_0.json",
+        "shapes_1.json",
+        "shapes_2.json",
+        "sub/shapes_sub.json",
+        "sure.json",
+        "unsure.json",
+    ]
     assert result["counts"] == {"written": 7, "replaced": 0, "kept_draft": 0, "kept_person": 1, "skipped": 1}
     for path in written:
         document = json.loads(path.read_text())
-        assert list(document)[:7] == ["version", "flags", "shapes", "imagePath", "imageData", "imageHeight",
-                                      "imageWidth"]
+        assert list(document)[:7] == [
+            "version",
+            "flags",
+            "shapes",
+            "imagePath",
+            "imageData",
+            "imageHeight",
+            "imageWidth",
+        ]
         assert document["imagePath"] == photo_of(path).name and document["imageData"] is None
         assert document[MARKER_KEY]["model"] == "colour"
         loaded = LabelFile(str(path))  # labelme 6's own reader: raises on anything it cannot open
@@ -169,8 +212,9 @@ def test_writes_one_labelme_json_per_readable_photo_that_labelme_loads(drafted):
         assert (document["imageHeight"], document["imageWidth"]) == (height, width)
         for shape in document["shapes"]:
             assert shape["shape_type"] == "polygon" and len(shape["points"]) >= 3
-            assert re.fullmatch(r"drafted by model colour \(ColourDetector\), mean confidence [01]\.\d\d",
-                                shape["description"])
+            assert re.fullmatch(
+                r"drafted by model colour \(ColourDetector\), mean confidence [01]\.\d\d", shape["description"]
+            )
     assert json.loads((photos / "rotated.json").read_text())["imageHeight"] == 150  # stored 200 high
     labels = [shape["label"] for shape in json.loads((photos / "shapes_0.json").read_text())["shapes"]]
     # The red ring, its hole, the green island, its hole, the separate green box and red triangle.
@@ -183,11 +227,17 @@ def test_drafts_round_trip_through_convert_json_to_the_models_masks(drafted, wor
     IoU >= 0.99; the subfolder photo included."""
     from stages.convert_json import run as convert_json
 
-    cfg, _, photos, _, _ = drafted
+    _cfg, _, photos, _, _ = drafted
     raw = tmp_path / "raw"
     shutil.copytree(photos, raw, ignore=shutil.ignore_patterns("broken.jpg", "annotated.*"))
-    convert_json(make_cfg(f"data.raw_dir={raw}", f"data.processed_dir={tmp_path / 'processed'}",
-                          f"data.labels={workspace / 'labels.txt'}", "convert_json.workers=1"))
+    convert_json(
+        make_cfg(
+            f"data.raw_dir={raw}",
+            f"data.processed_dir={tmp_path / 'processed'}",
+            f"data.labels={workspace / 'labels.txt'}",
+            "convert_json.workers=1",
+        )
+    )
     predictor = Predictor(workspace / "models" / "colour", cpu_threads=1)
     for path in drafts(photos):
         photo = photo_of(path)
@@ -201,12 +251,19 @@ def test_drafts_round_trip_through_convert_json_to_the_models_masks(drafted, wor
 
 
 def test_the_ranking_puts_the_unsure_photo_above_the_sure_one(drafted):
-    cfg, result, photos, _, _ = drafted
+    cfg, result, _photos, _, _ = drafted
     with open(Path(cfg.preannotate.output_dir) / "ranking.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     images = [row["image"] for row in rows]
-    assert set(images) == {"rotated.jpg", "shapes_0.png", "shapes_1.png", "shapes_2.png", "sub/shapes_sub.png",
-                           "sure.png", "unsure.png"}
+    assert set(images) == {
+        "rotated.jpg",
+        "shapes_0.png",
+        "shapes_1.png",
+        "shapes_2.png",
+        "sub/shapes_sub.png",
+        "sure.png",
+        "unsure.png",
+    }
     scores = [float(row["score"]) for row in rows]
     assert scores == sorted(scores, reverse=True)
     assert images.index("unsure.png") < images.index("sure.png")
@@ -270,15 +327,32 @@ def labelme_saves(json_path: Path, move_first_point: bool) -> None:
     from labelme._label_file import write_label_file
 
     loaded = LabelFile(str(json_path))
-    shapes = [{**shape["other_data"], "label": shape["label"], "points": [(float(x), float(y)) for x, y in
-               shape["points"]], "group_id": shape["group_id"], "description": shape["description"],
-               "shape_type": shape["shape_type"], "flags": shape["flags"], "mask": None} for shape in loaded.shapes]
+    shapes = [
+        {
+            **shape["other_data"],
+            "label": shape["label"],
+            "points": [(float(x), float(y)) for x, y in shape["points"]],
+            "group_id": shape["group_id"],
+            "description": shape["description"],
+            "shape_type": shape["shape_type"],
+            "flags": shape["flags"],
+            "mask": None,
+        }
+        for shape in loaded.shapes
+    ]
     if move_first_point:
         shapes[0]["points"][0] = (shapes[0]["points"][0][0] + 3.0, shapes[0]["points"][0][1])
     document = json.loads(json_path.read_text())
-    write_label_file(str(json_path), shapes=shapes, image_path=document["imagePath"], image_data=None,
-                     image_height=document["imageHeight"], image_width=document["imageWidth"],
-                     other_data=loaded.other_data, flags={})
+    write_label_file(
+        str(json_path),
+        shapes=shapes,
+        image_path=document["imagePath"],
+        image_data=None,
+        image_height=document["imageHeight"],
+        image_width=document["imageWidth"],
+        other_data=loaded.other_data,
+        flags={},
+    )
 
 
 def test_labelme_keeps_the_marker_but_a_correction_makes_the_draft_a_persons(drafted, tmp_path):
@@ -301,8 +375,11 @@ def test_model_null_picks_the_best_test_miou_with_a_model_folder(workspace, tmp_
     box_photo(photos / "a.png", (250, 10, 10), (10, 10, 10))
     reports = tmp_path / "reports"
     reports.mkdir()
-    (reports / "metrics.json").write_text(json.dumps({
-        "colour": {"test": {"mIoU": 0.8}}, "gone": {"test": {"mIoU": 0.9}}, "worse": {"test": {"mIoU": 0.5}}}))
+    (reports / "metrics.json").write_text(
+        json.dumps(
+            {"colour": {"test": {"mIoU": 0.8}}, "gone": {"test": {"mIoU": 0.9}}, "worse": {"test": {"mIoU": 0.5}}}
+        )
+    )
     shutil.copytree(workspace / "models" / "colour", workspace / "models" / "worse", dirs_exist_ok=True)
     result = run(make_cfg(*overrides(workspace, photos, "preannotate.model=null", f"paths.reports_dir={reports}")))
     assert result["model"] == "colour"
@@ -310,21 +387,25 @@ def test_model_null_picks_the_best_test_miou_with_a_model_folder(workspace, tmp_
 
 # --- bad input: a clear error, and nothing written -------------------------------------------------------
 
+
 def nothing_written(photos: Path, cfg) -> bool:
     return not list(photos.rglob("*.json")) and not Path(cfg.preannotate.output_dir).exists()
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty folder", r"no photos to annotate"),
-    ("no such folder", r"preannotate.input_dir .*: no such folder"),
-    ("missing model", r"preannotate.model=nope: no model folder"),
-    ("no metrics to choose from", r"picks the best test mIoU in .*metrics.json.*does not exist"),
-    ("other classes", r"trained on classes \['_background_', 'dove'\]"),
-    ("output inside input", r"is inside preannotate.input_dir"),
-    ("two photos one JSON", r"would share one labelme JSON .*a.jpg and a.png"),
-    ("nothing readable", r"none of its 1 photos could be read"),
-    ("negative tolerance", r"preannotate.tolerance_px=-0.5: must be a number >= 0"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty folder", r"no photos to annotate"),
+        ("no such folder", r"preannotate.input_dir .*: no such folder"),
+        ("missing model", r"preannotate.model=nope: no model folder"),
+        ("no metrics to choose from", r"picks the best test mIoU in .*metrics.json.*does not exist"),
+        ("other classes", r"trained on classes \['_background_', 'dove'\]"),
+        ("output inside input", r"is inside preannotate.input_dir"),
+        ("two photos one JSON", r"would share one labelme JSON .*a.jpg and a.png"),
+        ("nothing readable", r"none of its 1 photos could be read"),
+        ("negative tolerance", r"preannotate.tolerance_px=-0.5: must be a number >= 0"),
+    ],
+)
 def test_bad_input_is_a_clear_error_and_writes_nothing(workspace, tmp_path, case, message):
     photos = tmp_path / "photos"
     photos.mkdir()

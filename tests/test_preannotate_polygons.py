@@ -1,4 +1,5 @@
 """Mask -> labelme polygons (stages.labelme.polygons): painted back in order, they give the mask again."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,10 @@ from stages.labelme.shapes import shapes_to_label
 
 
 def as_shapes(polygons) -> list[dict]:
-    return [{"label": str(polygon.class_id), "points": polygon.points.tolist(), "shape_type": "polygon"}
-            for polygon in polygons]
+    return [
+        {"label": str(polygon.class_id), "points": polygon.points.tolist(), "shape_type": "polygon"}
+        for polygon in polygons
+    ]
 
 
 def smooth_mask(seed: int, height: int = 240, width: int = 320, levels=(0.55, 0.7, 0.85)) -> np.ndarray:
@@ -40,17 +43,17 @@ def test_pixel_noise_is_traced_exactly_without_simplification():
 
 def test_nested_rings_and_islands_exactly():
     mask = np.zeros((40, 40), np.uint8)
-    mask[2:38, 2:38] = 1      # a square of class 1
-    mask[6:34, 6:34] = 0      # with a hole
-    mask[9:31, 9:31] = 2      # holding a class-2 square
-    mask[12:28, 12:28] = 1    # holding a class-1 island
-    mask[15:25, 15:25] = 0    # with a hole of its own
-    mask[18:22, 18:22] = 1    # and an island in that
+    mask[2:38, 2:38] = 1  # a square of class 1
+    mask[6:34, 6:34] = 0  # with a hole
+    mask[9:31, 9:31] = 2  # holding a class-2 square
+    mask[12:28, 12:28] = 1  # holding a class-1 island
+    mask[15:25, 15:25] = 0  # with a hole of its own
+    mask[18:22, 18:22] = 1  # and an island in that
     mask[0, 0] = mask[1, 1] = 2  # two class-2 pixels touching at a corner
     polygons = trace_mask(mask, tolerance_px=0, min_area_px=0)
     assert (paint(polygons, mask.shape) == mask).all()
     assert sum(polygon.class_id == HOLE for polygon in polygons) == 3  # the hole in 1, in 2, in the island
-    assert sum(polygon.class_id == 2 for polygon in polygons) == 3     # the square and two lone pixels
+    assert sum(polygon.class_id == 2 for polygon in polygons) == 3  # the square and two lone pixels
 
 
 def test_labelmes_own_rasteriser_agrees():
@@ -92,9 +95,9 @@ def test_worst_iou_is_the_lowest_class_but_background():
 def test_small_regions_and_holes_are_dropped():
     mask = np.zeros((40, 40), np.uint8)
     mask[5:30, 5:30] = 1
-    mask[10:12, 10:12] = 0          # a 4-pixel hole
-    mask[35:37, 35:38] = 1          # a 6-pixel speck
-    mask[15:20, 15:20] = 0          # a 25-pixel hole
+    mask[10:12, 10:12] = 0  # a 4-pixel hole
+    mask[35:37, 35:38] = 1  # a 6-pixel speck
+    mask[15:20, 15:20] = 0  # a 25-pixel hole
     polygons = trace_mask(mask, tolerance_px=0, min_area_px=10)
     painted = paint(polygons, mask.shape)
     assert (painted[10:12, 10:12] == 1).all() and (painted[35:37, 35:38] == 0).all()
@@ -108,7 +111,7 @@ def test_the_iou_bound_keeps_small_regions_when_dropping_them_would_break_it():
     mask = np.zeros((60, 60), np.uint8)
     mask[5:35, 5:35] = 1
     for row, col in ((45, 5), (45, 20), (50, 40), (40, 50)):
-        mask[row:row + 3, col:col + 3] = 1
+        mask[row : row + 3, col : col + 3] = 1
     dropped = trace_mask(mask, tolerance_px=0.5, min_area_px=30)
     assert worst_iou(paint(dropped, mask.shape), mask) < 0.97 and len(dropped) == 1
     guarded = trace_mask(mask, tolerance_px=0.5, min_area_px=30, min_iou=0.99)

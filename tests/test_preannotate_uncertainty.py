@@ -1,4 +1,5 @@
 """The uncertainty score of stages.prediction.uncertainty, on constructed logits."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,13 +27,13 @@ def test_a_small_unsure_dove_outranks_a_big_sure_one():
     """Scored over the foreground and its border, not the whole photo: there, easy background would rank
     the photo with a small, badly drafted dove below the one the model is sure about."""
     small = np.full((100, 100), 0.001)
-    small[45:55, 45:55] = 0.6                      # a small dove the model is unsure of
+    small[45:55, 45:55] = 0.6  # a small dove the model is unsure of
     big = np.full((100, 100), 0.02)
-    big[20:80, 20:80] = 0.98                       # a big dove it is sure of
+    big[20:80, 20:80] = 0.98  # a big dove it is sure of
     small_maps, big_maps = certainty(two_class_logits(small)), certainty(two_class_logits(big))
     assert photo_score(small_maps, border_px=2)[0] > 2 * photo_score(big_maps, border_px=2)[0]
     assert small_maps.uncertainty.mean() < big_maps.uncertainty.mean()  # what a whole-photo mean would say
-    assert photo_score(small_maps, 2)[1] < photo_score(big_maps, 2)[1]   # and the confidence agrees
+    assert photo_score(small_maps, 2)[1] < photo_score(big_maps, 2)[1]  # and the confidence agrees
 
 
 def test_a_photo_of_sure_background_scores_its_whole_mean():
@@ -43,7 +44,7 @@ def test_a_photo_of_sure_background_scores_its_whole_mean():
 
 def test_close_calls_count_even_where_background_was_predicted():
     probability = np.full((20, 20), 0.001)
-    probability[5:8, 5:8] = 0.45                   # just under the line: predicted background
+    probability[5:8, 5:8] = 0.45  # just under the line: predicted background
     maps = certainty(two_class_logits(probability))
     assert not maps.foreground.any()
     assert photo_score(maps, border_px=2)[0] == pytest.approx(0.9, abs=1e-3)

@@ -49,10 +49,20 @@ def test_outputs_are_full_size_p_mode_with_the_palette(scored):
 def test_both_engines_give_the_same_masks_and_scores(scored, tmp_path):
     cfg, result = scored
     assert cfg.predict.engine == "onnxruntime" and result["engine"] == "onnxruntime"  # the default
-    paddle_cfg = make_cfg(*[f"{key}={value}" for key, value in (
-        ("data.labels", cfg.data.labels), ("data.processed_dir", cfg.data.processed_dir),
-        ("data.splits_dir", cfg.data.splits_dir), ("paths.exports_dir", cfg.paths.exports_dir))],
-        f"paths.predictions_dir={tmp_path / 'paddle_engine'}", "predict.engine=paddle", "predict.batch_size=3")
+    paddle_cfg = make_cfg(
+        *[
+            f"{key}={value}"
+            for key, value in (
+                ("data.labels", cfg.data.labels),
+                ("data.processed_dir", cfg.data.processed_dir),
+                ("data.splits_dir", cfg.data.splits_dir),
+                ("paths.exports_dir", cfg.paths.exports_dir),
+            )
+        ],
+        f"paths.predictions_dir={tmp_path / 'paddle_engine'}",
+        "predict.engine=paddle",
+        "predict.batch_size=3",
+    )
     paddle_result = run(paddle_cfg)
     assert paddle_result["engine"] == "paddle"
     for model in ("paddle", "paddleseg"):
@@ -66,7 +76,7 @@ def test_both_engines_give_the_same_masks_and_scores(scored, tmp_path):
 
 
 def test_an_unknown_engine_is_refused(tmp_path):
-    with pytest.raises(StageError, match="predict.engine must be one of paddle, onnxruntime, not 'tensorrt'"):
+    with pytest.raises(StageError, match=r"predict.engine must be one of paddle, onnxruntime, not 'tensorrt'"):
         run(make_cfg(*make_dataset(tmp_path), "predict.engine=tensorrt"))
 
 
@@ -164,19 +174,26 @@ def test_model_trained_on_other_classes_is_refused(tmp_path):
     overrides = make_dataset(tmp_path)
     export_model(tmp_path / "models" / "paddle", class_names=("_background_", "pigeon"))
     deploy_model(tmp_path / "models" / "paddle")
-    with pytest.raises(StageError, match="pigeon"):
+    with pytest.raises(StageError, match=r"pigeon"):
         run(make_cfg(*overrides, "predict.models=[paddle]"))
 
 
 # --- folder mode ----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def folder_cfg(tmp_path):
     export_both_models(tmp_path / "models")
 
     def _cfg(input_dir, *extra):
-        return make_cfg(f"paths.exports_dir={tmp_path / 'exports'}", f"predict.input_dir={input_dir}",
-                        f"predict.output_dir={tmp_path / 'out'}", "predict.batch_size=2", *extra)
+        return make_cfg(
+            f"paths.exports_dir={tmp_path / 'exports'}",
+            f"predict.input_dir={input_dir}",
+            f"predict.output_dir={tmp_path / 'out'}",
+            "predict.batch_size=2",
+            *extra,
+        )
+
     return _cfg
 
 
@@ -213,9 +230,9 @@ def test_folder_mode_predicts_every_readable_photo_and_lists_the_corrupt_ones(tm
 def test_folder_mode_empty_folder_is_a_clear_error(tmp_path, folder_cfg):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no photos here")
-    with pytest.raises(StageError, match="no images"):
+    with pytest.raises(StageError, match=r"no images"):
         run(folder_cfg(tmp_path / "empty"))
-    with pytest.raises(StageError, match="no such folder"):
+    with pytest.raises(StageError, match=r"no such folder"):
         run(folder_cfg(tmp_path / "nowhere"))
 
 
@@ -230,7 +247,7 @@ def test_folder_mode_missing_model_is_a_clear_error(tmp_path, folder_cfg):
 def test_folder_mode_with_only_unreadable_photos_fails_and_writes_nothing(tmp_path, folder_cfg):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "broken.png").write_bytes(b"garbage")
-    with pytest.raises(StageError, match="could be read"):
+    with pytest.raises(StageError, match=r"could be read"):
         run(folder_cfg(tmp_path / "photos"))
     assert not (tmp_path / "out" / "paddle").exists()
 
@@ -248,5 +265,5 @@ def test_folder_mode_refuses_names_that_would_overwrite_each_other(tmp_path, fol
     (tmp_path / "photos").mkdir()
     save_rgb_png(tmp_path / "photos" / "a.png", np.zeros((8, 8, 3), np.uint8))
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photos" / "a.jpg")
-    with pytest.raises(StageError, match="a.jpg and a.png|a.png and a.jpg"):
+    with pytest.raises(StageError, match=r"a.jpg and a.png|a.png and a.jpg"):
         run(folder_cfg(tmp_path / "photos"))

@@ -1,4 +1,5 @@
 """Masks at full size without a stack of full-size score maps: the work's memory does not grow with the classes."""
+
 from __future__ import annotations
 
 import tracemalloc
@@ -14,9 +15,12 @@ from stages.prediction.masks import predict_masks, scores_to_mask
 def stacked_argmax(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The former way: every class's margin over class 0 resized to full size, stacked, then argmax."""
     height, width = size
-    margins = [np.asarray(Image.fromarray(np.ascontiguousarray(channel - scores[0]), "F").resize((width, height),
-                                                                                               Image.BILINEAR))
-               for channel in scores[1:]]
+    margins = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(channel - scores[0]), "F").resize((width, height), Image.BILINEAR)
+        )
+        for channel in scores[1:]
+    ]
     return np.stack([np.zeros_like(margins[0]), *margins]).argmax(axis=0).astype(np.uint8)
 
 
@@ -66,8 +70,10 @@ def test_predict_masks_for_a_batch_holds_its_masks_and_a_few_maps_whatever_the_c
     peaks = {}
     for classes in (3, 21):
         logits = rng.normal(size=(count, classes, 16, 16)).astype(np.float32)
-        predictor = SimpleNamespace(meta=SimpleNamespace(input_size=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3),
-                                    logits=lambda batch, logits=logits: logits[: len(batch)])
+        predictor = SimpleNamespace(
+            meta=SimpleNamespace(input_size=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3),
+            logits=lambda batch, logits=logits: logits[: len(batch)],
+        )
         masks = predict_masks(predictor, images)
         for scores, mask in zip(logits, masks):
             np.testing.assert_array_equal(mask, stacked_argmax(scores, (height, width)))

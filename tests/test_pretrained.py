@@ -1,6 +1,7 @@
 """Pretrained weights in a PaddleSeg config: checked before training starts (a URL offline fails at once, in one
 line; a missing local file names its key), and a local file made by a short training run loads and scores
 what it scored when saved."""
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,17 @@ from tiny_pipeline import make_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UNET = REPO_ROOT / "conf" / "paddleseg" / "unet.yml"
-TINY = ["train_paddleseg.input_size=32", "train_paddleseg.crop_size=32", "train_paddleseg.iters=4",
-        "train_paddleseg.batch_size=2", "train_paddleseg.eval_interval=2", "train_paddleseg.log_interval=1",
-        "train_paddleseg.keep_checkpoint_max=1", "train_paddleseg.num_threads=1",
-        "train_paddleseg.distributed.nproc=1"]
+TINY = [
+    "train_paddleseg.input_size=32",
+    "train_paddleseg.crop_size=32",
+    "train_paddleseg.iters=4",
+    "train_paddleseg.batch_size=2",
+    "train_paddleseg.eval_interval=2",
+    "train_paddleseg.log_interval=1",
+    "train_paddleseg.keep_checkpoint_max=1",
+    "train_paddleseg.num_threads=1",
+    "train_paddleseg.distributed.nproc=1",
+]
 
 
 def closed_port() -> int:
@@ -49,17 +57,28 @@ def unet_with(tmp_path: Path, model_pretrained: str = "null", backbone: str | No
 
 @pytest.fixture
 def overrides(tmp_path) -> list[str]:
-    return [*make_dataset(tmp_path / "data"), f"paths.checkpoints_dir={tmp_path / 'checkpoints'}",
-            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", f"mlflow.artifact_location={tmp_path / 'mlruns'}",
-            *TINY]
+    return [
+        *make_dataset(tmp_path / "data"),
+        f"paths.checkpoints_dir={tmp_path / 'checkpoints'}",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"mlflow.artifact_location={tmp_path / 'mlruns'}",
+        *TINY,
+    ]
 
 
 def test_every_pretrained_of_the_model_is_found_with_its_key():
-    document = {"model": {"type": "PPLiteSeg", "pretrained": None,
-                          "backbone": {"type": "STDC1", "pretrained": "https://example.org/STDCNet1.tar.gz"},
-                          "heads": [{"pretrained": "a.pdparams"}]}}
+    document = {
+        "model": {
+            "type": "PPLiteSeg",
+            "pretrained": None,
+            "backbone": {"type": "STDC1", "pretrained": "https://example.org/STDCNet1.tar.gz"},
+            "heads": [{"pretrained": "a.pdparams"}],
+        }
+    }
     assert pretrained.pretrained_entries(document["model"]) == [
-        ("model.backbone.pretrained", "https://example.org/STDCNet1.tar.gz"), ("model.heads[0].pretrained", "a.pdparams")]
+        ("model.backbone.pretrained", "https://example.org/STDCNet1.tar.gz"),
+        ("model.heads[0].pretrained", "a.pdparams"),
+    ]
 
 
 def test_an_unreachable_url_fails_at_once_in_one_line_before_anything_starts(tmp_path, overrides, monkeypatch):
@@ -78,13 +97,26 @@ def test_an_unreachable_url_fails_at_once_in_one_line_before_anything_starts(tmp
     paths = output_paths(cfg)
     assert not any(paths[key].exists() for key in ("model_dir", "checkpoint_dir", "metrics", "plots"))
     assert not mlflow.MlflowClient(cfg.mlflow.tracking_uri).search_runs(
-        [e.experiment_id for e in mlflow.MlflowClient(cfg.mlflow.tracking_uri).search_experiments()])
+        [e.experiment_id for e in mlflow.MlflowClient(cfg.mlflow.tracking_uri).search_experiments()]
+    )
 
     # From the command line (2 processes asked for: it stops before launching them): the line, no traceback.
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    done = subprocess.run([sys.executable, "-m", "stages.train_paddleseg", *overrides, f"train_paddleseg.config={template}",
-                           "train_paddleseg.distributed.nproc=2"], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.train_paddleseg",
+            *overrides,
+            f"train_paddleseg.config={template}",
+            "train_paddleseg.distributed.nproc=2",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert f"error: {message}" in done.stderr.splitlines()
 
@@ -102,8 +134,11 @@ def test_a_cached_download_needs_no_network(tmp_path, monkeypatch):
 def test_a_local_file_that_does_not_exist_names_its_key(tmp_path, overrides):
     template = unet_with(tmp_path, model_pretrained=str(tmp_path / "nowhere.pdparams"))
     cfg = load_params([*overrides, f"train_paddleseg.config={template}"], REPO_ROOT)
-    with pytest.raises(StageError, match=rf"^{template}: model.pretrained: {tmp_path}/nowhere.pdparams is not a "
-                                         "file; give an existing .pdparams file, a URL, or null"):
+    with pytest.raises(
+        StageError,
+        match=rf"^{template}: model.pretrained: {tmp_path}/nowhere.pdparams is not a "
+        "file; give an existing .pdparams file, a URL, or null",
+    ):
         run(cfg)
     assert not output_paths(cfg)["model_dir"].exists()
 

@@ -16,10 +16,16 @@ from stages import export, predict, report
 from stages.common.config import StageError
 from stages.data.split_lists import split_file
 from stages.evaluation.figures import curve_panels
-from stages.training.summary import STEP_COLUMNS
 from stages.models.inference_model import read_meta
-from stages.training.tracking import (CHAMPION, finished_run_client, read_registered_version, read_run_id,
-                                      registered_model_name, training_run)
+from stages.training.summary import STEP_COLUMNS
+from stages.training.tracking import (
+    CHAMPION,
+    finished_run_client,
+    read_registered_version,
+    read_run_id,
+    registered_model_name,
+    training_run,
+)
 
 from tiny_pipeline import export_both_models, make_cfg, make_dataset, red_detector, write_training_outputs
 
@@ -46,10 +52,13 @@ def pipeline(tmp_path_factory, mlflow_store):
         for name, pool in zip(MODELS, (1, 2)):  # the models predict scored, logged and registered as trainers do
             write_training_outputs(cfg, name)
             with training_run(cfg, f"train_{name}", root / "models" / name / "mlflow_run.json"):
-                mlflow.paddle.log_model(red_detector(pool), name=f"{name}_model",
-                                        registered_model_name=registered_model_name(cfg, name),
-                                        input_spec=[InputSpec([None, 3, 16, 16], "float32", "image")],
-                                        pip_requirements=mlflow.paddle.get_default_pip_requirements())
+                mlflow.paddle.log_model(
+                    red_detector(pool),
+                    name=f"{name}_model",
+                    registered_model_name=registered_model_name(cfg, name),
+                    input_spec=[InputSpec([None, 3, 16, 16], "float32", "image")],
+                    pip_requirements=mlflow.paddle.get_default_pip_requirements(),
+                )
             # and the served model, as the export stage logs it
             client, run = finished_run_client(cfg, root / "models" / name / "mlflow_run.json")
             deploy_dir = root / "exports" / name
@@ -78,8 +87,13 @@ def test_report_files_and_figures_exist(pipeline):
     out = Path(make_cfg(*overrides).paths.reports_dir)
     assert (out / "report.md").is_file() and (out / "index.html").is_file()
     names = {p.name for p in (out / "figures").iterdir()}
-    assert names == {"training_curves.png", "confusion_paddle.png", "confusion_paddleseg.png",
-                     "test_samples.png", "worst_samples.png"}
+    assert names == {
+        "training_curves.png",
+        "confusion_paddle.png",
+        "confusion_paddleseg.png",
+        "test_samples.png",
+        "worst_samples.png",
+    }
     assert set(result["figures"]) == names
     for path in (out / "figures").iterdir():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -120,8 +134,10 @@ def test_index_html_is_self_contained(pipeline):
     parser = _Refs()
     parser.feed(page)
     assert parser.refs, "no images at all"
-    assert all(tag == "img" and name == "src" and value.startswith("data:image/png;base64,")
-               for tag, name, value in parser.refs), [r[:2] + (r[2][:40],) for r in parser.refs]
+    assert all(
+        tag == "img" and name == "src" and value.startswith("data:image/png;base64,")
+        for tag, name, value in parser.refs
+    ), [r[:2] + (r[2][:40],) for r in parser.refs]
     assert len(parser.refs) == 5 and "link" not in parser.tags and "script" not in parser.tags
     png = base64.b64decode(parser.refs[0][2].split(",", 1)[1])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -138,8 +154,14 @@ def test_each_training_run_gets_the_test_metrics_and_the_report(pipeline):
         scored = json.loads((Path(cfg.paths.predictions_dir) / name / "metrics.json").read_text())["test"]
         assert run.data.metrics["test/mIoU"] == pytest.approx(scored["mIoU"])
         assert run.data.metrics["test/IoU/dove"] == pytest.approx(scored["IoU"]["dove"])
-        for key in ("test/acc", "test/kappa", "test/mDice", "test/mIoU_all_classes", "test/precision/dove",
-                    "test/recall/_background_"):
+        for key in (
+            "test/acc",
+            "test/kappa",
+            "test/mDice",
+            "test/mIoU_all_classes",
+            "test/precision/dove",
+            "test/recall/_background_",
+        ):
             assert key in run.data.metrics
         assert run.info.status == "FINISHED"
         # Added without reopening the run: it ended (training) before the test metrics came.
@@ -155,16 +177,20 @@ def test_champion_alias_goes_to_the_better_test_miou_and_loads_as_a_model(pipeli
     overrides, result = pipeline
     cfg = make_cfg(*overrides)
     client = MlflowClient(str(cfg.mlflow.tracking_uri))
-    test_miou = {name: m["test"]["mIoU"] for name, m in
-                 json.loads((Path(cfg.paths.reports_dir) / "metrics.json").read_text()).items()}
+    test_miou = {
+        name: m["test"]["mIoU"]
+        for name, m in json.loads((Path(cfg.paths.reports_dir) / "metrics.json").read_text()).items()
+    }
     assert test_miou["paddle"] != test_miou["paddleseg"]
     winner = max(test_miou, key=test_miou.get)
     loser = min(test_miou, key=test_miou.get)
     name, version = read_registered_version(Path(cfg.paths.models_dir) / winner / "mlflow_run.json")
     run_id = read_run_id(Path(cfg.paths.models_dir) / winner / "mlflow_run.json")
     assert result["champion"] == {"model": winner, "registered_model": name, "version": version, "run_id": run_id}
-    assert client.get_run(run_id).data.tags["test_set"] == client.get_run(
-        read_run_id(Path(cfg.paths.models_dir) / loser / "mlflow_run.json")).data.tags["test_set"]
+    assert (
+        client.get_run(run_id).data.tags["test_set"]
+        == client.get_run(read_run_id(Path(cfg.paths.models_dir) / loser / "mlflow_run.json")).data.tags["test_set"]
+    )
     assert name == cfg.mlflow.registered_models[winner]
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == version
     assert CHAMPION not in client.get_registered_model(cfg.mlflow.registered_models[loser]).aliases
@@ -198,8 +224,9 @@ def test_training_curves_draw_metrics_only(pipeline):
 def test_worst_samples_come_lowest_mean_miou_first(pipeline):
     overrides, result = pipeline
     cfg = make_cfg(*overrides)
-    per_model = [json.loads((Path(cfg.paths.predictions_dir) / name / "metrics.json").read_text())["samples"]
-                 for name in MODELS]
+    per_model = [
+        json.loads((Path(cfg.paths.predictions_dir) / name / "metrics.json").read_text())["samples"] for name in MODELS
+    ]
     means = {a["stem"]: (a["mIoU"] + b["mIoU"]) / 2 for a, b in zip(*per_model)}
     assert result["worst_samples"] == sorted(means, key=lambda stem: (means[stem], stem))[:3]
 
@@ -227,8 +254,11 @@ def test_predictions_of_another_test_split_are_refused(pipeline, tmp_path):
 def test_unreachable_mlflow_store_fails_before_writing(pipeline, tmp_path, monkeypatch):
     overrides, _ = pipeline
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = make_cfg(*overrides, f"mlflow.tracking_uri=sqlite:///{tmp_path / 'no' / 'such' / 'mlflow.db'}",
-                   f"paths.reports_dir={tmp_path / 'reports'}")
+    cfg = make_cfg(
+        *overrides,
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'no' / 'such' / 'mlflow.db'}",
+        f"paths.reports_dir={tmp_path / 'reports'}",
+    )
     with pytest.raises(StageError, match="MLflow"):
         report.run(cfg)
     assert not (tmp_path / "reports").exists()
@@ -237,18 +267,48 @@ def test_unreachable_mlflow_store_fails_before_writing(pipeline, tmp_path, monke
 def test_per_class_table_sets_apart_the_classes_never_seen_in_training(tmp_path):
     """Five classes: dove and twig trained (twig absent from the test set), rock only in test, leaf nowhere."""
     names = ["_background_", "dove", "twig", "rock", "leaf"]
-    (tmp_path / "summary.json").write_text(json.dumps({"class_pixel_share": {"train": {
-        "_background_": 0.85, "dove": 0.1, "twig": 0.05, "rock": 0.0, "leaf": 0.0, "__ignore__": 0.0}}}))
-    per_class = {"IoU": [0.9, 0.5, None, 0.0, None], "dice": [0.95, 0.66, None, 0.0, None],
-                 "precision": [0.9, 0.7, None, None, None], "recall": [0.99, 0.6, None, 0.0, None]}
+    (tmp_path / "summary.json").write_text(
+        json.dumps(
+            {
+                "class_pixel_share": {
+                    "train": {
+                        "_background_": 0.85,
+                        "dove": 0.1,
+                        "twig": 0.05,
+                        "rock": 0.0,
+                        "leaf": 0.0,
+                        "__ignore__": 0.0,
+                    }
+                }
+            }
+        )
+    )
+    per_class = {
+        "IoU": [0.9, 0.5, None, 0.0, None],
+        "dice": [0.95, 0.66, None, 0.0, None],
+        "precision": [0.9, 0.7, None, None, None],
+        "recall": [0.99, 0.6, None, 0.0, None],
+    }
     test = {key: dict(zip(names, values)) for key, values in per_class.items()}
-    results = [report.ModelResult(name, name, tmp_path, {"class_names": names, "test": test}, {}, {}, tmp_path)
-               for name in MODELS]
+    results = [
+        report.ModelResult(name, name, tmp_path, {"class_names": names, "test": test}, {}, {}, tmp_path)
+        for name in MODELS
+    ]
     cfg = make_cfg(f"data.splits_dir={tmp_path}")
     blocks = report.per_class_blocks(cfg, results)
     [(_, header, rows)] = [block for block in blocks if block[0] == "table"]
-    assert header == ["class", "train pixels", "IoU paddle", "IoU paddleseg", "Dice paddle", "Dice paddleseg",
-                      "precision paddle", "precision paddleseg", "recall paddle", "recall paddleseg"]
+    assert header == [
+        "class",
+        "train pixels",
+        "IoU paddle",
+        "IoU paddleseg",
+        "Dice paddle",
+        "Dice paddleseg",
+        "precision paddle",
+        "precision paddleseg",
+        "recall paddle",
+        "recall paddleseg",
+    ]
     assert [row[0] for row in rows] == ["_background_", "dove", "twig", "rock"]  # unseen last; leaf: no scores
     assert rows[1][:4] == ["dove", "10.00%", "0.5000", "0.5000"] and rows[3][1] == "none"
     assert rows[2][2:] == ["-"] * 8 and rows[3][6:8] == ["-", "-"]  # undefined: "-", not 0

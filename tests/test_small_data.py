@@ -1,5 +1,6 @@
 """Small data sets: what the trainers adapt (and say, and record in MLflow), and what fails before anything
 starts, under Paddle's launcher too (stages.training.adaptation)."""
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,14 @@ def photos(count: int) -> dict[str, tuple[int, int]]:
 @pytest.fixture
 def tiny_set(tmp_path):
     """make(count) -> overrides for a processed set whose train split holds ``count`` photos."""
+
     def make(count: int) -> list[str]:
-        return [*make_dataset(tmp_path / "data", photos(count)), f"paths.checkpoints_dir={tmp_path / 'ckpt'}",
-                f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+        return [
+            *make_dataset(tmp_path / "data", photos(count)),
+            f"paths.checkpoints_dir={tmp_path / 'ckpt'}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        ]
+
     return make
 
 
@@ -43,8 +49,11 @@ def single_process(monkeypatch):
 
 # --- the rules ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("batch, samples, processes, used", [
-    (8, 6, 1, 6), (8, 5, 2, 4), (8, 7, 3, 6), (1, 6, 2, 2), (8, 8, 2, None), (4, 100, 2, None), (3, 3, 1, None)])
+
+@pytest.mark.parametrize(
+    "batch, samples, processes, used",
+    [(8, 6, 1, 6), (8, 5, 2, 4), (8, 7, 3, 6), (1, 6, 2, 2), (8, 8, 2, None), (4, 100, 2, None), (3, 3, 1, None)],
+)
 def test_the_global_batch_fits_the_photos_and_gives_every_process_one(batch, samples, processes, used):
     change = fit_batch("train_x", batch, samples, processes)
     assert (change.used if change else None) == used
@@ -77,9 +86,18 @@ def test_the_adaptations_are_one_line():
 
 # --- each trainer's fit_to_data ---------------------------------------------------------------------
 
+
 def test_train_paddleseg_adapts_batch_and_intervals_and_leaves_the_given_config_alone(tiny_set):
-    cfg = load_params([*tiny_set(5), "train_paddleseg.batch_size=8", "train_paddleseg.iters=30",
-                       "train_paddleseg.eval_interval=70", "train_paddleseg.log_interval=10"], REPO_ROOT)
+    cfg = load_params(
+        [
+            *tiny_set(5),
+            "train_paddleseg.batch_size=8",
+            "train_paddleseg.iters=30",
+            "train_paddleseg.eval_interval=70",
+            "train_paddleseg.log_interval=10",
+        ],
+        REPO_ROOT,
+    )
     fitted, changes, _ = train_paddleseg.fit_to_data(cfg, processes=2)
     assert {c.key: c.used for c in changes} == {"train_paddleseg.batch_size": 4, "train_paddleseg.eval_interval": 30}
     assert fitted.train_paddleseg.batch_size == 4 and fitted.train_paddleseg.eval_interval == 30
@@ -88,8 +106,16 @@ def test_train_paddleseg_adapts_batch_and_intervals_and_leaves_the_given_config_
 
 
 def test_train_paddle_adapts_batch_and_a_warmup_longer_than_the_training(tiny_set):
-    cfg = load_params([*tiny_set(6), "train_paddle.batch_size=8", "train_paddle.epochs=10",
-                       "train_paddle.warmup_steps=40", "train_paddle.distributed.nproc=1"], REPO_ROOT)
+    cfg = load_params(
+        [
+            *tiny_set(6),
+            "train_paddle.batch_size=8",
+            "train_paddle.epochs=10",
+            "train_paddle.warmup_steps=40",
+            "train_paddle.distributed.nproc=1",
+        ],
+        REPO_ROOT,
+    )
     fitted, changes, _ = train_paddle.fit_to_data(cfg, processes=1)
     assert {c.key: c.used for c in changes} == {"train_paddle.batch_size": 6, "train_paddle.warmup_steps": 1}
     assert fitted.train_paddle.warmup_steps == 1
@@ -104,6 +130,7 @@ def test_the_demo_profile_on_the_demo_sized_split_adapts_nothing(stage, tiny_set
 
 
 # --- before Paddle's launcher --------------------------------------------------------------------------
+
 
 @pytest.fixture
 def launches(monkeypatch, single_process):
@@ -129,14 +156,22 @@ def test_fewer_photos_than_processes_start_fewer_processes(stage, tiny_set, laun
 
 
 @pytest.mark.parametrize("stage", sorted(TRAINERS))
-@pytest.mark.parametrize("override, message", [
-    ("{stage}.batch_size=0", r"{stage}\.batch_size must be >= 1"),
-    ("{stage}.distributed.nnodes=2", r"{stage}\.distributed.*nnodes=1.*nproc=1 or less"),
-])
-def test_settings_that_cannot_be_adapted_stop_before_the_launcher(stage, override, message, tiny_set, launches,
-                                                                  tmp_path):
-    argv = [*tiny_set(3), f"{stage}.distributed.nproc=2", f"{stage}.distributed.master=127.0.0.1:1",
-            override.format(stage=stage)]
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("{stage}.batch_size=0", r"{stage}\.batch_size must be >= 1"),
+        ("{stage}.distributed.nnodes=2", r"{stage}\.distributed.*nnodes=1.*nproc=1 or less"),
+    ],
+)
+def test_settings_that_cannot_be_adapted_stop_before_the_launcher(
+    stage, override, message, tiny_set, launches, tmp_path
+):
+    argv = [
+        *tiny_set(3),
+        f"{stage}.distributed.nproc=2",
+        f"{stage}.distributed.master=127.0.0.1:1",
+        override.format(stage=stage),
+    ]
     with pytest.raises(SystemExit, match=message.format(stage=stage)):
         relaunch(stage, argv)
     assert launches == [] and not (tmp_path / "mlflow.db").exists()
@@ -145,8 +180,14 @@ def test_settings_that_cannot_be_adapted_stop_before_the_launcher(stage, overrid
 @pytest.mark.slow
 def test_the_stage_command_checks_before_it_launches(tiny_set, tmp_path):
     """The real entry point: `python -m stages.train_paddleseg` with 2 processes asked, a bad value given."""
-    command = [sys.executable, "-m", "stages.train_paddleseg", *tiny_set(3), "train_paddleseg.distributed.nproc=2",
-               "train_paddleseg.iters=0"]
+    command = [
+        sys.executable,
+        "-m",
+        "stages.train_paddleseg",
+        *tiny_set(3),
+        "train_paddleseg.distributed.nproc=2",
+        "train_paddleseg.iters=0",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PADDLE_") and k != "MLFLOW_TRACKING_URI"}
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 1 and "error: train_paddleseg.iters must be >= 1, got 0" in done.stderr
@@ -155,13 +196,23 @@ def test_the_stage_command_checks_before_it_launches(tiny_set, tmp_path):
 
 # --- a real run -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
-def test_a_real_run_trains_with_the_adapted_batch_says_so_and_records_it(tiny_set, single_process, capsys,
-                                                                         monkeypatch):
+def test_a_real_run_trains_with_the_adapted_batch_says_so_and_records_it(tiny_set, single_process, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = load_params([*tiny_set(3), "train_paddleseg.input_size=32", "train_paddleseg.crop_size=32",
-                       "train_paddleseg.iters=2", "train_paddleseg.batch_size=8", "train_paddleseg.eval_interval=70",
-                       "train_paddleseg.num_threads=1", "train_paddleseg.distributed.nproc=1"], REPO_ROOT)
+    cfg = load_params(
+        [
+            *tiny_set(3),
+            "train_paddleseg.input_size=32",
+            "train_paddleseg.crop_size=32",
+            "train_paddleseg.iters=2",
+            "train_paddleseg.batch_size=8",
+            "train_paddleseg.eval_interval=70",
+            "train_paddleseg.num_threads=1",
+            "train_paddleseg.distributed.nproc=1",
+        ],
+        REPO_ROOT,
+    )
     result = train_paddleseg.run(cfg)
     out = capsys.readouterr().out
     [line] = [line for line in out.splitlines() if "adapted" in line]

@@ -1,14 +1,16 @@
 """team_stack without its servers: a taken port fails in one line before anything starts; secrets and env files
 are private; the README's deployed `mlflow server` uses the flags and settings team_stack runs (the servers
 themselves: tests/test_team_e2e.py)."""
+
 import re
 import socket
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
 from team_stack import servers
 from team_stack.stack import Stack, token
+
+from conftest import REPO_ROOT
 
 
 def taken_port(sock: socket.socket) -> int:
@@ -26,17 +28,27 @@ def taken_port(sock: socket.socket) -> int:
 def test_a_taken_port_fails_in_one_line_before_anything_starts(tmp_path):
     with socket.socket() as sock:
         port = taken_port(sock)
-        result = subprocess.run([sys.executable, "-m", "team_stack", "up", "--dir", str(tmp_path / "team"),
-                                 "--base-port", str(port)], cwd=REPO_ROOT, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "team_stack", "up", "--dir", str(tmp_path / "team"), "--base-port", str(port)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        )
     assert result.returncode == 1
-    assert result.stderr.strip() == (f"team_stack: port {port} (mlflow) on 127.0.0.1 is taken; free it or choose "
-                                     "other ports: python -m team_stack up --base-port N")
+    assert result.stderr.strip() == (
+        f"team_stack: port {port} (mlflow) on 127.0.0.1 is taken; free it or choose "
+        "other ports: python -m team_stack up --base-port N"
+    )
     assert not (tmp_path / "team" / "postgres").exists() and not (tmp_path / "team" / "s3").exists()
 
 
 def test_a_base_port_out_of_range_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "team_stack", "up", "--dir", str(tmp_path / "team"),
-                             "--base-port", "60075"], cwd=REPO_ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "team_stack", "up", "--dir", str(tmp_path / "team"), "--base-port", "60075"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == "team_stack: --base-port 60075: choose one between 1025 and 55524"
 
@@ -77,17 +89,27 @@ def test_the_dvc_remote_takes_keys_that_begin_with_a_dash(tmp_path, monkeypatch)
 def test_readme_deployment_runs_mlflow_as_team_stack_does(tmp_path, monkeypatch):
     captured = {}
     monkeypatch.setattr(servers, "spawn", lambda argv, pid_file, log, env: captured.update(argv=argv, env=env))
-    servers.mlflow_start(tmp_path, 5000, "postgresql+psycopg2://mlflow@db/mlflow",
-                         "postgresql+psycopg2://mlflow@db/mlflow_auth", "s3://doveseg-mlflow/", {})
-    readme = (REPO_ROOT / "README.md").read_text()
-    deployed = readme[readme.index("Deployed for a team"):readme.index("The admin then creates")]
+    servers.mlflow_start(
+        tmp_path,
+        5000,
+        "postgresql+psycopg2://mlflow@db/mlflow",
+        "postgresql+psycopg2://mlflow@db/mlflow_auth",
+        "s3://doveseg-mlflow/",
+        {},
+    )
+    readme = (REPO_ROOT / "docs" / "team.md").read_text()
+    deployed = readme[readme.index("Deployed for a team") : readme.index("The admin then creates")]
     command = re.search(r"^mlflow server (.*?)\n(?!  )", deployed.replace("\\\n", ""), re.S | re.M).group(1)
-    assert {flag for flag in command.split() if flag.startswith("--")} == \
-        {flag for flag in captured["argv"] if flag.startswith("--")}
+    assert {flag for flag in command.split() if flag.startswith("--")} == {
+        flag for flag in captured["argv"] if flag.startswith("--")
+    }
     assert "--app-name basic-auth" in " ".join(captured["argv"]) and "--app-name basic-auth" in command
     ini = (tmp_path / "basic_auth.ini").read_text()
-    for line in ("default_permission = READ", "admin_username = admin",
-                 "authorization_function = mlflow.server.auth:authenticate_request_basic_auth"):
+    for line in (
+        "default_permission = READ",
+        "admin_username = admin",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+    ):
         assert line in ini and line in deployed
     for variable in ("MLFLOW_AUTH_CONFIG_PATH",):
         assert variable in captured["env"] and variable in deployed

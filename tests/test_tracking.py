@@ -20,8 +20,11 @@ def test_a_second_store_in_the_same_process_gets_its_own_runs(tmp_path, make_cfg
     (tmp_path / "splits").mkdir()
     for name in ("a", "b"):
         uri = f"sqlite:///{tmp_path / name}.db"
-        cfg = make_cfg(f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={tmp_path / name}",
-                       f"data.splits_dir={tmp_path / 'splits'}")
+        cfg = make_cfg(
+            f"mlflow.tracking_uri={uri}",
+            f"mlflow.artifact_location={tmp_path / name}",
+            f"data.splits_dir={tmp_path / 'splits'}",
+        )
         with tracking.training_run(cfg, "train_x", tmp_path / f"{name}.json") as run:
             tracking.log_metrics({"train/loss": 1.0}, step=0)
         assert mlflow.MlflowClient(uri).get_run(run.info.run_id).data.metrics == {"train/loss": 1.0}
@@ -46,6 +49,7 @@ def cfg_in(store, tmp_path, make_cfg, monkeypatch):
 
     def make(*overrides: str):
         return make_cfg(*data, f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={root / 'mlruns'}", *overrides)
+
     return make
 
 
@@ -78,8 +82,12 @@ def test_training_run_logs_the_dvc_hashed_data_as_its_dataset(cfg_in, tmp_path):
     assert dataset.digest + ".dir" == processed["md5"]  # the md5 DVC records, without ".dir"
     assert json.loads(dataset.source) == {"uri": str(cfg.data.processed_dir)}
     profile = json.loads(dataset.profile)
-    assert profile == {"nfiles": processed["nfiles"], "size": processed["size"],
-                       "splits_dir": str(cfg.data.splits_dir), "splits_md5": dvc_md5(cfg.data.splits_dir)}
+    assert profile == {
+        "nfiles": processed["nfiles"],
+        "size": processed["size"],
+        "splits_dir": str(cfg.data.splits_dir),
+        "splits_md5": dvc_md5(cfg.data.splits_dir),
+    }
     assert [(tag.key, tag.value) for tag in logged[0].tags] == [("mlflow.data.context", "training")]
 
     # Other data, another digest: runs group and filter by data version.
@@ -98,19 +106,22 @@ def test_each_training_run_registers_a_version_and_names_it_in_the_run_id_file(c
     versions = []
     for _ in range(2):
         with tracking.training_run(cfg, "train_paddle", tmp_path / "run.json") as run:
-            mlflow.paddle.log_model(red_detector(), name="paddle_model",
-                                    registered_model_name=tracking.registered_model_name(cfg, "paddle"),
-                                    input_spec=[InputSpec([None, 3, 8, 8], "float32", "image")],
-                                        pip_requirements=mlflow.paddle.get_default_pip_requirements())
+            mlflow.paddle.log_model(
+                red_detector(),
+                name="paddle_model",
+                registered_model_name=tracking.registered_model_name(cfg, "paddle"),
+                input_spec=[InputSpec([None, 3, 8, 8], "float32", "image")],
+                pip_requirements=mlflow.paddle.get_default_pip_requirements(),
+            )
         versions.append(tracking.read_registered_version(tmp_path / "run.json"))
         client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
         assert client.get_model_version(*versions[-1]).run_id == run.info.run_id
     assert versions == [("tiny-net", "1"), ("tiny-net", "2")]
 
-    with pytest.raises(StageError, match="mlflow.registered_models.paddleseg"):
+    with pytest.raises(StageError, match=r"mlflow.registered_models.paddleseg"):
         tracking.registered_model_name(cfg_in("~mlflow.registered_models.paddleseg"), "paddleseg")
     (tmp_path / "old.json").write_text(json.dumps({"run_id": "abc"}))
-    with pytest.raises(StageError, match="rerun the training stage"):
+    with pytest.raises(StageError, match=r"rerun the training stage"):
         tracking.read_registered_version(tmp_path / "old.json")
 
 
@@ -129,8 +140,11 @@ def test_finished_run_gets_metrics_and_artifacts_without_moving_its_end_time(cfg
     finished.log_artifacts(tmp_path / "figures", "report/figures")
     finished.log_artifact(tmp_path / "report.md", "report")
     after = client.get_run(run.info.run_id)
-    assert (after.info.start_time, after.info.end_time, after.info.status) == \
-        (before.start_time, before.end_time, "FINISHED")
+    assert (after.info.start_time, after.info.end_time, after.info.status) == (
+        before.start_time,
+        before.end_time,
+        "FINISHED",
+    )
     assert len([k for k in after.data.metrics if k.startswith("test/IoU/")]) == 1500  # past the batch limit
     assert "test/nan" not in after.data.metrics
     assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} == {"report/figures", "report/report.md"}
@@ -143,15 +157,19 @@ def aliases(client, name: str) -> dict[str, str]:
 def scored_version(client, cfg, name: str, test_miou: float | None, test_set: str = "set-1") -> str:
     """A registered version of ``name`` whose training run report scored ``test_miou`` on ``test_set``."""
     experiment = client.get_experiment_by_name(str(cfg.mlflow.experiment)) or client.get_experiment(
-        client.create_experiment(str(cfg.mlflow.experiment)))
+        client.create_experiment(str(cfg.mlflow.experiment))
+    )
     run = client.create_run(experiment.experiment_id)
     if test_miou is not None:
         client.log_metric(run.info.run_id, "test/mIoU", test_miou)
     client.set_tag(run.info.run_id, tracking.TEST_SET_TAG, test_set)
     if not client.search_registered_models(f"name = '{name}'"):
         client.create_registered_model(name)
-    return str(client.create_model_version(name, source=f"{cfg.mlflow.artifact_location}/{name}",
-                                           run_id=run.info.run_id).version)
+    return str(
+        client.create_model_version(
+            name, source=f"{cfg.mlflow.artifact_location}/{name}", run_id=run.info.run_id
+        ).version
+    )
 
 
 def test_the_champion_is_the_best_version_on_the_same_test_set_and_a_worse_experiment_cannot_take_it(cfg_in):
@@ -204,15 +222,17 @@ def test_relative_local_stores_resolve_against_dvc_root(uri, expected, tmp_path,
 
 
 @pytest.mark.parametrize(("uri", "expected"), URI_CASES)
-def test_without_dvc_root_relative_local_stores_resolve_against_the_working_folder(uri, expected, tmp_path,
-                                                                                   monkeypatch):
+def test_without_dvc_root_relative_local_stores_resolve_against_the_working_folder(
+    uri, expected, tmp_path, monkeypatch
+):
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
     assert tracking.resolve_local_uri(uri) == expected.format(root=tmp_path)
 
 
 def test_a_stage_in_a_temp_copy_tracks_to_the_project_store_names_its_run_and_records_the_configured_uri(
-        tmp_path, make_cfg, monkeypatch):
+    tmp_path, make_cfg, monkeypatch
+):
     """What a queued experiment does: run from .dvc/tmp/exps/<copy>, DVC_ROOT the project."""
     project, copy = tmp_path / "project", tmp_path / "project" / ".dvc" / "tmp" / "exps" / "run1"
     copy.mkdir(parents=True)
@@ -222,8 +242,9 @@ def test_a_stage_in_a_temp_copy_tracks_to_the_project_store_names_its_run_and_re
     monkeypatch.setenv("DVC_ROOT", str(project))
     monkeypatch.setenv("DVC_EXP_NAME", "q-lr")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abc")
-    cfg = make_cfg(*data, "mlflow.tracking_uri=sqlite:///mlflow.db", "mlflow.artifact_location=mlruns",
-                   "mlflow.experiment=queued")
+    cfg = make_cfg(
+        *data, "mlflow.tracking_uri=sqlite:///mlflow.db", "mlflow.artifact_location=mlruns", "mlflow.experiment=queued"
+    )
     with tracking.training_run(cfg, "train_x", copy / "run.json") as run:
         tracking.log_metrics({"train/loss": 1.0}, step=0)
     assert not (copy / "mlflow.db").exists() and not (copy / "mlruns").exists()
@@ -246,9 +267,10 @@ def test_store_call_retries_a_locked_database_and_gives_up_on_anything_else(monk
         if isinstance(answer, Exception):
             raise answer
         return answer
+
     before = tracking.STORE_RETRIES["count"]
     assert tracking.store_call(flaky) == "ok" and tracking.STORE_RETRIES["count"] == before + 2
-    with pytest.raises(mlflow.exceptions.MlflowException, match="locked"):
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"locked"):
         tracking.store_call(flaky_forever, attempts=3)
     with pytest.raises(ValueError):
         tracking.store_call(int, "not a number")

@@ -1,4 +1,5 @@
 """train_paddle: transforms, input checks, a real tiny training run tracked in a real MLflow store, resume."""
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,17 @@ from stages.common.config import StageError, load_params
 from stages.data.images import save_label_png
 from stages.data.labels import read_labels
 from stages.data.split_lists import read_split
-from stages.train_paddle import (STAGE, SegLoss, SegMetric, build_optimizer, fingerprint,
-                                 load_checkpoint, math_threads, output_paths, run)
+from stages.train_paddle import (
+    STAGE,
+    SegLoss,
+    SegMetric,
+    build_optimizer,
+    fingerprint,
+    load_checkpoint,
+    math_threads,
+    output_paths,
+    run,
+)
 from stages.training.dataset import Augment, EpochSampler, SegDataset, hflip, normalize, random_crop, resize_pair
 from stages.training.summary import PLOT_COLUMNS
 from stages.training.weight_average import WeightAverage
@@ -27,13 +37,26 @@ from tiny_pipeline import flat_keys, make_dataset, metrics_schema
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Tiny, fast training settings (the smoke profile's spirit, explicit so the test does not depend on it).
-TINY = ["train_paddle.input_size=32", "train_paddle.crop_size=32", "train_paddle.epochs=2", "train_paddle.batch_size=4",
-        "train_paddle.num_threads=1", "train_paddle.lr=0.003"]
-SIZES = {"dove_a": (30, 40), "dove_b": (47, 33), "dove_c": (64, 48), "dove_d": (21, 26), "empty_e": (36, 36),
-         "dove_f": (40, 40)}
+TINY = [
+    "train_paddle.input_size=32",
+    "train_paddle.crop_size=32",
+    "train_paddle.epochs=2",
+    "train_paddle.batch_size=4",
+    "train_paddle.num_threads=1",
+    "train_paddle.lr=0.003",
+]
+SIZES = {
+    "dove_a": (30, 40),
+    "dove_b": (47, 33),
+    "dove_c": (64, 48),
+    "dove_d": (21, 26),
+    "empty_e": (36, 36),
+    "dove_f": (40, 40),
+}
 
 
 # --- fixtures ----------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory) -> list[str]:
@@ -54,6 +77,7 @@ def data_overrides(tmp_path) -> list[str]:
 def cfg_for(data_overrides, mlflow_store):
     def make(*overrides: str):
         return load_params([*data_overrides, *mlflow_store, *TINY, *overrides], REPO_ROOT)
+
     return make
 
 
@@ -63,6 +87,7 @@ def nothing_written(cfg) -> bool:
 
 
 # --- transforms --------------------------------------------------------------------------------------
+
 
 def blocky_pair(rng, height=60, width=80):
     """A label of random blocks and an image whose red channel encodes it (255: ignore -> blue)."""
@@ -103,8 +128,7 @@ def test_crop_and_flip_keep_image_and_label_aligned():
 
 def test_augmented_samples_stay_aligned_through_resizing():
     image, label = blocky_pair(np.random.default_rng(2))
-    dataset = SegDataset([], 48, (0, 0, 0), (1, 1, 1), Augment(crop_size=32, scale_range=(0.5, 1.5),
-                                                                color_jitter=0.0))
+    dataset = SegDataset([], 48, (0, 0, 0), (1, 1, 1), Augment(crop_size=32, scale_range=(0.5, 1.5), color_jitter=0.0))
     for index in range(20):
         out_image, out_label = dataset.transform(image, label, np.random.default_rng(index))
         assert out_image.shape == (32, 32, 3) and out_label.dtype == np.uint8
@@ -116,8 +140,7 @@ def test_augmented_samples_stay_aligned_through_resizing():
 
 def test_colour_jitter_changes_only_the_image_and_normalize_is_chw():
     image, label = blocky_pair(np.random.default_rng(3))
-    dataset = SegDataset([], 32, (0.5,) * 3, (0.5,) * 3, Augment(scale_range=(1, 1), flip_prob=0,
-                                                                  color_jitter=0.5))
+    dataset = SegDataset([], 32, (0.5,) * 3, (0.5,) * 3, Augment(scale_range=(1, 1), flip_prob=0, color_jitter=0.5))
     plain_image, plain_label = resize_pair(image, label, 32)
     out_image, out_label = dataset.transform(image, label, np.random.default_rng(0))
     assert np.array_equal(out_label, plain_label) and not np.array_equal(out_image, plain_image)
@@ -150,6 +173,7 @@ def test_epoch_sampler_orders_and_caps():
 
 
 # --- loss and metric ------------------------------------------------------------------------------------
+
 
 def logits_for(label: np.ndarray, confidence: float = 20.0) -> paddle.Tensor:
     """N x 2 x H x W scores that predict ``label`` (ids 0/1) with the given margin."""
@@ -191,8 +215,12 @@ def test_metric_adapter_scores_argmax_predictions():
 @pytest.mark.parametrize("optimizer", ["adamw", "rmsprop", "momentum"])
 @pytest.mark.parametrize("schedule,warmup", [("cosine", 0), ("constant", 2)])
 def test_every_optimizer_and_schedule_steps_and_round_trips(cfg_for, optimizer, schedule, warmup):
-    params = cfg_for(f"train_paddle.optimizer={optimizer}", f"train_paddle.lr_schedule={schedule}",
-                     f"train_paddle.warmup_steps={warmup}", "train_paddle.lr=0.1").train_paddle
+    params = cfg_for(
+        f"train_paddle.optimizer={optimizer}",
+        f"train_paddle.lr_schedule={schedule}",
+        f"train_paddle.warmup_steps={warmup}",
+        "train_paddle.lr=0.1",
+    ).train_paddle
     layer = paddle.nn.Linear(2, 1)
     opt = build_optimizer(params, layer.parameters(), total_steps=10)
     before = layer.weight.numpy().copy()
@@ -209,6 +237,7 @@ def test_every_optimizer_and_schedule_steps_and_round_trips(cfg_for, optimizer, 
 
 
 # --- input checks: clear errors, before anything is written --------------------------------------------
+
 
 def test_empty_train_split_is_refused(cfg_for):
     cfg = cfg_for()
@@ -237,13 +266,16 @@ def test_label_size_mismatch_is_refused(cfg_for):
     assert nothing_written(cfg)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train_paddle.input_size=40", "input_size must be a positive multiple of 16"),
-    ("train_paddle.crop_size=24", "crop_size must be a positive multiple of 16"),
-    ("train_paddle.crop_size=64", "crop_size must fit"),
-    ("train_paddle.optimizer=adam", "optimizer must be one of"),
-    ("train_paddle.lr_schedule=step", "lr_schedule must be one of"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train_paddle.input_size=40", "input_size must be a positive multiple of 16"),
+        ("train_paddle.crop_size=24", "crop_size must be a positive multiple of 16"),
+        ("train_paddle.crop_size=64", "crop_size must fit"),
+        ("train_paddle.optimizer=adam", "optimizer must be one of"),
+        ("train_paddle.lr_schedule=step", "lr_schedule must be one of"),
+    ],
+)
 def test_sizes_are_checked(cfg_for, override, message):
     cfg = cfg_for(override)
     with pytest.raises(StageError, match=message):
@@ -297,13 +329,20 @@ def test_math_threads_halve_the_cores_under_to_static_only(cfg_for, monkeypatch)
 
 # --- checkpoint fingerprint ------------------------------------------------------------------------------
 
+
 def test_fingerprint_follows_training_inputs_only(cfg_for):
     cfg = cfg_for()
     labels = read_labels(cfg.data.labels)
     samples = read_split(cfg, "train") + read_split(cfg, "val")
     base = fingerprint(cfg, labels, samples)
-    assert fingerprint(cfg_for("train_paddle.num_workers=2", "train_paddle.num_threads=2",
-                               "train_paddle.distributed.nproc=2"), labels, samples) == base
+    assert (
+        fingerprint(
+            cfg_for("train_paddle.num_workers=2", "train_paddle.num_threads=2", "train_paddle.distributed.nproc=2"),
+            labels,
+            samples,
+        )
+        == base
+    )
     assert fingerprint(cfg_for("train_paddle.lr=0.5"), labels, samples) != base
     assert fingerprint(cfg_for("seed=1"), labels, samples) != base
     image = Path(cfg.data.processed_dir) / "dove_a" / "img.png"
@@ -325,6 +364,7 @@ def test_load_checkpoint_refuses_other_inputs_and_finished_runs(tmp_path):
 
 
 # --- real training ----------------------------------------------------------------------------------------
+
 
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
@@ -377,9 +417,11 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for):
     artifacts = {a.path for a in client.list_artifacts(tracked.info.run_id)}
     artifacts |= {a.path for a in client.list_artifacts(tracked.info.run_id, "model")}
     assert {"config", "model/summary.txt", "model/meta.json"} <= artifacts
-    logged_models = mlflow.search_logged_models(experiment_ids=[tracked.info.experiment_id],
-                                                filter_string=f"source_run_id = '{tracked.info.run_id}'",
-                                                output_format="list")
+    logged_models = mlflow.search_logged_models(
+        experiment_ids=[tracked.info.experiment_id],
+        filter_string=f"source_run_id = '{tracked.info.run_id}'",
+        output_format="list",
+    )
     assert [m.name for m in logged_models] == ["paddle_model"]
     # registered: a new version of the model named in params, recorded in the run-id file
     assert run_info["registered_model"]["name"] == cfg.mlflow.registered_models.paddle == "doveseg-dovenet"
@@ -426,6 +468,9 @@ def test_killed_run_resumes_from_its_checkpoint(cfg_for):
     assert client.get_run(state["run_id"]).info.status == "FINISHED"
 
     # Other params: the old checkpoint is not used.
-    result = run(cfg_for("train_paddle.epochs=3", "train_paddle.to_static=false", "train_paddle.lr=0.001",
-                         "train_paddle.epochs=1"))
+    result = run(
+        cfg_for(
+            "train_paddle.epochs=3", "train_paddle.to_static=false", "train_paddle.lr=0.001", "train_paddle.epochs=1"
+        )
+    )
     assert result["resumed_from_epoch"] == 0 and result["run_id"] != state["run_id"]

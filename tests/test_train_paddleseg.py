@@ -1,5 +1,6 @@
 """train_paddleseg: the PaddleSeg config, input checks, a real tiny training run tracked in a real MLflow
 store, the exported model, and a resume after a real kill."""
+
 from __future__ import annotations
 
 import csv
@@ -32,14 +33,22 @@ from tiny_pipeline import flat_keys, make_dataset, metrics_schema
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Tiny, fast settings (the smoke profile's spirit, explicit so the test does not depend on it).
-TINY = ["train_paddleseg.input_size=32", "train_paddleseg.crop_size=32", "train_paddleseg.iters=4",
-        "train_paddleseg.batch_size=2", "train_paddleseg.eval_interval=2", "train_paddleseg.log_interval=1",
-        "train_paddleseg.keep_checkpoint_max=1", "train_paddleseg.num_threads=1",
-        "train_paddleseg.distributed.nproc=1"]  # one process, whatever the profile says
+TINY = [
+    "train_paddleseg.input_size=32",
+    "train_paddleseg.crop_size=32",
+    "train_paddleseg.iters=4",
+    "train_paddleseg.batch_size=2",
+    "train_paddleseg.eval_interval=2",
+    "train_paddleseg.log_interval=1",
+    "train_paddleseg.keep_checkpoint_max=1",
+    "train_paddleseg.num_threads=1",
+    "train_paddleseg.distributed.nproc=1",
+]  # one process, whatever the profile says
 SIZES = {"dove_a": (30, 40), "dove_b": (47, 33), "dove_c": (64, 48), "dove_d": (21, 26), "empty_e": (36, 36)}
 
 
 # --- fixtures ----------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory) -> list[str]:
@@ -53,14 +62,19 @@ def mlflow_store(tmp_path_factory) -> list[str]:
 @pytest.fixture
 def overrides(tmp_path, mlflow_store) -> list[str]:
     """A tiny processed dataset + split lists, every output under tmp_path, the session's store, TINY."""
-    return [*make_dataset(tmp_path / "data", SIZES), f"paths.checkpoints_dir={tmp_path / 'checkpoints'}",
-            *mlflow_store, *TINY]
+    return [
+        *make_dataset(tmp_path / "data", SIZES),
+        f"paths.checkpoints_dir={tmp_path / 'checkpoints'}",
+        *mlflow_store,
+        *TINY,
+    ]
 
 
 @pytest.fixture
 def cfg_for(overrides):
     def make(*extra: str):
         return load_params([*overrides, *extra], REPO_ROOT)
+
     return make
 
 
@@ -76,6 +90,7 @@ def read_csv(path: Path) -> list[dict]:
 
 # --- the PaddleSeg config --------------------------------------------------------------------------
 
+
 def test_template_is_filled_from_params_and_labels(cfg_for):
     cfg = cfg_for("train_paddleseg.lr=0.005")
     document = resolve_config(cfg.train_paddleseg.config, cfg, {"labels": {"num_classes": 2}})
@@ -86,7 +101,7 @@ def test_template_is_filled_from_params_and_labels(cfg_for):
     assert train["train_path"] == f"{cfg.data.splits_dir}/train.txt"
     assert val["val_path"] == f"{cfg.data.splits_dir}/val.txt"
     assert train["num_classes"] == val["num_classes"] == 2 and train["separator"] == " "
-    crop = [t for t in train["transforms"] if t["type"] == "RandomPaddingCrop"][0]
+    crop = next(t for t in train["transforms"] if t["type"] == "RandomPaddingCrop")
     assert crop["crop_size"] == [32, 32]
     assert val["transforms"][0] == {"type": "Resize", "target_size": [32, 32]}
     assert document["lr_scheduler"]["learning_rate"] == 0.005
@@ -97,27 +112,39 @@ def test_template_is_filled_from_params_and_labels(cfg_for):
 def test_template_with_an_unknown_value_is_refused(cfg_for, tmp_path):
     template = tmp_path / "bad.yml"
     template.write_text("iters: ${train_paddleseg.no_such_key}\n")
-    with pytest.raises(StageError, match="bad.yml.*no_such_key"):
+    with pytest.raises(StageError, match=r"bad.yml.*no_such_key"):
         resolve_config(template, cfg_for(), {"labels": {"num_classes": 2}})
 
 
 def test_batches_follow_a_seeded_order_and_resume_where_they_stopped():
     full = list(IterationBatches(num_samples=10, batch_size=3, iters=7, seed=5))
     assert len(full) == 7 and all(len(batch) == 3 for batch in full)
-    assert sorted(sum(full[:3], [])) == sorted(set(sum(full[:3], [])))  # an epoch has no repeats
+    first_epoch = [index for batch in full[:3] for index in batch]
+    assert sorted(first_epoch) == sorted(set(first_epoch))  # an epoch has no repeats
     assert list(IterationBatches(10, 3, 7, start=4, seed=5)) == full[4:]
     assert list(IterationBatches(10, 3, 7, seed=6)) != full
 
 
 def test_optimizer_state_follows_parameters_renamed_by_another_process():
-    saved = {"conv2d_5.w_0_moment1_0": 1, "conv2d_57.w_0_moment1_0": 2, "conv2d_5.w_0_beta1_pow_acc_0": 3,
-             "LR_Scheduler": {"last_epoch": 4}, "master_weights": {"conv2d_5.w_0": 5}}
+    saved = {
+        "conv2d_5.w_0_moment1_0": 1,
+        "conv2d_57.w_0_moment1_0": 2,
+        "conv2d_5.w_0_beta1_pow_acc_0": 3,
+        "LR_Scheduler": {"last_epoch": 4},
+        "master_weights": {"conv2d_5.w_0": 5},
+    }
     renamed = rename_optimizer_state(saved, {"conv2d_5.w_0": "conv2d_0.w_0", "conv2d_57.w_0": "conv2d_1.w_0"})
-    assert renamed == {"conv2d_0.w_0_moment1_0": 1, "conv2d_1.w_0_moment1_0": 2, "conv2d_0.w_0_beta1_pow_acc_0": 3,
-                       "LR_Scheduler": {"last_epoch": 4}, "master_weights": {"conv2d_0.w_0": 5}}
+    assert renamed == {
+        "conv2d_0.w_0_moment1_0": 1,
+        "conv2d_1.w_0_moment1_0": 2,
+        "conv2d_0.w_0_beta1_pow_acc_0": 3,
+        "LR_Scheduler": {"last_epoch": 4},
+        "master_weights": {"conv2d_0.w_0": 5},
+    }
 
 
 # --- input checks ---------------------------------------------------------------------------------
+
 
 def test_bad_label_values_are_refused(cfg_for):
     cfg = cfg_for()
@@ -166,8 +193,12 @@ def test_fingerprint_follows_training_inputs_only(cfg_for):
     labels = read_labels(cfg.data.labels)
     samples = read_split(cfg, "train") + read_split(cfg, "val")
     base = fingerprint(cfg, "config", labels, samples)
-    assert fingerprint(cfg_for("train_paddleseg.num_workers=2", "train_paddleseg.num_threads=2"), "config",
-                       labels, samples) == base
+    assert (
+        fingerprint(
+            cfg_for("train_paddleseg.num_workers=2", "train_paddleseg.num_threads=2"), "config", labels, samples
+        )
+        == base
+    )
     assert fingerprint(cfg_for("train_paddleseg.lr=0.5"), "config", labels, samples) != base
     assert fingerprint(cfg_for("seed=1"), "config", labels, samples) != base
     assert fingerprint(cfg, "another config", labels, samples) != base
@@ -179,6 +210,7 @@ def test_fingerprint_follows_training_inputs_only(cfg_for):
 
 
 # --- real training ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for, monkeypatch):
@@ -194,8 +226,9 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for, monkeypatc
     assert set(metrics["best_val_IoU"]) == {"_background_", "dove"}
     for key in ("best_val_acc", "best_val_kappa", "best_val_mDice"):
         assert key in metrics
-    assert {k: result[k] for k in metrics if k != "best_val_IoU"} == \
-        {k: v for k, v in metrics.items() if k != "best_val_IoU"}
+    assert {k: result[k] for k in metrics if k != "best_val_IoU"} == {
+        k: v for k, v in metrics.items() if k != "best_val_IoU"
+    }
 
     curves = read_csv(paths["plots"])
     assert [row["iter"] for row in curves] == ["2", "4"] and [row["epoch"] for row in curves] == ["1", "2"]
@@ -217,6 +250,7 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for, monkeypatc
     assert meta["input_size"] == [32, 32] and meta["class_names"] == ["_background_", "dove"]
     assert meta["mean"] == [0.5] * 3 and meta["std"] == [0.5] * 3 and meta["architecture"] == "UNet"
     from stages.training.paddleseg_loop import build
+
     parts = build(resolved)
     parts.model.set_state_dict(paddle.load(str(model_dir / "model.pdparams")))
     parts.model.eval()
@@ -225,6 +259,7 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for, monkeypatc
     loaded.eval()
     np.testing.assert_allclose(loaded(batch).numpy(), parts.model(batch)[0].numpy(), atol=1e-4)
     from stages.models.inference_model import Predictor
+
     logits = Predictor(model_dir, use_gpu=False, cpu_threads=1).logits(batch.numpy())
     assert logits.shape == (2, 2, 32, 32)
     expected = parts.model(batch)[0].numpy()
@@ -250,9 +285,11 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for, monkeypatc
     artifacts = {a.path for a in client.list_artifacts(tracked.info.run_id, "config")}
     artifacts |= {a.path for a in client.list_artifacts(tracked.info.run_id, "model")}
     assert {"config/paddleseg.yml", "config/params.yaml", "model/meta.json"} <= artifacts
-    logged_models = mlflow.search_logged_models(experiment_ids=[tracked.info.experiment_id],
-                                                filter_string=f"source_run_id = '{tracked.info.run_id}'",
-                                                output_format="list")
+    logged_models = mlflow.search_logged_models(
+        experiment_ids=[tracked.info.experiment_id],
+        filter_string=f"source_run_id = '{tracked.info.run_id}'",
+        output_format="list",
+    )
     assert [m.name for m in logged_models] == ["paddleseg_model"]
     assert run_info["registered_model"]["name"] == cfg.mlflow.registered_models.paddleseg == "doveseg-unet"
     assert client.get_model_version("doveseg-unet", run_info["registered_model"]["version"]).run_id == result["run_id"]
@@ -283,7 +320,7 @@ def test_the_weight_average_is_validated_and_kept(cfg_for):
         np.testing.assert_array_equal(best[key].numpy(), average[key].numpy())
     assert any(not np.array_equal(best[key].numpy(), raw[key].numpy()) for key in best)
     assert json.loads((folder / "iter_4" / "state.json").read_text())["average_steps"] == 4
-    with pytest.raises(StageError, match="weight_average"):
+    with pytest.raises(StageError, match=r"weight_average"):
         run(cfg_for("train_paddleseg.weight_average=1"))
 
 
@@ -295,9 +332,14 @@ def test_killed_run_resumes_from_its_last_checkpoint(overrides, cfg_for):
     paths = output_paths(cfg)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    process = subprocess.Popen([sys.executable, "-m", "stages.train_paddleseg", *overrides, *longer],
-                               cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.train_paddleseg", *overrides, *longer],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not checkpoint_iters(paths["checkpoint_dir"]):

@@ -4,6 +4,7 @@ The "models" are real exported Paddle inference models with set weights: a 1x1 c
 by how red a pixel is (optionally average-pooled, so its scores come out coarser than its input). The
 dataset's doves are red boxes, so predictions are good but not perfect at the boundaries.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,7 +33,7 @@ def make_photo(rng: np.random.Generator, height: int, width: int, with_dove: boo
     if with_dove:
         top, left = height // 4, width // 3
         bottom, right = top + height // 2, left + width // 2
-        label[top - 1:bottom + 1, left - 1:right + 1] = 255
+        label[top - 1 : bottom + 1, left - 1 : right + 1] = 255
         label[top:bottom, left:right] = 1
         rgb[top:bottom, left:right] = (230, 40, 40)
     return rgb, label
@@ -109,13 +110,18 @@ def red_detector(pool: int = 1, upsample: bool = False):
     return RedDetector()
 
 
-def export_model(model_dir: Path, input_size=(16, 16), pool: int = 1, architecture: str = "RedDetector",
-                 class_names=CLASS_NAMES, upsample: bool = False):
+def export_model(
+    model_dir: Path,
+    input_size=(16, 16),
+    pool: int = 1,
+    architecture: str = "RedDetector",
+    class_names=CLASS_NAMES,
+    upsample: bool = False,
+):
     from stages.models.inference_model import ModelMeta, export
 
     layer = red_detector(pool, upsample)
-    export(layer, model_dir, ModelMeta(tuple(input_size), tuple(class_names), (0.5,) * 3, (0.5,) * 3,
-                                       architecture))
+    export(layer, model_dir, ModelMeta(tuple(input_size), tuple(class_names), (0.5,) * 3, (0.5,) * 3, architecture))
     return layer
 
 
@@ -178,8 +184,9 @@ def write_training_outputs(cfg, name: str, epochs: int = 4) -> None:
     metrics_dir, plots_dir = Path(cfg.paths.metrics_dir), Path(cfg.paths.plots_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     plots_dir.mkdir(parents=True, exist_ok=True)
-    (metrics_dir / f"train_{name}.json").write_text(json.dumps(
-        {"best_val_mIoU": 0.7, "train_seconds": 12.5, "num_params": 1234, "epochs": epochs}))
+    (metrics_dir / f"train_{name}.json").write_text(
+        json.dumps({"best_val_mIoU": 0.7, "train_seconds": 12.5, "num_params": 1234, "epochs": epochs})
+    )
     with open(plots_dir / f"train_{name}.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["epoch", "iter", "train_loss", "val_mIoU", "val_acc"])
@@ -205,10 +212,24 @@ def metrics_schema(class_names=CLASS_NAMES) -> set[str]:
     """The keys of metrics/train_<model>.json, from the trainers' shared builder."""
     from stages.training.summary import training_metrics
 
-    return flat_keys(training_metrics(
-        num_params={"total": 1, "trainable": 1}, best_scores=None, class_names=class_names, iters=4, best_iter=2,
-        resumed_from_iter=0, iters_per_epoch=2, train_seconds=1.0, train_step_seconds=1.0, train_images=8,
-        input_size=32, crop_size=32, batch_size=2, device="cpu"))
+    return flat_keys(
+        training_metrics(
+            num_params={"total": 1, "trainable": 1},
+            best_scores=None,
+            class_names=class_names,
+            iters=4,
+            best_iter=2,
+            resumed_from_iter=0,
+            iters_per_epoch=2,
+            train_seconds=1.0,
+            train_step_seconds=1.0,
+            train_images=8,
+            input_size=32,
+            crop_size=32,
+            batch_size=2,
+            device="cpu",
+        )
+    )
 
 
 def write_photos(folder: Path, seed: int = 1) -> list[Path]:

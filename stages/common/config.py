@@ -1,10 +1,11 @@
 """Hydra plumbing shared by every stage: the stage entry point, and composing conf/ into params.yaml."""
+
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import hydra
 import yaml
@@ -57,8 +58,7 @@ def load_params(overrides: Sequence[str] = (), repo_root: str | Path = ".") -> D
         return compose(config_name="params", overrides=list(overrides))
 
 
-def write_params(overrides: Sequence[str] = (), conf_dir: str | Path = "conf",
-                 out: str | Path = "params.yaml") -> None:
+def write_params(overrides: Sequence[str] = (), conf_dir: str | Path = "conf", out: str | Path = "params.yaml") -> None:
     """Compose conf/ into params.yaml, e.g. ``python -m stages.common.config profile=smoke``."""
     cfg = OmegaConf.to_container(compose_config(overrides, conf_dir), resolve=True)
     Path(out).write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -1,4 +1,5 @@
 """Atomic outputs: a failed or killed stage leaves the previous output or nothing, never half of one."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,8 +7,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager

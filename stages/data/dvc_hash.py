@@ -4,6 +4,7 @@ A folder's hash is the md5 of its manifest (every file's md5 and path, as DVC's 
 ``dvc_md5("data/processed")`` equals the ``md5`` that ``dvc repro`` or ``dvc add`` records for it, also
 for an ad-hoc run outside DVC. tests/test_dvc_hash.py compares it with real ``dvc``.
 """
+
 from __future__ import annotations
 
 import hashlib

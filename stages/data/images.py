@@ -1,4 +1,5 @@
 """Image and label-PNG I/O shared by the stages: RGB photos in, P-mode class-id PNGs out."""
+
 from __future__ import annotations
 
 import zlib
@@ -23,7 +24,7 @@ ORIENT = {
     2: lambda a: cv2.flip(a, 1),
     3: lambda a: cv2.rotate(a, cv2.ROTATE_180),
     4: lambda a: cv2.flip(a, 0),
-    5: lambda a: cv2.transpose(a),
+    5: cv2.transpose,
     6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
     7: lambda a: cv2.rotate(cv2.transpose(a), cv2.ROTATE_180),
     8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),

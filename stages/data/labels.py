@@ -3,6 +3,7 @@
 Line 1 is ``__ignore__`` (id 255 in label PNGs), line 2 ``_background_`` (id 0), then one class per
 line (ids 1, 2, ...).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,10 @@ def read_labels(path: str | Path) -> Labels:
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     lines = [line for line in lines if line]
     if lines[:2] != [IGNORE_NAME, BACKGROUND_NAME]:
-        raise StageError(f"{path}: the first two lines must be {IGNORE_NAME} and {BACKGROUND_NAME} "
-                         f"(labelme2voc format), got {lines[:2]}")
+        raise StageError(
+            f"{path}: the first two lines must be {IGNORE_NAME} and {BACKGROUND_NAME} "
+            f"(labelme2voc format), got {lines[:2]}"
+        )
     names = lines[1:]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

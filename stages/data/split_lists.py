@@ -2,6 +2,7 @@
 
 build_splits writes them; the trainers and predict read and check them here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,9 @@ from stages.common.config import StageError
 from stages.data.labels import IGNORE_INDEX
 
 SPLIT_NAMES = ("train", "val", "test")
-IMAGE_JPEG = "img.jpg"   # a processed photo: the JPEG as seen (convert_json keeps a phone's bytes)...
-IMAGE_PNG = "img.png"    # ...or, from any other format, a lossless PNG
-IMAGE_NAME = IMAGE_PNG   # what a manifest without image_file (written before img.jpg existed) means
+IMAGE_JPEG = "img.jpg"  # a processed photo: the JPEG as seen (convert_json keeps a phone's bytes)...
+IMAGE_PNG = "img.png"  # ...or, from any other format, a lossless PNG
+IMAGE_NAME = IMAGE_PNG  # what a manifest without image_file (written before img.jpg existed) means
 LABEL_NAME = "label.png"
 
 
@@ -36,8 +37,10 @@ def format_line(stem: str, separator: str, image_name: str = IMAGE_NAME) -> str:
     """One list line for a processed sample (its image file ``image_name``: img.jpg or img.png), refusing
     stems that contain the separator."""
     if separator in stem or "\n" in stem:
-        raise StageError(f"sample {stem!r}: its path contains the list separator {separator!r}; "
-                         "rename the JSON file or change build_splits.separator")
+        raise StageError(
+            f"sample {stem!r}: its path contains the list separator {separator!r}; "
+            "rename the JSON file or change build_splits.separator"
+        )
     return f"{stem}/{image_name}{separator}{stem}/{LABEL_NAME}"
 
 
@@ -78,14 +81,18 @@ def check_samples(samples: list[Sample], num_classes: int, list_file: str | Path
             image_size = image.size
         with Image.open(sample.label) as label_image:
             if label_image.size != image_size:
-                problems.append(f"{sample.label}: label size {label_image.size[0]}x{label_image.size[1]} "
-                                f"differs from its image's {image_size[0]}x{image_size[1]}")
+                problems.append(
+                    f"{sample.label}: label size {label_image.size[0]}x{label_image.size[1]} "
+                    f"differs from its image's {image_size[0]}x{image_size[1]}"
+                )
                 continue
             values = np.unique(np.asarray(label_image))
         bad = [int(v) for v in values if v >= num_classes and v != IGNORE_INDEX]
         if bad:
-            problems.append(f"{sample.label}: label values {bad} are not class ids "
-                            f"(0..{num_classes - 1}) or {IGNORE_INDEX} (ignore)")
+            problems.append(
+                f"{sample.label}: label values {bad} are not class ids "
+                f"(0..{num_classes - 1}) or {IGNORE_INDEX} (ignore)"
+            )
     if problems:
         raise StageError(f"{list_file}: {len(problems)} bad sample(s):\n  " + "\n  ".join(problems))
 

@@ -4,6 +4,7 @@ matplotlib is used through ``matplotlib.figure.Figure`` (its Agg canvas), never 
 or global figure state is involved; imgviz colours the labels and predictions over the photos, as
 labelme's label_viz.png does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ class Cell:
 def picture_grid(rows: list[list[Cell]], path: Path, title: str = "", cell_inches: float = 2.6) -> Path:
     """A table of captioned pictures, one list of cells per row (the tutorial's input | label | ... figure)."""
     columns = max(len(row) for row in rows)
-    figure = Figure(figsize=(cell_inches * columns, cell_inches * len(rows) + (0.4 if title else 0)),
-                    dpi=DPI, layout="constrained")
+    figure = Figure(
+        figsize=(cell_inches * columns, cell_inches * len(rows) + (0.4 if title else 0)), dpi=DPI, layout="constrained"
+    )
     axes = figure.subplots(len(rows), columns, squeeze=False)
     for row_axes, row in zip(axes, rows):
         for ax, cell in zip(row_axes, row + [None] * (columns - len(row))):
@@ -75,14 +77,22 @@ def confusion_matrix(matrix: np.ndarray, class_names: list[str], title: str, pat
     for row in ticks:
         for column in ticks:
             colour = "white" if shares[row, column] > 0.6 else "black"
-            ax.text(column, row, f"{shares[row, column]:.1%}\n{matrix[row, column]:,} px",
-                    ha="center", va="center", fontsize=8, color=colour)
+            ax.text(
+                column,
+                row,
+                f"{shares[row, column]:.1%}\n{matrix[row, column]:,} px",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color=colour,
+            )
     ax.set_title(title)
     return _save(figure, path)
 
 
-def training_curves(curves: dict[str, dict[str, list[float]]], path: Path, x_name: str = "epoch",
-                    step_columns=("epoch", "iter")) -> Path:
+def training_curves(
+    curves: dict[str, dict[str, list[float]]], path: Path, x_name: str = "epoch", step_columns=("epoch", "iter")
+) -> Path:
     """One panel per metric column (train_loss, val_mIoU, ...), one line per model.
 
     ``curves[model][column]`` is a list of values aligned with ``curves[model][x_name]``; NaN (an epoch
@@ -106,8 +116,9 @@ def training_curves(curves: dict[str, dict[str, list[float]]], path: Path, x_nam
     return _save(figure, path)
 
 
-def curve_panels(curves: dict[str, dict[str, list[float]]], x_name: str = "epoch",
-                 step_columns=("epoch", "iter")) -> list[str]:
+def curve_panels(
+    curves: dict[str, dict[str, list[float]]], x_name: str = "epoch", step_columns=("epoch", "iter")
+) -> list[str]:
     """The columns training_curves draws a panel for: every column but the x axis and the step counters."""
     columns = []
     for table in curves.values():
@@ -120,4 +131,3 @@ def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI)
     return path
-

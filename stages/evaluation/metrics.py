@@ -11,6 +11,7 @@ prediction (the convention of mmsegmentation and torchmetrics): with 20 classes 
 means, over every class with 0 for the absent ones, stay available as ``mIoU_all_classes`` and
 ``mDice_all_classes`` (equal to PaddleSeg's logs). Pixels labelled ``ignore_index`` count nowhere.
 """
+
 from __future__ import annotations
 
 import numpy as np

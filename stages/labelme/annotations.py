@@ -3,6 +3,7 @@
 Nothing here writes anything. ``read_annotation`` returns either a usable annotation or the list of
 every problem it found in that file, so a stage can report all bad files at once.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,10 +29,10 @@ EXIF_ORIENTATION = 0x0112
 
 @dataclass(frozen=True)
 class Annotation:
-    source: str          # the JSON's path relative to raw_dir (POSIX separators)
-    image_source: str    # the image's path relative to raw_dir, or EMBEDDED_IMAGE
+    source: str  # the JSON's path relative to raw_dir (POSIX separators)
+    image_source: str  # the image's path relative to raw_dir, or EMBEDDED_IMAGE
     shapes: list[dict]
-    rgb: np.ndarray      # HxWx3 uint8, EXIF orientation applied; smaller than `size` when `reduced`
+    rgb: np.ndarray  # HxWx3 uint8, EXIF orientation applied; smaller than `size` when `reduced`
     encoded: bytes = b""  # the image as stored (the file's bytes, or imageData decoded)
     full_size: tuple[int, int] | None = None  # (height, width) as seen, when rgb is a reduced decode
     jpeg_kept: bool = False  # an RGB JPEG already as seen (no EXIF rotation): its bytes serve as they are
@@ -52,15 +53,23 @@ def find_annotation_files(raw_dir: str | Path) -> list[Path]:
     """
     raw_dir = Path(raw_dir)
     found = [
-        path for path in raw_dir.rglob("*")
-        if path.suffix.lower() == ".json" and path.is_file()
+        path
+        for path in raw_dir.rglob("*")
+        if path.suffix.lower() == ".json"
+        and path.is_file()
         and not any(part.startswith(".") for part in path.relative_to(raw_dir).parts)
     ]
     return sorted(found, key=lambda path: path.relative_to(raw_dir).as_posix())
 
 
-def read_annotation(json_path: str | Path, raw_dir: str | Path, labels: Labels, labels_file: str,
-                    max_image_pixels: int, jpeg_draft_side: int | None = None) -> tuple[Annotation | None, list[str]]:
+def read_annotation(
+    json_path: str | Path,
+    raw_dir: str | Path,
+    labels: Labels,
+    labels_file: str,
+    max_image_pixels: int,
+    jpeg_draft_side: int | None = None,
+) -> tuple[Annotation | None, list[str]]:
     """Parse, validate and decode one annotation. Returns (annotation, []) or (None, problems).
 
     With ``jpeg_draft_side``, a JPEG is decoded only at a reduced scale whose long side is at least that many
@@ -84,8 +93,9 @@ def read_annotation(json_path: str | Path, raw_dir: str | Path, labels: Labels, 
     problems += image_problems
     rgb, full_size, kept = None, None, False
     if image_bytes is not None:
-        rgb, full_size, kept, decode_problems = _decode_image(image_bytes, image_source, max_image_pixels,
-                                                              jpeg_draft_side)
+        rgb, full_size, kept, decode_problems = _decode_image(
+            image_bytes, image_source, max_image_pixels, jpeg_draft_side
+        )
         problems += decode_problems
     if rgb is not None:
         problems += _declared_size_problems(document, full_size or rgb.shape[:2])
@@ -154,15 +164,18 @@ def resolve_image_path(image_path: str, json_dir: str | Path, raw_dir: str | Pat
     return path, None
 
 
-def _decode_image(data: bytes, image_source: str, max_image_pixels: int, jpeg_draft_side: int | None = None
-                  ) -> tuple[np.ndarray | None, tuple[int, int] | None, bool, list[str]]:
+def _decode_image(
+    data: bytes, image_source: str, max_image_pixels: int, jpeg_draft_side: int | None = None
+) -> tuple[np.ndarray | None, tuple[int, int] | None, bool, list[str]]:
     """Check the header's size against the pixel limit, then decode once to EXIF-oriented RGB.
 
     Returns (rgb, full_size, jpeg_kept, problems) (see read_annotation: full_size is set, as seen, when a
     JPEG was decoded at a reduced scale)."""
     what = "imageData" if image_source == EMBEDDED_IMAGE else f"image {image_source}"
-    too_big = f"{what} is too large: {{}} pixels, over convert_json.max_image_pixels={max_image_pixels} " \
-              "(decompression bomb guard)"
+    too_big = (
+        f"{what} is too large: {{}} pixels, over convert_json.max_image_pixels={max_image_pixels} "
+        "(decompression bomb guard)"
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -170,9 +183,8 @@ def _decode_image(data: bytes, image_source: str, max_image_pixels: int, jpeg_dr
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         return None, None, False, [f"{what} refused by Pillow as a decompression bomb ({err})"]
     except UnidentifiedImageError:
-        return None, None, False, [f"{what} is not a readable image (unknown format, or a cut-short or corrupt "
-                                   "header)"]
-    except Exception as err:  # Pillow raises many types on garbage (SyntaxError, struct.error...)
+        return None, None, False, [f"{what} is not a readable image (unknown format, or a cut-short or corrupt header)"]
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types on garbage (SyntaxError, struct.error...)
         return None, None, False, [f"{what} is not a readable image ({type(err).__name__}: {err})"]
     with image:
         width, height = image.size
@@ -189,7 +201,7 @@ def _decode_image(data: bytes, image_source: str, max_image_pixels: int, jpeg_dr
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 return to_rgb(image), full_size, kept, []
-        except Exception as err:  # truncated or corrupt data: OSError, ValueError, SyntaxError...
+        except Exception as err:  # noqa: BLE001 - truncated or corrupt data: OSError, ValueError, SyntaxError...
             return None, None, False, [f"{what} is corrupt ({type(err).__name__}: {err})"]
 
 
@@ -204,6 +216,7 @@ def _declared_size_problems(document: dict, actual: tuple[int, int]) -> list[str
     for key, value in (("imageHeight", actual[0]), ("imageWidth", actual[1])):
         declared = document.get(key)
         if declared is not None and declared != value:
-            problems.append(f"{key} is {declared!r} but the image (EXIF-oriented) is {actual[0]}x{actual[1]} "
-                            f"(height x width)")
+            problems.append(
+                f"{key} is {declared!r} but the image (EXIF-oriented) is {actual[0]}x{actual[1]} (height x width)"
+            )
     return problems

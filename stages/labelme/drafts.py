@@ -9,6 +9,7 @@ saved; the digest can: a draft whose shapes no longer match their digest is a pe
 Each shape's ``description`` also says it was drafted, by which model, with what mean confidence; labelme
 shows it beside the shape.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,9 +22,9 @@ LABELME_VERSION = "5.5.0"  # the format labelme 5.5 and 6 write (and read)
 
 
 class JsonState(Enum):
-    MISSING = "missing"    # no JSON yet
-    DRAFT = "draft"        # drafted by a model, untouched since
-    PERSON = "person"      # a person's: no marker, or a draft whose shapes changed, or unreadable
+    MISSING = "missing"  # no JSON yet
+    DRAFT = "draft"  # drafted by a model, untouched since
+    PERSON = "person"  # a person's: no marker, or a draft whose shapes changed, or unreadable
 
 
 def shape_description(model: str, architecture: str, confidence: float) -> str:
@@ -33,8 +34,15 @@ def shape_description(model: str, architecture: str, confidence: float) -> str:
 
 def polygon_shape(label: str, points, description: str) -> dict:
     """A labelme polygon shape, keys in the order labelme writes them."""
-    return {"label": label, "points": [[float(x), float(y)] for x, y in points], "group_id": None,
-            "description": description, "shape_type": "polygon", "flags": {}, "mask": None}
+    return {
+        "label": label,
+        "points": [[float(x), float(y)] for x, y in points],
+        "group_id": None,
+        "description": description,
+        "shape_type": "polygon",
+        "flags": {},
+        "mask": None,
+    }
 
 
 def draft_document(shapes: list[dict], image_name: str, size: tuple[int, int], marker: dict) -> dict:
@@ -56,15 +64,23 @@ def shapes_digest(shapes: list) -> str:
     """sha256 of what a person edits in the shapes, in a form labelme's load and save leave alone
     (points as floats, labelme's defaults filled in)."""
     canonical = []
-    for shape in shapes:
-        shape = shape if isinstance(shape, dict) else {"value": shape}
+    for item in shapes:
+        shape = item if isinstance(item, dict) else {"value": item}
         points = shape.get("points")
         try:
             points = [[float(x), float(y)] for x, y in points]
         except (TypeError, ValueError):
             pass  # not a drawable shape: compare it as it is
-        canonical.append([shape.get("label"), points, shape.get("group_id"), shape.get("shape_type") or "polygon",
-                          shape.get("description") or "", shape.get("flags") or {}])
+        canonical.append(
+            [
+                shape.get("label"),
+                points,
+                shape.get("group_id"),
+                shape.get("shape_type") or "polygon",
+                shape.get("description") or "",
+                shape.get("flags") or {},
+            ]
+        )
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

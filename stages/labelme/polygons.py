@@ -17,6 +17,7 @@ Douglas-Peucker simplification (``tolerance_px``) moves an edge by at most that 
 of fewer than ``min_area_px`` pixels are dropped (unless the IoU bound needs them): a dropped hole keeps its
 region's class, a dropped region takes what surrounds it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -31,15 +32,20 @@ HOLE = 0  # the class id a hole's polygon paints (_background_)
 
 @dataclass(frozen=True)
 class Polygon:
-    class_id: int            # what it paints: a region's class, or HOLE for a hole
-    points: np.ndarray       # (n, 2) int32 x, y of the (simplified) outline, n >= 3 (a point may repeat)
-    area: float              # area inside the unsimplified outline: the paint order
-    pixels: int              # pixels of the region or hole
-    mean_weight: float       # mean of ``weights`` over those pixels (NaN without weights)
+    class_id: int  # what it paints: a region's class, or HOLE for a hole
+    points: np.ndarray  # (n, 2) int32 x, y of the (simplified) outline, n >= 3 (a point may repeat)
+    area: float  # area inside the unsimplified outline: the paint order
+    pixels: int  # pixels of the region or hole
+    mean_weight: float  # mean of ``weights`` over those pixels (NaN without weights)
 
 
-def trace_mask(mask: np.ndarray, tolerance_px: float = 0.5, min_area_px: int = 0,
-               weights: np.ndarray | None = None, min_iou: float = 0.0) -> list[Polygon]:
+def trace_mask(
+    mask: np.ndarray,
+    tolerance_px: float = 0.5,
+    min_area_px: int = 0,
+    weights: np.ndarray | None = None,
+    min_iou: float = 0.0,
+) -> list[Polygon]:
     """Polygons of every non-zero class of ``mask`` (H x W class ids) in paint order.
 
     ``weights`` (H x W float, e.g. a confidence map) is averaged over each region's or hole's pixels.
@@ -62,8 +68,7 @@ def trace_mask(mask: np.ndarray, tolerance_px: float = 0.5, min_area_px: int = 0
     return polygons
 
 
-def _exact_polygons(mask: np.ndarray, min_area_px: int,
-                    weights: np.ndarray | None) -> tuple[list[Polygon], int]:
+def _exact_polygons(mask: np.ndarray, min_area_px: int, weights: np.ndarray | None) -> tuple[list[Polygon], int]:
     """Unsimplified polygons of every region and hole of at least ``min_area_px`` pixels, in paint order, and
     how many were dropped for their size."""
     exact: list[Polygon] = []
@@ -93,8 +98,10 @@ def simplify(polygons: list[Polygon], tolerance_px: float) -> list[Polygon]:
 
 def paint(polygons: list[Polygon], size: tuple[int, int]) -> np.ndarray:
     """The class ids labelme (and convert_json) paint from these polygons, in order."""
-    shapes = [{"label": str(polygon.class_id), "points": polygon.points.tolist(), "shape_type": "polygon"}
-              for polygon in polygons]
+    shapes = [
+        {"label": str(polygon.class_id), "points": polygon.points.tolist(), "shape_type": "polygon"}
+        for polygon in polygons
+    ]
     return shapes_to_label(size, shapes, int)
 
 
@@ -103,8 +110,8 @@ def worst_iou(painted: np.ndarray, reference: np.ndarray) -> float:
     differ = painted != reference
     if not differ.any():
         return 1.0
-    extra = np.bincount(painted[differ], minlength=256)      # painted c where the reference is not c
-    missed = np.bincount(reference[differ], minlength=256)   # the reference is c where c was not painted
+    extra = np.bincount(painted[differ], minlength=256)  # painted c where the reference is not c
+    missed = np.bincount(reference[differ], minlength=256)  # the reference is c where c was not painted
     intersection = np.bincount(reference.ravel(), minlength=256) - missed
     union = intersection + extra + missed
     present = union > 0
@@ -112,8 +119,9 @@ def worst_iou(painted: np.ndarray, reference: np.ndarray) -> float:
     return float((intersection[present] / union[present]).min()) if present.any() else 1.0
 
 
-def _component_polygons(binary: np.ndarray, class_id: int, min_area_px: int,
-                        weights: np.ndarray | None) -> tuple[list[Polygon], int]:
+def _component_polygons(
+    binary: np.ndarray, class_id: int, min_area_px: int, weights: np.ndarray | None
+) -> tuple[list[Polygon], int]:
     """One polygon per 4-connected component of ``binary`` (for holes: those off the image edge), and how
     many were dropped for their size."""
     count, components, stats, _ = _components(binary)
@@ -134,14 +142,14 @@ def _component_polygons(binary: np.ndarray, class_id: int, min_area_px: int,
     for k in wanted:
         # Traced alone, in its bounding box: cv2 traces 8-connected, and must not merge two components
         # that touch only at a corner.
-        crop = (components[top[k]:bottom[k], left[k]:right[k]] == k).view(np.uint8)
-        outlines, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE,
-                                       offset=(int(left[k]), int(top[k])))
+        crop = (components[top[k] : bottom[k], left[k] : right[k]] == k).view(np.uint8)
+        outlines, _ = cv2.findContours(
+            crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(int(left[k]), int(top[k]))
+        )
         outline = outlines[0].reshape(-1, 2)
         if len(outline) < 3:  # a pixel or a straight line: repeat a point, labelme wants 3
             outline = np.concatenate([outline, np.repeat(outline[-1:], 3 - len(outline), axis=0)])
-        found.append(Polygon(class_id, outline, float(cv2.contourArea(outlines[0])), int(pixels[k]),
-                             float(means[k])))
+        found.append(Polygon(class_id, outline, float(cv2.contourArea(outlines[0])), int(pixels[k]), float(means[k])))
     return found, dropped
 
 

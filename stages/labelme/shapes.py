@@ -16,13 +16,14 @@ wraps around), and shapes labelme cannot draw are refused by ``shape_problems`` 
 or returns nonsense for them: NaN or huge coordinates, where Pillow's integers overflow or its circle
 drawing takes minutes). Later shapes paint over earlier ones.
 """
+
 from __future__ import annotations
 
 import base64
 import binascii
 import io
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -34,7 +35,7 @@ SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point", "
 EXACT_POINTS = {"rectangle": 2, "circle": 2, "line": 2, "point": 1, "mask": 2, "oriented_rectangle": 4}
 MIN_POINTS = {"polygon": 3, "linestrip": 2}
 
-LINE_WIDTH = 10   # labelme's line and linestrip width, pixels
+LINE_WIDTH = 10  # labelme's line and linestrip width, pixels
 POINT_RADIUS = 5  # labelme's point size, pixels
 
 # Coordinates beyond this are refused. Pillow overflows 32-bit integers near 2**31 (labelme then paints
@@ -65,8 +66,9 @@ def shape_to_mask(image_size: tuple[int, int], shape: dict) -> np.ndarray:
     return np.array(canvas, dtype=bool)
 
 
-def shapes_to_label(image_size: tuple[int, int], shapes: list[dict],
-                    class_id_of: Callable[[str], int | None]) -> np.ndarray:
+def shapes_to_label(
+    image_size: tuple[int, int], shapes: list[dict], class_id_of: Callable[[str], int | None]
+) -> np.ndarray:
     """uint8 (height, width) class ids, 0 = background; class_id_of(label) -> id (255 for __ignore__).
 
     Shapes are painted in order straight onto one canvas in their class id, so later shapes cover
@@ -110,7 +112,7 @@ def _paint(canvas: Image.Image, shape: dict, value: int) -> None:
         radius = math.sqrt((cx - px) ** 2 + (cy - py) ** 2)  # this formula, not hypot: same float as labelme
         _disc(draw, cx, cy, radius, value)
     elif shape_type == "point":
-        (cx, cy), = xy
+        ((cx, cy),) = xy
         _disc(draw, cx, cy, POINT_RADIUS, value)
     elif shape_type in ("line", "linestrip"):
         draw.line(xy, fill=value, width=LINE_WIDTH)
@@ -181,8 +183,12 @@ def _mask_problems(encoded: object, points: list) -> list[str]:
     (x1, y1), (x2, y2) = points
     span = (int(y2) - int(y1) + 1, int(x2) - int(x1) + 1)
     if mask.shape != span:
-        return [f"the mask is {mask.shape[1]}x{mask.shape[0]} pixels but its points span "
-                f"{span[1]}x{span[0]} (width x height)"]
+        return [
+            (
+                f"the mask is {mask.shape[1]}x{mask.shape[0]} pixels but its points span "
+                f"{span[1]}x{span[0]} (width x height)"
+            )
+        ]
     return []
 
 
@@ -197,7 +203,7 @@ def _decode_mask(encoded: object) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             mask = np.array(image)
-    except Exception as err:  # Pillow raises many types on garbage (UnidentifiedImageError, SyntaxError...)
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types on garbage (UnidentifiedImageError, SyntaxError...)
         raise ValueError(f"mask is not a readable image ({type(err).__name__})") from None
     if mask.ndim != 2:
         raise ValueError(f"mask must be a single-channel image, got shape {mask.shape}")

@@ -9,6 +9,7 @@ The x2 upsamples compute their output size from the input's shape instead of pas
 the same nearest-neighbour result, but paddle2onnx 2.1 cannot convert a scale factor from Paddle 3.3
 (it stores the scales as doubles), and an explicit size keeps the ONNX graph's height and width dynamic.
 """
+
 from __future__ import annotations
 
 import paddle
@@ -105,9 +106,14 @@ class DoveNet(nn.Layer):
         self.decoders = nn.LayerList(decoders)
         # Small initial class scores: the residual sums grow the activations block by block (std ~20 at
         # the output with the default init), which starts training at a cross-entropy of ~15.
-        self.output_conv = nn.Conv2D(channels, num_classes, kernel_size=3, padding="same",
-                                     weight_attr=nn.initializer.Normal(std=0.001),
-                                     bias_attr=nn.initializer.Constant(0.0))
+        self.output_conv = nn.Conv2D(
+            channels,
+            num_classes,
+            kernel_size=3,
+            padding="same",
+            weight_attr=nn.initializer.Normal(std=0.001),
+            bias_attr=nn.initializer.Constant(0.0),
+        )
 
     def forward(self, x):
         y = self.relu(self.bn(self.conv_1(x)))

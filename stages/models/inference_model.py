@@ -5,6 +5,7 @@ format; any batch size, height and width) and ``meta.json``: the input size, the
 normalisation, so predict preprocesses exactly as training did. The export stage adds ``deploy.yaml``,
 the same in PaddleSeg's deploy format, for PaddleSeg's deploy tooling.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ DEPLOY_NAME = "deploy.yaml"
 
 @dataclass(frozen=True)
 class ModelMeta:
-    input_size: tuple[int, int]      # (height, width) the model sees
+    input_size: tuple[int, int]  # (height, width) the model sees
     class_names: tuple[str, ...]
     mean: tuple[float, float, float]  # normalisation of RGB in [0, 1]: (x - mean) / std
     std: tuple[float, float, float]
@@ -49,18 +50,29 @@ def export(layer, model_dir: str | Path, meta: ModelMeta) -> None:
     paddle.jit.save(layer, str(model_dir / MODEL_PREFIX), input_spec=[spec])
     if was_training:
         layer.train()
-    write_json_atomic(model_dir / META_NAME, {
-        "input_size": list(meta.input_size), "class_names": list(meta.class_names),
-        "mean": list(meta.mean), "std": list(meta.std), "architecture": meta.architecture,
-    })
+    write_json_atomic(
+        model_dir / META_NAME,
+        {
+            "input_size": list(meta.input_size),
+            "class_names": list(meta.class_names),
+            "mean": list(meta.mean),
+            "std": list(meta.std),
+            "architecture": meta.architecture,
+        },
+    )
 
 
 def read_meta(model_dir: str | Path) -> ModelMeta:
     path = Path(model_dir) / META_NAME
     try:
         raw = json.loads(path.read_text())
-        return ModelMeta(tuple(raw["input_size"]), tuple(raw["class_names"]), tuple(raw["mean"]),
-                         tuple(raw["std"]), raw.get("architecture", ""))
+        return ModelMeta(
+            tuple(raw["input_size"]),
+            tuple(raw["class_names"]),
+            tuple(raw["mean"]),
+            tuple(raw["std"]),
+            raw.get("architecture", ""),
+        )
     except (OSError, ValueError, KeyError) as err:
         raise StageError(f"{path}: no usable model meta ({err}); train the model first") from None
 
@@ -77,24 +89,27 @@ def model_files(model_dir: str | Path) -> tuple[Path, Path]:
     return model_file, params_file
 
 
-def deploy_config(meta: ModelMeta, model_file: str, params_file: str,
-                  input_shape: list[int | None] = (None, 3, None, None)) -> dict:
+def deploy_config(
+    meta: ModelMeta, model_file: str, params_file: str, input_shape: list[int | None] = (None, 3, None, None)
+) -> dict:
     """PaddleSeg's deploy.yaml, with the keys its tools/export.py writes (read by paddleseg.deploy.infer.DeployConfig
     and PaddleSeg's deploy/python scripts): the model's files, its input shape (None: any), its
     preprocessing as PaddleSeg transforms (Resize to the input size, [width, height]; then Normalize, which
     scales RGB to [0, 1] first), and its output: logits (output_op none; argmax them for class ids)."""
     height, width = meta.input_size
-    return {"Deploy": {
-        "model": model_file,
-        "params": params_file,
-        "transforms": [
-            {"type": "Resize", "target_size": [int(width), int(height)]},
-            {"type": "Normalize", "mean": [float(v) for v in meta.mean], "std": [float(v) for v in meta.std]},
-        ],
-        "input_shape": list(input_shape),
-        "output_op": "none",
-        "output_dtype": "float32",
-    }}
+    return {
+        "Deploy": {
+            "model": model_file,
+            "params": params_file,
+            "transforms": [
+                {"type": "Resize", "target_size": [int(width), int(height)]},
+                {"type": "Normalize", "mean": [float(v) for v in meta.mean], "std": [float(v) for v in meta.std]},
+            ],
+            "input_shape": list(input_shape),
+            "output_op": "none",
+            "output_dtype": "float32",
+        }
+    }
 
 
 def preprocess(rgb: np.ndarray, meta: ModelMeta) -> np.ndarray:

@@ -9,6 +9,7 @@ printing its reasons instead of raising them. ``convert`` therefore runs it in a
 child's output (the converter names each op as it goes) and raises one ConversionError naming the model,
 the op and the converter's reason, whatever way the child ended.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,12 +93,19 @@ def convert(model_dir: str | Path, onnx_path: str | Path, opset: int, model_name
     onnx_path.unlink(missing_ok=True)
     # The child imports only paddle2onnx (which imports Paddle: most of its start-up time).
     # optimize_tool "None": the default (polygraphy) may pip-install packages at run time.
-    code = (f"import paddle2onnx; paddle2onnx.export({str(model_file)!r}, {str(params_file)!r}, {str(onnx_path)!r}, "
-            f"opset_version={int(opset)}, auto_upgrade_opset=False, verbose=True, enable_onnx_checker=True, "
-            "optimize_tool='None')")
+    code = (
+        f"import paddle2onnx; paddle2onnx.export({str(model_file)!r}, {str(params_file)!r}, {str(onnx_path)!r}, "
+        f"opset_version={int(opset)}, auto_upgrade_opset=False, verbose=True, enable_onnx_checker=True, "
+        "optimize_tool='None')"
+    )
     try:
-        child = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=CONVERT_TIMEOUT_S)
+        child = subprocess.run(
+            [sys.executable, "-c", code],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=CONVERT_TIMEOUT_S,
+        )
         log, returncode = child.stdout.decode("utf-8", "replace"), child.returncode
     except subprocess.TimeoutExpired as err:
         log, returncode = (err.stdout or b"").decode("utf-8", "replace"), None
@@ -107,8 +115,12 @@ def convert(model_dir: str | Path, onnx_path: str | Path, opset: int, model_name
         ended = f"no answer within {CONVERT_TIMEOUT_S} s" if returncode is None else how_it_ended(returncode)
         if returncode == 0:
             ended = "the converter wrote no model"
-        raise ConversionError(f"model {model_name!r}: paddle2onnx {paddle2onnx.__version__} cannot convert op {op} "
-                              f"to ONNX opset {opset}: {reason} ({ended})", op, reason)
+        raise ConversionError(
+            f"model {model_name!r}: paddle2onnx {paddle2onnx.__version__} cannot convert op {op} "
+            f"to ONNX opset {opset}: {reason} ({ended})",
+            op,
+            reason,
+        )
     model = onnx.load(str(onnx_path))
     for dim, name in zip(model.graph.input[0].type.tensor_type.shape.dim, INPUT_DIM_NAMES):
         if name and not (dim.HasField("dim_value") and dim.dim_value > 0):
@@ -132,8 +144,11 @@ def loads_or_raise(onnx_path: Path, model_name: str) -> None:
         reason = " ".join(str(err).split())
         reason = reason.split(" failed:", 1)[-1]  # without "[ONNXRuntimeError] ... Load model from <path>"
         node = re.search(r"Op \((\w+)\)", reason)
-        raise ConversionError(f"model {model_name!r}: onnxruntime cannot load paddle2onnx's ONNX model: {reason}",
-                              node.group(1) if node else "unknown", reason) from None
+        raise ConversionError(
+            f"model {model_name!r}: onnxruntime cannot load paddle2onnx's ONNX model: {reason}",
+            node.group(1) if node else "unknown",
+            reason,
+        ) from None
 
 
 def onnx_missing(model_dir: str | Path) -> str | None:
@@ -151,8 +166,10 @@ def input_shape(onnx_path: str | Path) -> list[int | None]:
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
-    return [dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
-            for dim in model.graph.input[0].type.tensor_type.shape.dim]
+    return [
+        dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+        for dim in model.graph.input[0].type.tensor_type.shape.dim
+    ]
 
 
 def opset_of(onnx_path: str | Path) -> int:
@@ -177,8 +194,7 @@ class OnnxPredictor:
         options.log_severity_level = 3  # errors only
         if cpu_threads:
             options.intra_op_num_threads = int(cpu_threads)
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in ort.get_available_providers()]
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self._session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self._input = self._session.get_inputs()[0].name
 

@@ -6,6 +6,7 @@ when their input's height and width are fixed; an exported program keeps the sha
 ``save_static`` rebuilds the network from the config, loads the weights and traces it again at one height
 and width (batch still free).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -45,8 +46,10 @@ def save_static(model_dir: str | Path, out_dir: str | Path, input_size: tuple[in
 
     model_dir = Path(model_dir)
     if not can_rebuild(model_dir):
-        raise StageError(f"{model_dir}: no {CONFIG_NAME} and {WEIGHTS_NAME} to rebuild the model from "
-                         "(only train_paddleseg's models have them)")
+        raise StageError(
+            f"{model_dir}: no {CONFIG_NAME} and {WEIGHTS_NAME} to rebuild the model from "
+            "(only train_paddleseg's models have them)"
+        )
     document = yaml.safe_load((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
     document["model"] = without_pretrained(document.get("model", {}))
     with tempfile.TemporaryDirectory(prefix="paddleseg-config-") as folder:

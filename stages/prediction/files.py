@@ -4,6 +4,7 @@ Per model folder: ``class_id/<name>.png`` (P-mode class ids, labelme/VOC palette
 ``pseudo_color_prediction/<name>.png`` (the classes in that palette) and ``added_prediction/<name>.jpg``
 (the photo blended with them).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,8 @@ from stages.data.images import colorize_label, read_rgb, save_label_png, save_rg
 CLASS_ID_DIR = "class_id"
 PSEUDO_COLOR_DIR = "pseudo_color_prediction"
 OVERLAY_DIR = "added_prediction"
-METRICS_NAME = "metrics.json"   # predict's scores of the test split, per model folder
-SUMMARY_NAME = "summary.json"   # predict's folder mode: what was predicted and skipped
+METRICS_NAME = "metrics.json"  # predict's scores of the test split, per model folder
+SUMMARY_NAME = "summary.json"  # predict's folder mode: what was predicted and skipped
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -72,8 +73,10 @@ def output_names(input_dir: Path, files: list[Path]) -> list[str]:
             clashes.append(f"{seen[name].name} and {path.name}")
         seen.setdefault(name, path)
     if clashes:
-        raise StageError(f"{input_dir}: photos whose names differ only by suffix would overwrite each "
-                         f"other's predictions: {'; '.join(clashes)}; rename one of each pair")
+        raise StageError(
+            f"{input_dir}: photos whose names differ only by suffix would overwrite each "
+            f"other's predictions: {'; '.join(clashes)}; rename one of each pair"
+        )
     return names
 
 
@@ -83,5 +86,3 @@ def read_photo(path: Path) -> np.ndarray | str:
         return read_rgb(path)
     except Exception as err:  # noqa: BLE001 - any decoder failure means "skip this one photo"
         return f"{type(err).__name__}: {err}"
-
-

@@ -4,6 +4,7 @@ Masks go back to a photo's original size by resizing the class *scores* bilinear
 there (PaddleSeg's own order in core.infer): boundaries follow the scores between the coarse pixels instead
 of the staircase of nearest-neighbour class ids.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -59,6 +60,4 @@ def _resize_bilinear(channel: np.ndarray, width: int, height: int) -> np.ndarray
 def batches(items: list, size: int):
     size = max(1, int(size))
     for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
+        yield items[start : start + size]

@@ -12,6 +12,7 @@ A photo it cannot use (no bytes, not an image, more than ``max_image_pixels``: j
 before decoding) raises MlflowException(INVALID_PARAMETER_VALUE), which MLflow's scoring server answers with
 HTTP 400; the message names every bad row.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -33,18 +34,29 @@ from stages.models.onnx_model import ONNX_NAME, OnnxPredictor
 from stages.prediction.masks import predict_masks
 
 IMAGE_COLUMN, MASK_COLUMN = "image", "mask"
-DEPLOY_ARTIFACT = "deploy_dir"          # the artifact holding model.onnx and meta.json
+DEPLOY_ARTIFACT = "deploy_dir"  # the artifact holding model.onnx and meta.json
 DEPLOY_FILES = (ONNX_NAME, META_NAME)
 CODE_PATH = Path(__file__).resolve().parents[1]  # the stages package, logged with the model
 # What this module and the ones it imports need; stated, not inferred (MLflow would load the model in a
 # subprocess to find out, ~10 s).
-PACKAGES = ("mlflow", "onnxruntime", "numpy", "pandas", "pillow", "opencv-python", "imgviz", "hydra-core", "omegaconf",
-            "pyyaml")
+PACKAGES = (
+    "mlflow",
+    "onnxruntime",
+    "numpy",
+    "pandas",
+    "pillow",
+    "opencv-python",
+    "imgviz",
+    "hydra-core",
+    "omegaconf",
+    "pyyaml",
+)
 
 
 def signature() -> ModelSignature:
-    return ModelSignature(inputs=Schema([ColSpec(DataType.binary, IMAGE_COLUMN)]),
-                          outputs=Schema([ColSpec(DataType.binary, MASK_COLUMN)]))
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.binary, IMAGE_COLUMN)]), outputs=Schema([ColSpec(DataType.binary, MASK_COLUMN)])
+    )
 
 
 def pip_requirements() -> list[str]:
@@ -66,9 +78,14 @@ def pyfunc_arguments(deploy_dir: str | Path, meta, max_image_pixels: int) -> dic
         "code_paths": [str(CODE_PATH)],
         "signature": signature(),
         "pip_requirements": pip_requirements(),
-        "metadata": {"class_names": list(meta.class_names), "input_size": list(meta.input_size),
-                     "mean": list(meta.mean), "std": list(meta.std), "architecture": meta.architecture,
-                     "max_image_pixels": int(max_image_pixels)},
+        "metadata": {
+            "class_names": list(meta.class_names),
+            "input_size": list(meta.input_size),
+            "mean": list(meta.mean),
+            "std": list(meta.std),
+            "architecture": meta.architecture,
+            "max_image_pixels": int(max_image_pixels),
+        },
     }
 
 
@@ -89,15 +106,19 @@ def open_photo(data, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:  # Pillow's own bound (~179 MP), also from the header
-        raise PhotoError(f"too large: Pillow refuses it as a decompression bomb ({err}); the limit is "
-                         f"{max_pixels:,} pixels") from None
+        raise PhotoError(
+            f"too large: Pillow refuses it as a decompression bomb ({err}); the limit is {max_pixels:,} pixels"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise PhotoError(f"not an image file Pillow can read (JPEG, PNG, WebP, TIFF, BMP, ...): {len(data):,} "
-                         f"bytes starting {bytes(data[:16])!r}") from None
+        raise PhotoError(
+            f"not an image file Pillow can read (JPEG, PNG, WebP, TIFF, BMP, ...): {len(data):,} "
+            f"bytes starting {bytes(data[:16])!r}"
+        ) from None
     width, height = image.size
     if width * height > max_pixels:
-        raise PhotoError(f"too large: {width} x {height} = {width * height:,} pixels; the limit is "
-                         f"{max_pixels:,} pixels")
+        raise PhotoError(
+            f"too large: {width} x {height} = {width * height:,} pixels; the limit is {max_pixels:,} pixels"
+        )
     if width * height == 0:
         raise PhotoError(f"empty: {width} x {height} pixels")
     return image
@@ -112,7 +133,8 @@ def mask_png(mask: np.ndarray) -> bytes:
 
 def bad_request(problems: list[str], total: int) -> MlflowException:
     return MlflowException.invalid_parameter_value(
-        f"cannot segment {len(problems)} of {total} photo(s): " + "; ".join(problems))
+        f"cannot segment {len(problems)} of {total} photo(s): " + "; ".join(problems)
+    )
 
 
 class PhotoSegmenter(mlflow.pyfunc.PythonModel):
@@ -131,7 +153,8 @@ class PhotoSegmenter(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if IMAGE_COLUMN not in model_input:
             raise MlflowException.invalid_parameter_value(
-                f"expected a column {IMAGE_COLUMN!r} of photo file bytes, got columns {list(model_input.columns)}")
+                f"expected a column {IMAGE_COLUMN!r} of photo file bytes, got columns {list(model_input.columns)}"
+            )
         photos = list(model_input[IMAGE_COLUMN])
         # Every header first, so one answer names every bad photo and nothing is decoded for a bad request.
         opened, problems = [], []
@@ -148,8 +171,9 @@ class PhotoSegmenter(mlflow.pyfunc.PythonModel):
                 with image:
                     rgb = to_rgb(image)
             except Exception as err:  # noqa: BLE001 - any decoder failure is this photo's fault
-                raise bad_request([f"row {row}: cannot be decoded ({type(err).__name__}: {err})"],
-                                  len(photos)) from None
+                raise bad_request(
+                    [f"row {row}: cannot be decoded ({type(err).__name__}: {err})"], len(photos)
+                ) from None
             masks.append(mask_png(predict_masks(self._predictor, [rgb])[0]))
             del rgb
         return pd.DataFrame({MASK_COLUMN: masks})

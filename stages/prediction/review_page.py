@@ -5,6 +5,7 @@ can be mailed or opened from any folder. Each picture is the photo, greyed a lit
 uncertainty as a red glaze (stronger where the model was less sure) and the drafted polygons on top:
 regions in cyan, holes (``_background_`` polygons) in yellow.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,7 +19,7 @@ from PIL import Image, ImageDraw
 from stages.data.labels import BACKGROUND_NAME
 from stages.prediction.uncertainty import resize_map
 
-THUMBNAIL_SIDE = 480          # longest side of each picture, pixels
+THUMBNAIL_SIDE = 480  # longest side of each picture, pixels
 HEAT = np.array([255, 32, 32], np.float32)
 REGION_OUTLINE = (0, 255, 255)
 HOLE_OUTLINE = (255, 230, 0)
@@ -34,9 +35,9 @@ figcaption { font-size: 0.9em; margin-top: 0.3em; } code { background: #f3f3f3; 
 
 @dataclass(frozen=True)
 class Card:
-    picture: bytes            # JPEG
-    title: str                # e.g. "1. birds/dove_007.jpg"
-    lines: tuple[str, ...]    # caption lines under it
+    picture: bytes  # JPEG
+    title: str  # e.g. "1. birds/dove_007.jpg"
+    lines: tuple[str, ...]  # caption lines under it
 
 
 def highlight(rgb: np.ndarray, uncertainty: np.ndarray, shapes: list[dict]) -> bytes:
@@ -64,16 +65,23 @@ def page_html(title: str, paragraphs: list[str], cards: list[Card]) -> str:
     esc = html.escape
     body = [f"<h1>{esc(title)}</h1>"]
     body += [f"<p>{esc(text)}</p>" for text in paragraphs]
-    body.append('<p class="legend">Uncertain areas:<span style="background:#ff2020"></span>red (stronger = less '
-                'sure); drafted regions:<span style="background:#00ffff"></span>cyan; holes:'
-                '<span style="background:#ffe600"></span>yellow</p>')
+    body.append(
+        '<p class="legend">Uncertain areas:<span style="background:#ff2020"></span>red (stronger = less '
+        'sure); drafted regions:<span style="background:#00ffff"></span>cyan; holes:'
+        '<span style="background:#ffe600"></span>yellow</p>'
+    )
     body.append('<div class="grid">')
     for card in cards:
         data = base64.b64encode(card.picture).decode("ascii")
         caption = "<br>".join([f"<b>{esc(card.title)}</b>", *(esc(line) for line in card.lines)])
-        body.append(f'<figure><img alt="{esc(card.title)}" src="data:image/jpeg;base64,{data}">'
-                    f"<figcaption>{caption}</figcaption></figure>")
+        body.append(
+            f'<figure><img alt="{esc(card.title)}" src="data:image/jpeg;base64,{data}">'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
     body.append("</div>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{esc(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{esc(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )

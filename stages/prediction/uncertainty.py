@@ -14,6 +14,7 @@ sees). Averaging over the whole photo would let easy background drown a badly dr
 with a small uncertain dove would rank with an empty sky. A photo where the model is sure of nothing
 but background scores the mean over the whole photo (low).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,9 +28,10 @@ CLOSE_CALL = 0.5  # pixels above this uncertainty count towards a photo's score 
 @dataclass(frozen=True)
 class Certainty:
     """Maps at the model's output resolution (h x w, float32)."""
-    confidence: np.ndarray    # probability of the predicted class
-    uncertainty: np.ndarray   # 1 - (top probability - second probability)
-    foreground: np.ndarray    # bool: the predicted class is not class 0
+
+    confidence: np.ndarray  # probability of the predicted class
+    uncertainty: np.ndarray  # 1 - (top probability - second probability)
+    foreground: np.ndarray  # bool: the predicted class is not class 0
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

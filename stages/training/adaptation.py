@@ -8,6 +8,7 @@ value used). Settings that cannot be adapted raise StageError before any process
 each trainer's ``fit_to_data(cfg)`` runs in its main before Paddle's launcher (see
 stages.training.distributed.relaunch_if_configured) and again at the start of ``run(cfg)``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,7 +23,7 @@ from stages.training.distributed import AUTO, LaunchSettings, launch_settings
 
 @dataclass(frozen=True)
 class Adaptation:
-    key: str        # the params key, e.g. "train_paddleseg.batch_size"
+    key: str  # the params key, e.g. "train_paddleseg.batch_size"
     requested: object
     used: object
     reason: str
@@ -40,10 +41,12 @@ def fit_processes(stage: str, node, samples: int) -> tuple[LaunchSettings, list[
     if settings.nproc * settings.nnodes <= samples:
         return settings, []
     if settings.nnodes > 1:
-        raise StageError(f"{stage}.distributed: {settings.nnodes} machines x {settings.nproc} processes need at "
-                         f"least {settings.nproc * settings.nnodes} training photos, the train split has {samples}; "
-                         f"train on one machine ({stage}.distributed.nnodes=1) or with "
-                         f"{stage}.distributed.nproc={max(1, samples // settings.nnodes)} or less")
+        raise StageError(
+            f"{stage}.distributed: {settings.nnodes} machines x {settings.nproc} processes need at "
+            f"least {settings.nproc * settings.nnodes} training photos, the train split has {samples}; "
+            f"train on one machine ({stage}.distributed.nnodes=1) or with "
+            f"{stage}.distributed.nproc={max(1, samples // settings.nnodes)} or less"
+        )
     requested = (node or {}).get("nproc", 1)
     shown = f"{AUTO} ({settings.nproc})" if requested == AUTO else settings.nproc
     reason = f"{samples} training photo(s), at least one per process"

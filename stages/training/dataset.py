@@ -6,10 +6,11 @@ Augmentation draws from a generator seeded by (seed, epoch, index): the same run
 whatever the number of DataLoader workers, and a resumed run replays the epochs it did not finish.
 Each photo is decoded and resized once per run (stages.training.photo_cache), not once per epoch.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import paddle
@@ -24,10 +25,10 @@ CACHE_MB = 1024  # default memory budget of one dataset's photo cache, per proce
 
 @dataclass(frozen=True)
 class Augment:
-    crop_size: int | None = None                    # square training crop side; None: the input size
+    crop_size: int | None = None  # square training crop side; None: the input size
     scale_range: tuple[float, float] = (0.75, 1.25)  # random resize, as a factor of the input size
-    flip_prob: float = 0.5                          # horizontal flip
-    color_jitter: float = 0.3                       # brightness/contrast/saturation factors in 1 +- this
+    flip_prob: float = 0.5  # horizontal flip
+    color_jitter: float = 0.3  # brightness/contrast/saturation factors in 1 +- this
 
 
 def resize_pair(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,8 +42,9 @@ def hflip(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return image[:, ::-1], label[:, ::-1]
 
 
-def random_crop(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-                size: int) -> tuple[np.ndarray, np.ndarray]:
+def random_crop(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A random size x size window of an image at least that large."""
     height, width = label.shape
     top = int(rng.integers(0, height - size + 1))
@@ -82,8 +84,16 @@ class SegDataset(paddle.io.Dataset):
     for training the largest side the random scale asks for, from a JPEG decoded at a reduced scale.
     """
 
-    def __init__(self, samples: Sequence, input_size: int, mean: Sequence[float], std: Sequence[float],
-                 augment: Augment | None = None, seed: int = 0, cache_bytes: int = CACHE_MB * MB):
+    def __init__(
+        self,
+        samples: Sequence,
+        input_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: Augment | None = None,
+        seed: int = 0,
+        cache_bytes: int = CACHE_MB * MB,
+    ):
         super().__init__()
         self.samples = list(samples)
         self.input_size = input_size
@@ -117,8 +127,9 @@ class SegDataset(paddle.io.Dataset):
         """Decode and resize every photo now (within the budget), before training and its worker processes."""
         return self.cache.fill(f"{what} at {self.base_size} px")
 
-    def transform(self, image: np.ndarray, label: np.ndarray,
-                  rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    def transform(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The uint8 pair after augmentation (when rng and self.augment are given) and resizing."""
         if self.augment is not None and rng is not None:
             crop = self.augment.crop_size or self.input_size
@@ -164,8 +175,9 @@ class EpochSampler(paddle.io.Sampler):
         return self.num_samples
 
 
-def make_loader(dataset: SegDataset, batch_size: int, train: bool, num_workers: int, seed: int = 0,
-                max_samples: int | None = None) -> paddle.io.DataLoader:
+def make_loader(
+    dataset: SegDataset, batch_size: int, train: bool, num_workers: int, seed: int = 0, max_samples: int | None = None
+) -> paddle.io.DataLoader:
     """A DataLoader over ``dataset``; for training shuffled per epoch (and capped to ``max_samples``).
 
     ``batch_size`` is the global batch: under Paddle's launcher each process loads its share of it
@@ -176,5 +188,6 @@ def make_loader(dataset: SegDataset, batch_size: int, train: bool, num_workers: 
     if not train:
         batch_size = -(-batch_size // world_size()) * world_size()
     batches = RankBatches(paddle.io.BatchSampler(sampler=sampler, batch_size=batch_size))
-    return paddle.io.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                use_shared_memory=num_workers > 0, return_list=True)
+    return paddle.io.DataLoader(
+        dataset, batch_sampler=batches, num_workers=num_workers, use_shared_memory=num_workers > 0, return_list=True
+    )

@@ -17,6 +17,7 @@ setting for it (PADDLE_PG_TIMEOUT only reaches NCCL). So a process must never si
 another works alone for longer than that: ``barrier()`` waits on the launcher's TCP store instead, and
 a non-main process simply returns after the last training step while the main one writes outputs.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -25,8 +26,8 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import paddle
@@ -43,6 +44,7 @@ _barrier_numbers = itertools.count()
 
 
 # --- who am I -------------------------------------------------------------------------------------
+
 
 def world_size() -> int:
     """Processes training together (1 when not launched). Read from the launcher's environment, so it
@@ -92,6 +94,7 @@ def init_if_launched() -> None:
 
 
 # --- working together -----------------------------------------------------------------------------
+
 
 def barrier(timeout_s: float = BARRIER_TIMEOUT_S) -> None:
     """Wait until every process got here; a no-op in a single process.
@@ -148,8 +151,9 @@ class RankBatches(paddle.io.BatchSampler):
     In a single process it yields the batches unchanged.
     """
 
-    def __init__(self, batches: Iterable[Sequence[int]], num_replicas: int | None = None,
-                 replica_rank: int | None = None):
+    def __init__(
+        self, batches: Iterable[Sequence[int]], num_replicas: int | None = None, replica_rank: int | None = None
+    ):
         self.batches = batches
         self.num_replicas = world_size() if num_replicas is None else int(num_replicas)
         self.rank = rank() if replica_rank is None else int(replica_rank)
@@ -166,14 +170,14 @@ class RankBatches(paddle.io.BatchSampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         replicas = self.num_replicas
-        for batch in self.batches:
-            batch = list(batch)
+        for indices in self.batches:
+            batch = list(indices)
             if replicas == 1:
                 yield batch
                 continue
             part = -(-len(batch) // replicas)  # ceil
-            padded = (batch * replicas)[:part * replicas]
-            yield padded[self.rank * part:(self.rank + 1) * part]
+            padded = (batch * replicas)[: part * replicas]
+            yield padded[self.rank * part : (self.rank + 1) * part]
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -181,15 +185,17 @@ class RankBatches(paddle.io.BatchSampler):
 
 # --- launching ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class LaunchSettings:
     """A trainer's ``distributed`` params block (absent keys take these defaults)."""
-    nproc: int = 1               # processes on this machine: one per GPU, or CPU processes ("auto": see auto_nproc)
-    devices: str | None = None   # GPU ids for them, e.g. "0,1" (GPU builds only); None: the launcher's choice
-    nnodes: int = 1              # machines taking part; run the same command on each
-    master: str | None = None    # "host:port" of the rendezvous on the first machine, when nnodes > 1
+
+    nproc: int = 1  # processes on this machine: one per GPU, or CPU processes ("auto": see auto_nproc)
+    devices: str | None = None  # GPU ids for them, e.g. "0,1" (GPU builds only); None: the launcher's choice
+    nnodes: int = 1  # machines taking part; run the same command on each
+    master: str | None = None  # "host:port" of the rendezvous on the first machine, when nnodes > 1
     node_rank: int | None = None  # this machine's rank 0..nnodes-1; None: the master assigns one
-    log_dir: str | None = None   # the launcher's per-process logs (workerlog.N); None: a temp folder
+    log_dir: str | None = None  # the launcher's per-process logs (workerlog.N); None: a temp folder
 
     @property
     def needs_launcher(self) -> bool:
@@ -218,8 +224,9 @@ def launch_settings(node, where: str = "distributed") -> LaunchSettings:
     values = dict(node or {})
     unknown = set(values) - set(LaunchSettings.__dataclass_fields__)
     if unknown:
-        raise StageError(f"{where}: unknown keys {sorted(unknown)}; known: "
-                         f"{sorted(LaunchSettings.__dataclass_fields__)}")
+        raise StageError(
+            f"{where}: unknown keys {sorted(unknown)}; known: {sorted(LaunchSettings.__dataclass_fields__)}"
+        )
     if values.get("nproc") == AUTO:
         values["nproc"] = auto_nproc(values.get("devices"))
     if not isinstance(values.get("nproc", 1), int):
@@ -229,22 +236,31 @@ def launch_settings(node, where: str = "distributed") -> LaunchSettings:
         raise StageError(f"{where}: nproc and nnodes must be >= 1, got {settings.nproc} and {settings.nnodes}")
     if settings.devices:
         if not paddle.is_compiled_with_cuda():
-            raise StageError(f"{where}.devices={settings.devices!r} needs a GPU build of Paddle; "
-                             "on CPU set only nproc")
+            raise StageError(f"{where}.devices={settings.devices!r} needs a GPU build of Paddle; on CPU set only nproc")
         count = len(str(settings.devices).split(","))
         if count != int(settings.nproc):
-            raise StageError(f"{where}: devices {settings.devices!r} lists {count} GPUs but nproc is "
-                             f"{settings.nproc}; give one GPU per process")
+            raise StageError(
+                f"{where}: devices {settings.devices!r} lists {count} GPUs but nproc is "
+                f"{settings.nproc}; give one GPU per process"
+            )
     if int(settings.nnodes) > 1 and not settings.master:
-        raise StageError(f"{where}: nnodes={settings.nnodes} needs master: \"host:port\" of the first machine")
+        raise StageError(f'{where}: nnodes={settings.nnodes} needs master: "host:port" of the first machine')
     if settings.node_rank is not None and not 0 <= int(settings.node_rank) < int(settings.nnodes):
         raise StageError(f"{where}: node_rank {settings.node_rank} is not in 0..{int(settings.nnodes) - 1}")
     return settings
 
 
-def launch_command(module: str, nproc: int, devices: str | None = None, extra: Sequence[str] = (), *,
-                   nnodes: int = 1, master: str | None = None, node_rank: int | None = None,
-                   log_dir: str | None = None) -> list[str]:
+def launch_command(
+    module: str,
+    nproc: int,
+    devices: str | None = None,
+    extra: Sequence[str] = (),
+    *,
+    nnodes: int = 1,
+    master: str | None = None,
+    node_rank: int | None = None,
+    log_dir: str | None = None,
+) -> list[str]:
     """The command that runs ``python -m <module> <extra...>`` in ``nproc`` processes under Paddle's launcher.
 
     The launcher only runs ``*.py`` files with Python, anything else as an executable, so the module is
@@ -262,8 +278,9 @@ def launch_command(module: str, nproc: int, devices: str | None = None, extra: S
     return command + [sys.executable, "-u", "-m", module, *extra]
 
 
-def relaunch_if_configured(stage: str, argv: Sequence[str] | None = None,
-                           check: Callable[[object], LaunchSettings] | None = None) -> None:
+def relaunch_if_configured(
+    stage: str, argv: Sequence[str] | None = None, check: Callable[[object], LaunchSettings] | None = None
+) -> None:
     """In a trainer's main, before stage_main(run): when ``<stage>.distributed`` (params.yaml plus the
     command line's overrides) asks for several processes and this process is not one the launcher
     started, replace it with the launcher running ``python -m stages.<stage>`` and the same overrides.
@@ -289,9 +306,19 @@ def relaunch_if_configured(stage: str, argv: Sequence[str] | None = None,
         sys.exit(f"error: {err}")
     if not settings.needs_launcher:
         return
-    command = launch_command(f"stages.{stage}", settings.nproc, settings.devices, argv,
-                             nnodes=settings.nnodes, master=settings.master, node_rank=settings.node_rank,
-                             log_dir=settings.log_dir)
-    print(f"{stage}: {settings.nproc} process(es) x {settings.nnodes} machine(s) under Paddle's launcher:\n"
-          f"  {shlex.join(command)}", flush=True)
+    command = launch_command(
+        f"stages.{stage}",
+        settings.nproc,
+        settings.devices,
+        argv,
+        nnodes=settings.nnodes,
+        master=settings.master,
+        node_rank=settings.node_rank,
+        log_dir=settings.log_dir,
+    )
+    print(
+        f"{stage}: {settings.nproc} process(es) x {settings.nnodes} machine(s) under Paddle's launcher:\n"
+        f"  {shlex.join(command)}",
+        flush=True,
+    )
     os.execv(command[0], command)

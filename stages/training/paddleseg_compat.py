@@ -10,6 +10,7 @@ installed Paddle (so a fix is removed as soon as it is no longer needed) and tha
 
 The patched functions are written here from their documented behaviour, not copied from PaddleSeg.
 """
+
 from __future__ import annotations
 
 import importlib

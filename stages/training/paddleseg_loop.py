@@ -15,6 +15,7 @@ Checkpoints use PaddleSeg's layout (``iter_<N>/model.pdparams`` + ``model.pdopt`
 ``paddleseg.utils.resume`` and ``load_entire_model`` read them too; ``state.json`` beside them holds what
 the loop needs to continue.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -23,9 +24,9 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import paddle
@@ -55,11 +56,12 @@ STATE_NAME = "state.json"
 AVERAGE_NAME = "average.pdparams"  # the weight average, beside an iteration's model.pdparams
 BEST_DIR = "best_model"
 ITER_PREFIX = "iter_"
-CACHE_MB = 1024     # default memory budget of a dataset's photo cache, per process
+CACHE_MB = 1024  # default memory budget of a dataset's photo cache, per process
 VAL_MAX_SIDE = 1024  # validation scores at each label's size, scaled down to at most this long side
 
 
 # --- the PaddleSeg config -------------------------------------------------------------------------
+
 
 def resolve_config(template: str | Path, cfg, extra: dict) -> dict:
     """The PaddleSeg config ``template`` with its ``${...}`` filled from ``cfg`` and ``extra`` (top-level keys)."""
@@ -77,7 +79,7 @@ def resolve_config(template: str | Path, cfg, extra: dict) -> dict:
     root = OmegaConf.create({**values, **extra, "_paddleseg": document})
     try:
         return OmegaConf.to_container(root._paddleseg, resolve=True)
-    except Exception as err:  # omegaconf's interpolation errors share no useful base class
+    except Exception as err:  # noqa: BLE001 - omegaconf's interpolation errors share no useful base class
         raise StageError(f"{template}: cannot fill in its ${{...}} values: {err}") from None
 
 
@@ -88,6 +90,7 @@ def dump_config(document: dict) -> str:
 @dataclass
 class Parts:
     """What SegBuilder makes from one PaddleSeg config."""
+
     config: Config
     model: paddle.nn.Layer
     train_dataset: paddle.io.Dataset
@@ -109,8 +112,14 @@ def build(document: dict, cache_bytes: int = CACHE_MB * MB) -> Parts:
         try:
             config = Config(str(path))
             builder = SegBuilder(config)
-            return Parts(config, builder.model, cached(builder.train_dataset, cache_bytes),
-                         cached(builder.val_dataset, cache_bytes), builder.optimizer, builder.loss)
+            return Parts(
+                config,
+                builder.model,
+                cached(builder.train_dataset, cache_bytes),
+                cached(builder.val_dataset, cache_bytes),
+                builder.optimizer,
+                builder.loss,
+            )
         except (AssertionError, RuntimeError, ValueError, FileNotFoundError, KeyError, TypeError) as err:
             raise StageError(f"PaddleSeg could not build from the config: {err}") from None
 
@@ -126,10 +135,15 @@ def normalisation(document: dict) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 # --- data -----------------------------------------------------------------------------------------
 
+
 def cached(dataset, cache_bytes: int):
     """``dataset`` as a CachedDataset when it is a PaddleSeg Dataset of RGB photos; anything else as it is."""
-    if isinstance(dataset, CachedDataset) or not hasattr(dataset, "file_list") or \
-            getattr(dataset, "img_channels", 3) != 3 or not hasattr(dataset, "transforms"):
+    if (
+        isinstance(dataset, CachedDataset)
+        or not hasattr(dataset, "file_list")
+        or getattr(dataset, "img_channels", 3) != 3
+        or not hasattr(dataset, "transforms")
+    ):
         return dataset
     return CachedDataset(dataset, cache_bytes)
 
@@ -175,8 +189,12 @@ class CachedDataset(paddle.io.Dataset):
         image_path, label_path = self.dataset.file_list[index]
         at_least = tuple(self.fixed_ops[0].target_size) if self.fixed_ops else None
         label = read_label_png(label_path)
-        data = {"img": read_rgb(image_path, at_least).astype(np.float32), "label": label, "trans_info": [],
-                "gt_fields": [] if self.validation else ["label"]}
+        data = {
+            "img": read_rgb(image_path, at_least).astype(np.float32),
+            "label": label,
+            "trans_info": [],
+            "gt_fields": [] if self.validation else ["label"],
+        }
         for op in self.fixed_ops:
             data = op(data)
         image = np.clip(np.rint(data["img"]), 0, 255).astype(np.uint8)
@@ -198,8 +216,12 @@ class CachedDataset(paddle.io.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image, label, trans_info = self.cache.get(index)
-        data = {"img": image.astype(np.float32), "label": label.copy(), "trans_info": list(trans_info),
-                "gt_fields": [] if self.validation else ["label"]}
+        data = {
+            "img": image.astype(np.float32),
+            "label": label.copy(),
+            "trans_info": list(trans_info),
+            "gt_fields": [] if self.validation else ["label"],
+        }
         for op in self.random_ops:
             data = op(data)
         if data["img"].ndim == 2:
@@ -208,8 +230,9 @@ class CachedDataset(paddle.io.Dataset):
         if self.validation:
             data["label"] = data["label"][np.newaxis, :, :]
         elif self.dataset.edge:
-            data["edge"] = paddleseg_functional.mask_to_binary_edge(data["label"], radius=2,
-                                                                    num_classes=self.dataset.num_classes)
+            data["edge"] = paddleseg_functional.mask_to_binary_edge(
+                data["label"], radius=2, num_classes=self.dataset.num_classes
+            )
         return data
 
 
@@ -227,7 +250,7 @@ class IterationBatches(paddle.io.BatchSampler):
         for iteration in range(self.start, self.iters):
             epoch, position = divmod(iteration, self.per_epoch)
             order = np.random.default_rng((self.seed, epoch)).permutation(self.num_samples)
-            yield order[position * self.batch_size:(position + 1) * self.batch_size].tolist()
+            yield order[position * self.batch_size : (position + 1) * self.batch_size].tolist()
 
     def __len__(self) -> int:
         return max(0, self.iters - self.start)
@@ -241,6 +264,7 @@ def collate(items: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- training -------------------------------------------------------------------------------------
+
 
 def train_step(parts: Parts, images: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
     """One optimisation step as PaddleSeg's train does it; returns the (detached) loss, unsynced.
@@ -280,11 +304,12 @@ def evaluate(model: paddle.nn.Layer, dataset, num_classes: int, ignore_index: in
 
 # --- checkpoints ----------------------------------------------------------------------------------
 
+
 def checkpoint_iters(checkpoint_dir: Path) -> list[int]:
     """Iterations of the complete checkpoints in ``checkpoint_dir``, oldest first."""
     found = []
     for folder in checkpoint_dir.glob(f"{ITER_PREFIX}*"):
-        suffix = folder.name[len(ITER_PREFIX):]
+        suffix = folder.name[len(ITER_PREFIX) :]
         if suffix.isdigit() and (folder / STATE_NAME).is_file():
             found.append(int(suffix))
     return sorted(found)
@@ -302,8 +327,9 @@ def latest_state(checkpoint_dir: Path) -> tuple[Path, dict] | None:
         return None
 
 
-def save_checkpoint(checkpoint_dir: Path, parts: Parts, state: dict, keep: int,
-                    average: WeightAverage | None = None) -> Path:
+def save_checkpoint(
+    checkpoint_dir: Path, parts: Parts, state: dict, keep: int, average: WeightAverage | None = None
+) -> Path:
     """Write iter_<N>/ in one rename (a kill never leaves half of one), then drop all but the newest ``keep``."""
     folder = checkpoint_dir / f"{ITER_PREFIX}{state['iter']}"
     state["param_names"] = parameter_names(parts.model)
@@ -338,11 +364,13 @@ def rename_optimizer_state(state: dict, renames: dict[str, str]) -> dict:
     def new_key(key: str) -> str:
         for old in old_names:
             if key == old or key.startswith(old + "_"):
-                return renames[old] + key[len(old):]
+                return renames[old] + key[len(old) :]
         return key
 
-    return {new_key(key): rename_optimizer_state(value, renames) if isinstance(value, dict) else value
-            for key, value in state.items()}
+    return {
+        new_key(key): rename_optimizer_state(value, renames) if isinstance(value, dict) else value
+        for key, value in state.items()
+    }
 
 
 def restore(parts: Parts, folder: Path, saved_names: dict[str, str]) -> None:
@@ -371,6 +399,7 @@ def seed_everything(seed: int) -> None:
 
 # --- the loop -------------------------------------------------------------------------------------
 
+
 @dataclass
 class LoopSettings:
     iters: int
@@ -384,13 +413,28 @@ class LoopSettings:
 
 
 def new_state(**extra) -> dict:
-    return {"iter": 0, "history": [], "best_val_mIoU": -1.0, "best_iter": 0, "best_scores": None,
-            "train_seconds": 0.0, "train_step_seconds": 0.0, "train_images": 0, "completed": False, **extra}
+    return {
+        "iter": 0,
+        "history": [],
+        "best_val_mIoU": -1.0,
+        "best_iter": 0,
+        "best_scores": None,
+        "train_seconds": 0.0,
+        "train_step_seconds": 0.0,
+        "train_images": 0,
+        "completed": False,
+        **extra,
+    }
 
 
-def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dict,
-          on_log: Callable[[int, dict], None] = lambda step, values: None,
-          on_eval: Callable[[int, dict, dict], None] = lambda step, scores, row: None) -> dict:
+def train(
+    parts: Parts,
+    settings: LoopSettings,
+    checkpoint_dir: Path,
+    state: dict,
+    on_log: Callable[[int, dict], None] = lambda step, values: None,
+    on_eval: Callable[[int, dict, dict], None] = lambda step, scores, row: None,
+) -> dict:
     """Train from ``state['iter']`` to ``settings.iters``: validate, keep the best model and checkpoint every
     ``eval_interval`` iterations and at the end. ``on_log(iter, {"train/loss", "train/lr"})`` runs every
     ``log_interval``; ``on_eval(iter, scores, history_row)`` after each validation. Returns the state.
@@ -411,10 +455,16 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
         if hasattr(dataset, "fill_cache") and (main or dataset is parts.train_dataset):  # the main one validates
             dataset.fill_cache(what)
     sampler = distributed.RankBatches(
-        IterationBatches(len(parts.train_dataset), settings.batch_size, settings.iters, start, settings.seed))
-    loader = paddle.io.DataLoader(parts.train_dataset, batch_sampler=sampler, collate_fn=collate,
-                                  num_workers=settings.num_workers, return_list=True,
-                                  use_shared_memory=settings.num_workers > 0)
+        IterationBatches(len(parts.train_dataset), settings.batch_size, settings.iters, start, settings.seed)
+    )
+    loader = paddle.io.DataLoader(
+        parts.train_dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=settings.num_workers,
+        return_list=True,
+        use_shared_memory=settings.num_workers > 0,
+    )
     average = resumed_average(checkpoint_dir, state, settings.weight_average) if main else None
     model = parts.model
     if parts.config.to_static_training:
@@ -424,8 +474,8 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
     train_parts = Parts(parts.config, model, parts.train_dataset, parts.val_dataset, parts.optimizer, parts.losses)
     model.train()
 
-    log_sum, log_count = paddle.zeros([]), 0      # since the last log line
-    eval_sum, eval_count = paddle.zeros([]), 0    # since the last validation
+    log_sum, log_count = paddle.zeros([]), 0  # since the last log line
+    eval_sum, eval_count = paddle.zeros([]), 0  # since the last validation
     step_seconds, images = 0.0, 0
     started = time.perf_counter()
     iteration = start
@@ -456,8 +506,13 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
         if iteration % settings.eval_interval == 0 or iteration == settings.iters:
             average.swap_in(parts.model)  # validated, and kept when best, in place of the raw weights
             scores = evaluate(parts.model, parts.val_dataset, num_classes, parts.val_dataset.ignore_index)
-            row = {"epoch": epochs(iteration, per_epoch), "iter": iteration, "train_loss": float(eval_sum) / eval_count,
-                   "val_mIoU": scores["mIoU"], "val_acc": scores["acc"]}  # summary.PLOT_COLUMNS
+            row = {
+                "epoch": epochs(iteration, per_epoch),
+                "iter": iteration,
+                "train_loss": float(eval_sum) / eval_count,
+                "val_mIoU": scores["mIoU"],
+                "val_acc": scores["acc"],
+            }  # summary.PLOT_COLUMNS
             eval_sum, eval_count = paddle.zeros([]), 0
             state["history"].append(row)
             if scores["mIoU"] > state["best_val_mIoU"]:
@@ -465,9 +520,12 @@ def train(parts: Parts, settings: LoopSettings, checkpoint_dir: Path, state: dic
                 save_best(checkpoint_dir, parts, scores, iteration)
             average.swap_out(parts.model)
             now = time.perf_counter()
-            state.update(iter=iteration, train_seconds=state["train_seconds"] + now - started,
-                         train_step_seconds=state["train_step_seconds"] + step_seconds,
-                         train_images=state["train_images"] + images)
+            state.update(
+                iter=iteration,
+                train_seconds=state["train_seconds"] + now - started,
+                train_step_seconds=state["train_step_seconds"] + step_seconds,
+                train_images=state["train_images"] + images,
+            )
             started, step_seconds, images = now, 0.0, 0
             on_eval(iteration, scores, row)
             save_checkpoint(checkpoint_dir, parts, state, settings.keep_checkpoint_max, average)

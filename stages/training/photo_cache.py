@@ -7,6 +7,7 @@ size their per-epoch transforms start from, in memory, within a budget per proce
 changes speed, never results. The cache is filled before training starts, in the main process, so the
 DataLoader's worker processes (forked later) share it. Under Paddle's launcher each process holds its own.
 """
+
 from __future__ import annotations
 
 import time
@@ -48,16 +49,26 @@ class PhotoCache:
         """Make and keep every item (until the budget is spent), with a progress bar; returns what it did."""
         started = time.perf_counter()
         main = distributed.is_main_process()
-        for index in tqdm(range(self.count), desc=f"caching {what}", unit="photo", disable=not main or not self.count,
-                          leave=False):
+        for index in tqdm(
+            range(self.count), desc=f"caching {what}", unit="photo", disable=not main or not self.count, leave=False
+        ):
             if self.full:
                 break
             self.get(index)
-        stats = {"photos": len(self.items), "of": self.count, "megabytes": round(self.bytes / MB, 1),
-                 "seconds": round(time.perf_counter() - started, 2)}
+        stats = {
+            "photos": len(self.items),
+            "of": self.count,
+            "megabytes": round(self.bytes / MB, 1),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
         if main and self.count:
-            note = "" if len(self.items) == self.count else \
-                f"; the cache budget ({self.budget / MB:.0f} MB) is spent, the others are decoded on each use"
-            print(f"cached {len(self.items)} of {self.count} {what} ({stats['megabytes']} MB) "
-                  f"in {stats['seconds']} s{note}")
+            note = (
+                ""
+                if len(self.items) == self.count
+                else f"; the cache budget ({self.budget / MB:.0f} MB) is spent, the others are decoded on each use"
+            )
+            print(
+                f"cached {len(self.items)} of {self.count} {what} ({stats['megabytes']} MB) "
+                f"in {stats['seconds']} s{note}"
+            )
         return stats

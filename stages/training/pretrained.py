@@ -7,6 +7,7 @@ in PaddleSeg's cache nor reachable within a short connect timeout (offline), sto
 naming the config key and how to give a local file instead, not a hang or a traceback in PaddleSeg's
 downloader.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -85,9 +86,12 @@ def check_pretrained(document: dict, source: str | Path, timeout_s: float = CONN
                     raise StageError(
                         f"{source}: {key} is the URL {value}, which cannot be downloaded ({why}); download it "
                         f"where there is network and give its local path instead ({key}: path/to/model.pdparams), "
-                        "or null to train from scratch")
+                        "or null to train from scratch"
+                    )
         elif not Path(value).is_file():
-            raise StageError(f"{source}: {key}: {value} is not a file; give an existing .pdparams file, "
-                             "a URL, or null to train from scratch")
+            raise StageError(
+                f"{source}: {key}: {value} is not a file; give an existing .pdparams file, "
+                "a URL, or null to train from scratch"
+            )
         weights.append(value)
     return weights

@@ -10,6 +10,7 @@ DoveNet counts epochs and PaddleSeg iterations (optimizer steps); both are given
 the other with the trainer's iterations per epoch. MLflow's step is each trainer's own count (epoch,
 iteration); the ``epoch`` metric lets MLflow's charts put both trainers on one x axis (X-axis: Metric).
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,10 +31,23 @@ def epochs(iters: int, iters_per_epoch: int) -> int | float:
     return int(value) if value.is_integer() else round(value, 3)
 
 
-def training_metrics(*, num_params: dict, best_scores: dict | None, class_names, iters: int, best_iter: int,
-                     resumed_from_iter: int, iters_per_epoch: int, train_seconds: float,
-                     train_step_seconds: float, train_images: int, input_size: int, crop_size: int,
-                     batch_size: int, device: str) -> dict:
+def training_metrics(
+    *,
+    num_params: dict,
+    best_scores: dict | None,
+    class_names,
+    iters: int,
+    best_iter: int,
+    resumed_from_iter: int,
+    iters_per_epoch: int,
+    train_seconds: float,
+    train_step_seconds: float,
+    train_images: int,
+    input_size: int,
+    crop_size: int,
+    batch_size: int,
+    device: str,
+) -> dict:
     """metrics/train_<model>.json. ``best_scores``: ConfusionMatrix.scores() of the best validation
     (None where a checkpoint from an older version holds none: those scores are then null)."""
     best = best_scores or {}

@@ -6,6 +6,7 @@ a new version in the Model Registry. The run id and that version go to a run-id 
 test metrics and figures to the same run through MlflowClient, which leaves the run's start and end
 times alone (reopening it with ``start_run`` would move its end time), and report names the champion.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,8 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
 import mlflow
@@ -68,7 +69,7 @@ def resolve_local_uri(uri: str) -> str:
     likewise); absolute paths, in-memory databases and server URIs stay as they are."""
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite" and uri.startswith("sqlite:///"):
-        path, query = (uri[len("sqlite:///"):].split("?", 1) + [""])[:2]
+        path, query = (uri[len("sqlite:///") :].split("?", 1) + [""])[:2]
         if path in ("", ":memory:") or Path(path).is_absolute():
             return uri
         return f"sqlite:///{project_root() / path}" + (f"?{query}" if query else "")
@@ -112,7 +113,7 @@ def store_call(fn, *args, attempts: int = 6, **kwargs):
             if "database is locked" not in str(err) or attempt == attempts - 1:
                 raise
             STORE_RETRIES["count"] += 1
-            time.sleep(min(0.05 * 2 ** attempt, 2.0) * (1 + random.random()))
+            time.sleep(min(0.05 * 2**attempt, 2.0) * (1 + random.random()))
 
 
 def ensure_reachable(uri: str, timeout_s: float = 5) -> None:
@@ -125,11 +126,13 @@ def ensure_reachable(uri: str, timeout_s: float = 5) -> None:
                 if response.status != 200:
                     raise StageError(f"MLflow server {uri} answered {response.status} on /health")
         except (urllib.error.URLError, OSError) as err:
-            raise StageError(f"MLflow tracking server {uri} is unreachable ({err}); start it, or set "
-                             "MLFLOW_TRACKING_URI / mlflow.tracking_uri to a reachable store") from None
+            raise StageError(
+                f"MLflow tracking server {uri} is unreachable ({err}); start it, or set "
+                "MLFLOW_TRACKING_URI / mlflow.tracking_uri to a reachable store"
+            ) from None
         _check_login(uri, timeout_s)
     elif parsed.scheme == "sqlite":
-        db_path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        db_path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
         if db_path is not None and str(db_path) not in ("", ":memory:"):
             folder = db_path.parent if str(db_path.parent) else Path(".")
             if not folder.is_dir() or not os.access(folder, os.W_OK):
@@ -143,15 +146,23 @@ def _check_login(uri: str, timeout_s: float) -> None:
     from mlflow.utils.rest_utils import http_request
 
     try:
-        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
-                                params={"max_results": 1}, max_retries=0, timeout=timeout_s)
+        response = http_request(
+            get_default_host_creds(uri),
+            "/api/2.0/mlflow/experiments/search",
+            "GET",
+            params={"max_results": 1},
+            max_retries=0,
+            timeout=timeout_s,
+        )
     except mlflow.exceptions.MlflowException as err:
         raise StageError(f"MLflow tracking server {uri}: {err}") from None
     if response.status_code == 401:
         who = os.environ.get("MLFLOW_TRACKING_USERNAME")
-        raise StageError(f"MLflow tracking server {uri} refused the login "
-                         f"{'of ' + repr(who) if who else '(none given)'}: set MLFLOW_TRACKING_USERNAME and "
-                         "MLFLOW_TRACKING_PASSWORD to your account on it")
+        raise StageError(
+            f"MLflow tracking server {uri} refused the login "
+            f"{'of ' + repr(who) if who else '(none given)'}: set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to your account on it"
+        )
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -181,15 +192,17 @@ def _use_experiment(cfg, uri: str) -> str:
         local = urlparse(uri).scheme in ("sqlite", "", "file")
         location = artifact_root(cfg) if local else None
         try:
-            return store_call(mlflow.create_experiment, name, artifact_location=location,
-                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return store_call(
+                mlflow.create_experiment, name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except mlflow.exceptions.MlflowException:
             experiment = mlflow.get_experiment_by_name(name)  # a parallel experiment's stage made it first
             if experiment is None:
                 raise
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        store_call(mlflow.MlflowClient().set_experiment_tag, experiment.experiment_id, EXPERIMENT_KIND_TAG,
-                   EXPERIMENT_KIND)
+        store_call(
+            mlflow.MlflowClient().set_experiment_tag, experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+        )
     return experiment.experiment_id
 
 
@@ -217,8 +230,9 @@ def run_name(stage: str) -> str:
 
 
 @contextlib.contextmanager
-def training_run(cfg, stage: str, run_id_file: str | Path,
-                 resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+def training_run(
+    cfg, stage: str, run_id_file: str | Path, resume_run_id: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """One MLflow run for one training stage execution (or the resumed run of a killed one)."""
     if resume_run_id and not _run_exists(cfg, resume_run_id):
         resume_run_id = None
@@ -228,30 +242,38 @@ def training_run(cfg, stage: str, run_id_file: str | Path,
             resolved = OmegaConf.to_container(cfg, resolve=True)
             params = list(flatten(resolved).items())
             for start in range(0, len(params), 100):  # MLflow's batch limit
-                store_call(mlflow.log_params, dict(params[start:start + 100]))
+                store_call(mlflow.log_params, dict(params[start : start + 100]))
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/params.yaml")
-            store_call(mlflow.set_tags, {
-                "stage": stage,
-                "profile": str(cfg.get("profile", "")),
-                "git_commit": git_commit(),
-                "data_version": data_version(cfg),
-                "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
-                "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
-            })
+            store_call(
+                mlflow.set_tags,
+                {
+                    "stage": stage,
+                    "profile": str(cfg.get("profile", "")),
+                    "git_commit": git_commit(),
+                    "data_version": data_version(cfg),
+                    "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+                    "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+                },
+            )
             log_training_data(cfg)
         yield run
     except BaseException as err:
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # the server may be what failed
             store_call(mlflow.end_run, status="FAILED")
         if isinstance(err, mlflow.exceptions.MlflowException):  # e.g. the server restarted: one line
-            raise StageError(f"MLflow store {tracking_uri(cfg)} failed during run {run.info.run_id} "
-                             f"({str(err).splitlines()[0][:200]}); rerun the stage: it resumes from its "
-                             "last checkpoint") from None
+            raise StageError(
+                f"MLflow store {tracking_uri(cfg)} failed during run {run.info.run_id} "
+                f"({str(err).splitlines()[0][:200]}); rerun the stage: it resumes from its "
+                "last checkpoint"
+            ) from None
         raise
     store_call(mlflow.end_run)
     # As configured (sqlite:///mlflow.db: the project's store wherever it is cloned), not this machine's path.
-    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-            "tracking_uri": configured_tracking_uri(cfg)}
+    info = {
+        "run_id": run.info.run_id,
+        "experiment_id": run.info.experiment_id,
+        "tracking_uri": configured_tracking_uri(cfg),
+    }
     versions = store_call(mlflow.MlflowClient().search_model_versions, f"run_id = '{run.info.run_id}'")
     if versions:  # the version this run registered (one per training run)
         newest = max(versions, key=lambda version: int(version.version))
@@ -268,8 +290,12 @@ class TrainingData(MetaDataset):
     def __init__(self, cfg):
         processed, splits = str(cfg.data.processed_dir), str(cfg.data.splits_dir)
         entry = lock_entry(processed)
-        self._profile = {"nfiles": entry["nfiles"], "size": entry["size"], "splits_dir": splits,
-                         "splits_md5": lock_entry(splits)["md5"] if Path(splits).is_dir() else None}
+        self._profile = {
+            "nfiles": entry["nfiles"],
+            "size": entry["size"],
+            "splits_dir": splits,
+            "splits_md5": lock_entry(splits)["md5"] if Path(splits).is_dir() else None,
+        }
         with warnings.catch_warnings():  # MLflow registers the local source twice and says so
             warnings.simplefilter("ignore")
             source = resolve_dataset_source(processed)
@@ -308,8 +334,10 @@ def registered_model_name(cfg, model: str) -> str:
     names = cfg.mlflow.get("registered_models") or {}
     name = names.get(model)
     if not name or not str(name).strip():
-        raise StageError(f"params.yaml: mlflow.registered_models.{model} is missing; set it to the Model "
-                         f"Registry name of this model, e.g. doveseg-{model}")
+        raise StageError(
+            f"params.yaml: mlflow.registered_models.{model} is missing; set it to the Model "
+            f"Registry name of this model, e.g. doveseg-{model}"
+        )
     return str(name)
 
 
@@ -323,8 +351,7 @@ def _run_exists(cfg, run_id: str) -> bool:
 
 
 def log_metrics(metrics: dict, step: int | None = None) -> None:
-    clean = {k: float(v) for k, v in metrics.items()
-             if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    clean = {k: float(v) for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
     if clean:
         store_call(mlflow.log_metrics, clean, step=step)
 
@@ -347,8 +374,9 @@ def finished_run_client(cfg, run_id_file: str | Path) -> tuple[mlflow.MlflowClie
     try:
         return client, store_call(client.get_run, run_id)
     except mlflow.exceptions.MlflowException:
-        raise StageError(f"{run_id_file}: run {run_id} is not in the MLflow store {uri}; "
-                         "rerun the training stage") from None
+        raise StageError(
+            f"{run_id_file}: run {run_id} is not in the MLflow store {uri}; rerun the training stage"
+        ) from None
 
 
 def read_registered_version(run_id_file: str | Path) -> tuple[str, str]:
@@ -371,10 +399,13 @@ class FinishedRun:
 
     def log_metrics(self, metrics: dict, step: int = 0) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()
-                 if value is not None and not (isinstance(value, float) and math.isnan(value))]
+        batch = [
+            Metric(key, float(value), now, step)
+            for key, value in metrics.items()
+            if value is not None and not (isinstance(value, float) and math.isnan(value))
+        ]
         for start in range(0, len(batch), 1000):  # MLflow's batch limit
-            store_call(self.client.log_batch, self.run_id, metrics=batch[start:start + 1000])
+            store_call(self.client.log_batch, self.run_id, metrics=batch[start : start + 1000])
 
     def set_tag(self, key: str, value: str) -> None:
         store_call(self.client.set_tag, self.run_id, key, value)
@@ -450,8 +481,11 @@ def crown_serving_champion(cfg, champion_run_id: str) -> str | None:
     if version is not None:
         client.set_registered_model_alias(name, CHAMPION, version.version)
         return f"models:/{name}/{version.version}"
-    print(f"warning: the champion's training run {champion_run_id} logged no version of the served model "
-          f"{name!r} (run the export stage); models:/{name}@{CHAMPION} is unset", file=sys.stderr)
+    print(
+        f"warning: the champion's training run {champion_run_id} logged no version of the served model "
+        f"{name!r} (run the export stage); models:/{name}@{CHAMPION} is unset",
+        file=sys.stderr,
+    )
     if client.search_registered_models(f"name = '{name}'") and CHAMPION in client.get_registered_model(name).aliases:
         client.delete_registered_model_alias(name, CHAMPION)
     return None

@@ -4,6 +4,7 @@ On a small data set the last steps' noise moves the val mIoU by several points f
 next, and which validation happens to be best then decides the model. Validating (and keeping) a moving
 average of the weights smooths that out, so two runs that differ only in their seed end up close.
 """
+
 from __future__ import annotations
 
 import paddle
