@@ -6,21 +6,21 @@ Hydra syntax and one named experiment, queued, run two at a time in DVC's temp c
 Every experiment must land in the project's one store, named and tagged, agree with `dvc exp show`, register
 its own model version, and leave the champion on the best one. The queue's workers are stopped at the end.
 """
+
 import json
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from mlflow_ui import need_chromium, render
 
 from conftest import REPO_ROOT
 from dvc_helpers import dvc, git, smoke_copy
-from mlflow_ui import need_chromium, render
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +29,13 @@ QUEUE_COMMANDS = [
     ["exp", "run", "--queue", "-S", "train_paddle.lr=0.001,0.003"],
     ["exp", "run", "--queue", "-n", "q-ep", "-S", "train_paddle.epochs=3"],
 ]
-README_LINES = ["dvc exp run --queue -S 'train_paddle.lr=0.001,0.003'",
-                "dvc exp run --queue -n q-ep -S train_paddle.epochs=3",
-                "dvc queue start -j 2", "dvc queue status", "dvc exp show --only-changed"]
+README_LINES = [
+    "dvc exp run --queue -S 'train_paddle.lr=0.001,0.003'",
+    "dvc exp run --queue -n q-ep -S train_paddle.epochs=3",
+    "dvc queue start -j 2",
+    "dvc queue status",
+    "dvc exp show --only-changed",
+]
 EXPERIMENTS = 3
 
 
@@ -91,10 +95,13 @@ def swept(tmp_path_factory):
 
 def store_runs(repo: Path) -> tuple[MlflowClient, dict]:
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["experiment"])
+    experiment = client.get_experiment_by_name(
+        yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["experiment"]
+    )
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    return client, {run.data.tags.get("dvc_exp_name", ""): run for run in runs
-                    if run.data.tags.get("stage") == "train_paddle"}
+    return client, {
+        run.data.tags.get("dvc_exp_name", ""): run for run in runs if run.data.tags.get("stage") == "train_paddle"
+    }
 
 
 def shown_experiments(repo: Path) -> dict:
@@ -104,17 +111,20 @@ def shown_experiments(repo: Path) -> dict:
     for baseline in shown:
         for experiment in baseline.get("experiments") or []:
             for revision in experiment.get("revs") or []:
-                data = (revision.get("data") or {})
+                data = revision.get("data") or {}
                 metrics = data.get("metrics", {}).get("reports/metrics.json", {}).get("data", {})
                 params = data.get("params", {}).get("params.yaml", {}).get("data", {})
                 if revision.get("name") and metrics:
-                    found[revision["name"]] = (metrics["paddle"]["test"]["mIoU"], params["train_paddle"]["lr"],
-                                               params["train_paddle"]["epochs"])
+                    found[revision["name"]] = (
+                        metrics["paddle"]["test"]["mIoU"],
+                        params["train_paddle"]["lr"],
+                        params["train_paddle"]["epochs"],
+                    )
     return found
 
 
-def test_the_readme_shows_the_sweep_this_test_runs():
-    readme = (REPO_ROOT / "README.md").read_text()
+def test_the_docs_show_the_sweep_this_test_runs():
+    readme = (REPO_ROOT / "docs" / "experiments.md").read_text()
     for line in README_LINES:
         assert line in readme, line
 
@@ -152,11 +162,18 @@ def test_each_experiment_registers_its_own_version_and_the_champion_is_the_best(
     versions = client.search_model_versions(f"name = '{params['paddle']}'")
     assert sorted(int(v.version) for v in versions) == list(range(1, EXPERIMENTS + 2))  # + the workspace's
     assert {v.run_id for v in versions} == {run.info.run_id for run in runs.values()}
-    scored = [(client.get_run(v.run_id).data.metrics["test/mIoU"], name, str(v.version))
-              for name in params.values() for v in client.search_model_versions(f"name = '{name}'")]
+    scored = [
+        (client.get_run(v.run_id).data.metrics["test/mIoU"], name, str(v.version))
+        for name in params.values()
+        for v in client.search_model_versions(f"name = '{name}'")
+    ]
     best = max(score for score, _, _ in scored)
-    holders = [(name, version) for name in params.values()
-               for alias, version in client.get_registered_model(name).aliases.items() if alias == "champion"]
+    holders = [
+        (name, version)
+        for name in params.values()
+        for alias, version in client.get_registered_model(name).aliases.items()
+        if alias == "champion"
+    ]
     assert len(holders) == 1, holders
     name, version = holders[0]
     assert (best, name, str(version)) in scored
@@ -191,9 +208,9 @@ def test_mlflow_ui_lists_the_experiments_runs_beside_the_workspaces(swept, tmp_p
     assert len([name for name in names if " · " in name]) == EXPERIMENTS
 
 
-def test_a_named_workspace_experiment_and_metrics_diff_as_the_readme_shows_them(swept):
-    """The README's first Experiments lines (after the sweep, so the queue's tests saw the baseline)."""
-    readme = (REPO_ROOT / "README.md").read_text()
+def test_a_named_workspace_experiment_and_metrics_diff_as_the_docs_show_them(swept):
+    """docs/experiments.md's first experiment lines (after the sweep, so the queue's tests saw the baseline)."""
+    readme = (REPO_ROOT / "docs" / "experiments.md").read_text()
     for line in ("dvc exp run -n lr-2e-3 -S train_paddle.lr=0.002", "dvc metrics diff"):
         assert line in readme, line
     repo, _ = swept

@@ -6,6 +6,7 @@ The project here is tiny (tests/tiny_pipeline.py: a random DoveNet and a red-box
 and logged for real by the export stage); tests/test_pipeline_e2e.py serves a smoke-trained champion the same
 way. README's commands run with only the port changed (5001 may be taken on a shared machine).
 """
+
 import io
 import re
 import shutil
@@ -30,8 +31,8 @@ README_PORT = "5001"
 
 
 def readme_blocks() -> list[tuple[str, str]]:
-    """(language, code) of every fenced block in README's "Serve the champion" section, in order."""
-    text = (REPO_ROOT / "README.md").read_text()
+    """(language, code) of every fenced block in docs/serving.md's "Serve the champion" section, in order."""
+    text = (REPO_ROOT / "docs" / "serving.md").read_text()
     section = text.split("\n## Serve the champion\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
 
@@ -50,8 +51,12 @@ def served(tmp_path_factory):
     photos = write_photos(root / "photos")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        overrides = [*make_dataset(root), f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
-                     f"mlflow.artifact_location={root / 'mlruns'}", "predict.models=[paddleseg]"]
+        overrides = [
+            *make_dataset(root),
+            f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+            f"mlflow.artifact_location={root / 'mlruns'}",
+            "predict.models=[paddleseg]",
+        ]
         cfg = make_cfg(*overrides)
         trained_models(root, cfg)
         export.run(cfg)
@@ -62,7 +67,13 @@ def served(tmp_path_factory):
     port = str(free_port())
     # From the project's root, the venv activated, no MLFLOW_TRACKING_URI: MLflow's default store, ./mlflow.db.
     with model_server(serve.replace(README_PORT, port), int(port), root, serving_env(), root / "serve.log") as url:
-        yield {"root": root, "url": url, "port": port, "photos": photos, "predicted": root / "out" / "paddleseg" / "class_id"}
+        yield {
+            "root": root,
+            "url": url,
+            "port": port,
+            "photos": photos,
+            "predicted": root / "out" / "paddleseg" / "class_id",
+        }
 
 
 def test_the_readmes_curl_and_python_client_give_back_predicts_mask(served, tmp_path):
@@ -75,8 +86,14 @@ def test_the_readmes_curl_and_python_client_give_back_predicts_mask(served, tmp_
         folder.mkdir()
         shutil.copyfile(photo, folder / "photo.jpg")
         command = ["bash", "-c", code] if language == "bash" else [sys.executable, "-c", code]
-        done = subprocess.run([*command[:-1], command[-1].replace(README_PORT, served["port"])], cwd=folder,
-                              env=serving_env(), capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [*command[:-1], command[-1].replace(README_PORT, served["port"])],
+            cwd=folder,
+            env=serving_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, f"{language}: {done.stderr[-3000:]}"
         assert agreement((folder / "mask.png").read_bytes(), served["predicted"] / f"{photo.stem}.png") >= 0.999
 
@@ -95,16 +112,22 @@ def test_bad_requests_get_a_400_naming_each_bad_photo_and_the_server_keeps_servi
     url, good = served["url"], served["photos"][0].read_bytes()
     huge = io.BytesIO()
     Image.new("1", (20_000, 10_000)).save(huge, "PNG")  # a real 200 MP PNG (1 bit a pixel: 24 KB to send)
-    bad = {"not an image file Pillow can read": b"this is not a photo", "empty: 0 bytes": b"",
-           "too large: Pillow refuses it as a decompression bomb (Image size (200000000 pixels)": huge.getvalue()}
+    bad = {
+        "not an image file Pillow can read": b"this is not a photo",
+        "empty: 0 bytes": b"",
+        "too large: Pillow refuses it as a decompression bomb (Image size (200000000 pixels)": huge.getvalue(),
+    }
     for reason, data in bad.items():
         status, answer = post(url, photos_request([data]))
         assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE"
         assert f"cannot segment 1 of 1 photo(s): row 0: {reason}" in answer["message"]
     status, answer = post(url, photos_request([good, *bad.values()]))
     assert status == 400
-    assert re.search(r"cannot segment 3 of 4 photo\(s\): row 1: not an image .*; row 2: empty: 0 bytes; "
-                     r"row 3: too large", answer["message"])
+    assert re.search(
+        r"cannot segment 3 of 4 photo\(s\): row 1: not an image .*; row 2: empty: 0 bytes; "
+        r"row 3: too large",
+        answer["message"],
+    )
     status, answer = post(url, {"dataframe_split": {"columns": ["image"], "data": [["not base64!"]]}})
     assert status == 400 and "Invalid base64" in answer["message"]
     # still serving

@@ -4,6 +4,7 @@ his in a clone of hers (`dvc pull`, `dvc status` clean). Then: what bob may not 
 training at once, and three faults (MLflow restarted mid-training, PostgreSQL restarted between runs, the
 object store down during `dvc push`). `make team-down` at the end leaves nothing running.
 """
+
 import json
 import os
 import re
@@ -33,9 +34,9 @@ API = "/api/2.0/mlflow"
 
 
 def readme_team_blocks() -> list[str]:
-    """The bash blocks of README's team stack section: alice's, then bob's."""
-    text = (REPO_ROOT / "README.md").read_text()
-    section = text[text.index("### The team stack"):text.index("Deployed for a team")]
+    """The bash blocks of docs/team.md's team stack section: alice's, then bob's."""
+    text = (REPO_ROOT / "docs" / "team.md").read_text()
+    section = text[text.index("## The team stack") : text.index("Deployed for a team")]
     return re.findall(r"```bash\n(.*?)```", section, re.S)
 
 
@@ -53,8 +54,14 @@ def _taken(port: int) -> bool:
 
 
 def bash(script: str, cwd: Path, extra: dict | None = None, timeout: float = 1200) -> str:
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env={**env(), **(extra or {})},
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env={**env(), **(extra or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, f"{script}\nfailed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result.stdout
 
@@ -86,8 +93,13 @@ def team():
         stack = Stack(alice / ".team")
         assert f"MLflow      {stack.mlflow_uri}" in out
         bash(bob_steps.replace("<repo>", str(alice)), root)
-        yield {"root": root, "alice": alice, "bob": root / "doveseg-bob", "stack": stack,
-               "users": {user: read_env(stack.env_file(user)) for user in ("alice", "bob")}}
+        yield {
+            "root": root,
+            "alice": alice,
+            "bob": root / "doveseg-bob",
+            "stack": stack,
+            "users": {user: read_env(stack.env_file(user)) for user in ("alice", "bob")},
+        }
     finally:
         down = subprocess.run(["make", "team-down"], cwd=alice, env=env(), capture_output=True, text=True)
         print(down.stdout, down.stderr)
@@ -121,8 +133,7 @@ def client(team, user: str, password: str | None = None) -> MlflowClient:
 
 def as_user(team, user: str) -> dict:
     login = team["users"][user]
-    return {key: login[key] for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
-                                        "MLFLOW_TRACKING_PASSWORD")}
+    return {key: login[key] for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
 
 
 def call(team, method: str, path: str, auth=None, **kwargs) -> requests.Response:
@@ -163,11 +174,21 @@ def test_what_bob_may_not_do_is_refused(team):
     bob = login(team, "bob")
     refused = {
         "delete alice's run": call(team, "POST", f"{API}/runs/delete", bob, json={"run_id": alice_run["run_id"]}),
-        "delete the team's experiment": call(team, "POST", f"{API}/experiments/delete", bob,
-                                             json={"experiment_id": alice_run["experiment_id"]}),
-        "grant himself MANAGE": call(team, "POST", "/api/3.0/mlflow/users/permissions/grant", bob,
-                                     json={"username": "bob", "resource_type": "experiment",
-                                           "resource_id": alice_run["experiment_id"], "permission": "MANAGE"}),
+        "delete the team's experiment": call(
+            team, "POST", f"{API}/experiments/delete", bob, json={"experiment_id": alice_run["experiment_id"]}
+        ),
+        "grant himself MANAGE": call(
+            team,
+            "POST",
+            "/api/3.0/mlflow/users/permissions/grant",
+            bob,
+            json={
+                "username": "bob",
+                "resource_type": "experiment",
+                "resource_id": alice_run["experiment_id"],
+                "permission": "MANAGE",
+            },
+        ),
         "create a user": call(team, "POST", f"{API}/users/create", bob, json={"username": "eve", "password": "x" * 16}),
     }
     # alice's own experiment: bob reads it, may not write to her run there
@@ -175,16 +196,26 @@ def test_what_bob_may_not_do_is_refused(team):
     scratch = mine.create_experiment(f"alice-scratch-{time.time_ns()}")
     scratch_run = mine.create_run(scratch).info.run_id
     refused["log to alice's run in her experiment"] = call(
-        team, "POST", f"{API}/runs/log-metric", bob,
-        json={"run_id": scratch_run, "key": "m", "value": 1, "timestamp": 0, "step": 0})
-    refused["create a run in alice's experiment"] = call(team, "POST", f"{API}/runs/create", bob,
-                                                         json={"experiment_id": scratch})
-    assert {what: r.status_code for what, r in refused.items()} == {what: 403 for what in refused}
+        team,
+        "POST",
+        f"{API}/runs/log-metric",
+        bob,
+        json={"run_id": scratch_run, "key": "m", "value": 1, "timestamp": 0, "step": 0},
+    )
+    refused["create a run in alice's experiment"] = call(
+        team, "POST", f"{API}/runs/create", bob, json={"experiment_id": scratch}
+    )
+    assert {what: r.status_code for what, r in refused.items()} == dict.fromkeys(refused, 403)
     assert call(team, "GET", f"{API}/runs/get", bob, params={"run_id": scratch_run}).status_code == 200
     # S3: bob's key reaches the DVC bucket only
     keys = team["users"]["bob"]
-    s3 = boto3.client("s3", endpoint_url=keys["TEAM_S3_ENDPOINT"], aws_access_key_id=keys["TEAM_S3_KEY_ID"],
-                      aws_secret_access_key=keys["TEAM_S3_SECRET"], region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=keys["TEAM_S3_ENDPOINT"],
+        aws_access_key_id=keys["TEAM_S3_KEY_ID"],
+        aws_secret_access_key=keys["TEAM_S3_SECRET"],
+        region_name="us-east-1",
+    )
     assert s3.list_objects_v2(Bucket=DVC_BUCKET)["KeyCount"] > 0
     with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
         s3.list_objects_v2(Bucket=ARTIFACT_BUCKET)
@@ -192,27 +223,48 @@ def test_what_bob_may_not_do_is_refused(team):
 
 def test_no_request_without_a_valid_login_gets_data(team):
     alice_run = json.loads((team["alice"] / "models" / "paddle" / "mlflow_run.json").read_text())
-    artifact = f"/api/2.0/mlflow-artifacts/artifacts/{alice_run['experiment_id']}/{alice_run['run_id']}" \
-               "/artifacts/config/params.yaml"
+    artifact = (
+        f"/api/2.0/mlflow-artifacts/artifacts/{alice_run['experiment_id']}/{alice_run['run_id']}"
+        "/artifacts/config/params.yaml"
+    )
     assert call(team, "GET", artifact, login(team, "bob")).status_code == 200
     for auth in (None, ("bob", "wrong-password"), ("mallory", "whatever-password")):
-        for method, path, kwargs in (("GET", f"{API}/experiments/search", {"params": {"max_results": 5}}),
-                                     ("GET", f"{API}/runs/get", {"params": {"run_id": alice_run["run_id"]}}),
-                                     ("GET", f"{API}/registered-models/search", {}),
-                                     ("GET", artifact, {}), ("GET", "/", {})):
+        for method, path, kwargs in (
+            ("GET", f"{API}/experiments/search", {"params": {"max_results": 5}}),
+            ("GET", f"{API}/runs/get", {"params": {"run_id": alice_run["run_id"]}}),
+            ("GET", f"{API}/registered-models/search", {}),
+            ("GET", artifact, {}),
+            ("GET", "/", {}),
+        ):
             response = call(team, method, path, auth, **kwargs)
             assert response.status_code == 401, (auth, path, response.status_code)
             assert alice_run["run_id"] not in response.text
     endpoint = team["users"]["bob"]["TEAM_S3_ENDPOINT"]
-    for s3 in (boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                            config=botocore.config.Config(signature_version=botocore.UNSIGNED)),
-               boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                            aws_access_key_id=team["users"]["bob"]["TEAM_S3_KEY_ID"], aws_secret_access_key="wrong")):
+    for s3 in (
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            config=botocore.config.Config(signature_version=botocore.UNSIGNED),
+        ),
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=team["users"]["bob"]["TEAM_S3_KEY_ID"],
+            aws_secret_access_key="wrong",
+        ),
+    ):
         with pytest.raises(botocore.exceptions.ClientError):
             s3.list_objects_v2(Bucket=DVC_BUCKET)
     # a stage with a wrong password stops before training, with one clear line
-    result = subprocess.run([sys.executable, "-m", "stages.train_paddle"], cwd=team["bob"], capture_output=True,
-                            text=True, env={**env(), **as_user(team, "bob"), "MLFLOW_TRACKING_PASSWORD": "wrong"})
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.train_paddle"],
+        cwd=team["bob"],
+        capture_output=True,
+        text=True,
+        env={**env(), **as_user(team, "bob"), "MLFLOW_TRACKING_PASSWORD": "wrong"},
+    )
     assert result.returncode != 0
     assert "refused the login of 'bob'" in result.stderr, result.stderr[-2000:]
 
@@ -225,6 +277,7 @@ def test_no_password_or_key_in_git_params_or_mlflow(team):
         if isinstance(value, dict):
             return [s for v in value.values() for s in strings(v)]
         return [value]
+
     # every secret (S3 key ids are not secret, but stay out too)
     needles = set(strings(secrets))
     assert len(needles) >= 10
@@ -254,12 +307,22 @@ def test_alice_and_bob_train_at_the_same_time_after_a_postgres_restart(team):
     assert servers.postgres_stop(pg)
     servers.postgres_start(pg, team["stack"].ports["postgres"], "unused: the cluster exists")
     dvc_bin = str(Path(sys.executable).parent / "dvc")
-    commands = {"alice": [dvc_bin, "repro", "-f", "-s", "train_paddle"],
-                "bob": [dvc_bin, "exp", "run", "-n", "bob-lr", "-S", "profile=smoke", "-S", "train_paddle.lr=0.0021"]}
+    commands = {
+        "alice": [dvc_bin, "repro", "-f", "-s", "train_paddle"],
+        "bob": [dvc_bin, "exp", "run", "-n", "bob-lr", "-S", "profile=smoke", "-S", "train_paddle.lr=0.0021"],
+    }
     started = time.perf_counter()
-    processes = {who: subprocess.Popen(command, cwd=team[who], env={**env(), **as_user(team, who)},
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for who, command in commands.items()}
+    processes = {
+        who: subprocess.Popen(
+            command,
+            cwd=team[who],
+            env={**env(), **as_user(team, who)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for who, command in commands.items()
+    }
     runs = {}
     for who, process in processes.items():
         out, _ = process.communicate(timeout=900)
@@ -297,8 +360,9 @@ def test_mlflow_restarted_while_a_training_stage_runs(team):
     stack, bob = team["stack"], team["bob"]
     cmd = [sys.executable, "-m", "stages.train_paddle", "train_paddle.epochs=6"]
     before = json.loads((bob / "models" / "paddle" / "mlflow_run.json").read_text())["run_id"]
-    process = subprocess.Popen(cmd, cwd=bob, env={**env(), **as_user(team, "bob")}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        cmd, cwd=bob, env={**env(), **as_user(team, "bob")}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     mlflow = client(team, "bob")
     experiment = mlflow.get_experiment_by_name("doveseg").experiment_id
     deadline = time.monotonic() + 300
