@@ -60,10 +60,11 @@ from stages.models.onnx_model import (
     input_shape,
     opset_of,
 )
-from stages.models.paddleseg_model import can_rebuild, save_static
+from stages.models.paddleseg_model import architecture_label, can_rebuild, save_static
 from stages.prediction.masks import predict_masks
 from stages.prediction.photo_segmenter import DEPLOY_FILES, pyfunc_arguments
-from stages.training.tracking import finished_run_client, registered_model_name
+from stages.tracking.registry import label_serving_version, read_registered_version, registered_model_name
+from stages.tracking.runs import finished_run_client
 
 ONNX_MODEL_NAME = "onnx_model"  # beside the trainers' paddle_model / paddleseg_model in the training run
 SERVING_MODEL_NAME = "photo_segmenter"  # the served model (photos in, masks out), in the same run
@@ -173,7 +174,7 @@ def export_model(cfg, name: str, model_dir: Path, photos, client, training_run) 
         # MLflow gets everything before the outputs go live: a logging failure leaves no new outputs.
         log_to_training_run(client, training_run, tmp / ONNX_NAME if has_onnx else None, meta, metrics)
         if has_onnx:  # a model only Paddle Inference can run has nothing to serve on onnxruntime
-            metrics["serving_model"] = log_serving_model(cfg, client, training_run, tmp, meta)
+            metrics["serving_model"] = log_serving_model(cfg, client, training_run, tmp, meta, name, model_dir)
     write_json_atomic(Path(cfg.paths.metrics_dir) / f"export_{name}.json", metrics)
     return metrics
 
@@ -320,9 +321,10 @@ def log_to_training_run(client, training_run, onnx_path: Path | None, meta, metr
     )
 
 
-def log_serving_model(cfg, client, training_run, deploy_dir: Path, meta) -> dict:
+def log_serving_model(cfg, client, training_run, deploy_dir: Path, meta, model: str, model_dir: Path) -> dict:
     """The photo segmenter on ``deploy_dir``'s ONNX model, logged to the finished training run and registered
-    as a new version of mlflow.registered_models.serving. Returns its name, version and models:/ URI."""
+    as a new version of mlflow.registered_models.serving, labelled with the trainer's model and version it
+    serves. Returns its name, version and models:/ URI."""
     import mlflow.pyfunc
     from mlflow.models import Model
 
@@ -345,6 +347,11 @@ def log_serving_model(cfg, client, training_run, deploy_dir: Path, meta) -> dict
                 **pyfunc_arguments(bundle, meta, int(cfg.export.serving.max_image_pixels)),
             )
     version = str(info.registered_model_version)
+    try:
+        trained_as = "/".join(read_registered_version(trainer_output_paths(cfg, model)["run_id_file"]))
+    except StageError:  # a training run that registered no version (made outside the trainers)
+        trained_as = "unregistered"
+    label_serving_version(client, name, version, model, architecture_label(model_dir), trained_as)
     return {"name": name, "version": version, "uri": f"models:/{name}/{version}"}
 
 

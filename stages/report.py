@@ -28,7 +28,9 @@ import hashlib
 import html
 import json
 import math
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,22 +38,23 @@ import numpy as np
 
 from stages.common.config import StageError, stage_main
 from stages.common.outputs import atomic_dir, write_json_atomic, write_text_atomic
+from stages.data.dvc_hash import is_committed
 from stages.data.images import read_label_png, read_rgb
 from stages.data.split_lists import Sample, read_split, split_file
 from stages.evaluation import figures
 from stages.prediction.files import CLASS_ID_DIR, METRICS_NAME
-from stages.training.summary import STEP_COLUMNS
-from stages.training.tracking import (
+from stages.tracking.registry import (
+    CHAMPION,
     TEST_SET_TAG,
-    FinishedRun,
-    crown_champion,
-    crown_serving_champion,
-    ensure_reachable,
-    read_registered_version,
-    read_run_id,
+    Crowning,
+    crown,
+    registered_model_name,
+    retire_old_aliases,
     serving_model_uri,
-    tracking_uri,
 )
+from stages.tracking.runs import FinishedRun, read_run_id
+from stages.tracking.store import client as store_client
+from stages.training.summary import STEP_COLUMNS
 
 FIGURES_DIR = "figures"
 RUN_ID_FILE = "mlflow_run.json"
@@ -99,43 +102,35 @@ def run(cfg) -> dict:
     names = list(cfg.predict.models)
     if not names:
         raise StageError("predict.models is empty: there is nothing to report")
+    serving_name = registered_model_name(cfg, "serving")
     samples = read_split(cfg, "test")
     results = load_results(cfg, names, samples)
-    ensure_reachable(tracking_uri(cfg), float(cfg.mlflow.connect_timeout_s))
-    registered = {result.name: read_registered_version(result.run_id_file) for result in results}
-    served = serving_uris(cfg, results)
+    client = store_client(cfg)
+    served = {r.name: serving_model_uri(client, serving_name, read_run_id(r.run_id_file)) for r in results}
 
     with atomic_dir(cfg.paths.reports_dir) as out:
-        drawn = draw_figures(cfg, results, samples, out / FIGURES_DIR)
-        metrics = {result.name: {"test": dvc_metrics(result.scored), **served[result.name]} for result in results}
-        write_json_atomic(out / "metrics.json", metrics)
-        blocks = document(cfg, results, samples, drawn)
-        write_text_atomic(out / "report.md", to_markdown(blocks))
-        write_text_atomic(out / "index.html", to_html(blocks, out, str(cfg.report.title)))
         # Inside atomic_dir: if MLflow refuses, no half-reported reports/ is left behind.
         scored_on = test_set_id(samples)
         for result in results:
-            log_to_mlflow(cfg, result, out, scored_on)
-        champion = crown_champion(cfg, sorted({name for name, _ in registered.values()}), scored_on)
-        serving = crown_serving_champion(cfg, champion[2]) if champion else None
+            log_scores(cfg, result, scored_on)
+        crowning = crown_champion(cfg, client, serving_name, results, scored_on)
+        champion = champion_entry(client, serving_name, crowning)
+        drawn = draw_figures(cfg, results, samples, out / FIGURES_DIR)
+        metrics = {r.name: {"test": dvc_metrics(r.scored), "serving_model_uri": served[r.name]} for r in results}
+        write_json_atomic(out / "metrics.json", {**metrics, "champion": champion})
+        blocks = document(cfg, results, samples, drawn)
+        write_text_atomic(out / "report.md", to_markdown(blocks))
+        write_text_atomic(out / "index.html", to_html(blocks, out, str(cfg.report.title)))
+        for result in results:
+            log_report(cfg, result, out)
     return {
         "reports_dir": str(cfg.paths.reports_dir),
         "models": {name: {"mIoU": m["test"]["mIoU"], "acc": m["test"]["acc"]} for name, m in metrics.items()},
         "figures": sorted(path.name for path in drawn.values() if path is not None),
         "worst_samples": [stem for stem, _ in worst_samples(results, int(cfg.report.worst_samples))],
-        "champion": champion_summary(cfg, champion),
-        "serving_champion": serving,
+        "champion": champion,
+        "champion_note": crowning.note,
     }
-
-
-def serving_uris(cfg, results: list[ModelResult]) -> dict[str, dict]:
-    """Each model's version of the served model (the export stage's, from its training run), as
-    {"serving_model_uri": "models:/<name>/<version>"}; {} for a model whose run logged none."""
-    found = {}
-    for result in results:
-        uri = serving_model_uri(cfg, read_run_id(result.run_id_file))
-        found[result.name] = {"serving_model_uri": uri} if uri else {}
-    return found
 
 
 def test_set_id(samples: list[Sample]) -> str:
@@ -147,14 +142,48 @@ def test_set_id(samples: list[Sample]) -> str:
     return digest.hexdigest()[:12]
 
 
-def champion_summary(cfg, champion: tuple[str, str, str] | None) -> dict | None:
-    """{model, registered_model, version, run_id} of the champion, ``model`` as in predict.models (None when
-    the champion is a registered model this config does not name)."""
+def crown_champion(cfg, client, serving_name: str, results: list[ModelResult], scored_on: str) -> Crowning:
+    """The served model's alias moved to the best version on the contest's test set (stages.tracking.registry),
+    among every version of every model, whatever predict.models this run scored. A workspace report decides
+    the contest; an experiment's report (DVC_EXP_NAME set) competes in it. Says what happened."""
+    workspace = not os.environ.get("DVC_EXP_NAME", "").strip()
+    committed = is_committed(cfg.data.processed_dir, cfg.data.splits_dir)
+    crowning = crown(client, serving_name, scored_on, workspace, committed)
+    trainers = [
+        registered_model_name(cfg, model) for model in ("paddle", "paddleseg") if model in cfg.mlflow.registered_models
+    ]
+    retire_old_aliases(client, trainers)
+    if crowning.note:
+        print(f"report: {crowning.note}", file=sys.stderr, flush=True)
+    unserved = [r.name for r in results if not serving_model_uri(client, serving_name, read_run_id(r.run_id_file))]
+    for name in unserved:
+        print(
+            f"report: model {name!r} has no version of {serving_name} (export made no ONNX model): it does not "
+            "compete for the champion",
+            file=sys.stderr,
+            flush=True,
+        )
+    return crowning
+
+
+def champion_entry(client, serving_name: str, crowning: Crowning) -> dict | None:
+    """reports/metrics.json's "champion": which model, its versions and score (None when nothing competes)."""
+    champion = crowning.champion
     if champion is None:
         return None
-    name, version, run_id = champion
-    models = {str(registered): model for model, registered in (cfg.mlflow.get("registered_models") or {}).items()}
-    return {"model": models.get(name), "registered_model": name, "version": version, "run_id": run_id}
+    return {
+        "model": champion.tags.get("model"),
+        "architecture": champion.tags.get("architecture"),
+        "registered_model": serving_name,
+        "version": champion.version,
+        "uri": f"models:/{serving_name}@{CHAMPION}",
+        "version_uri": f"models:/{serving_name}/{champion.version}",
+        "training_model": champion.tags.get("training_model"),
+        "run_id": champion.run_id,
+        "test_mIoU": champion.miou,
+        "test_set": crowning.contest,
+        "moved": crowning.moved,
+    }
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -271,11 +300,16 @@ def metric_safe(name: str) -> str:
     return re.sub(r"[^\w\-. :/]", "_", name)
 
 
-def log_to_mlflow(cfg, result: ModelResult, out: Path, scored_on: str) -> None:
-    """Test metrics and the report added to the training run, whose duration stays the training's."""
+def log_scores(cfg, result: ModelResult, scored_on: str) -> None:
+    """Test metrics, and the test set they were measured on, added to the training run (whose duration
+    stays the training's)."""
     run = FinishedRun(cfg, result.run_id_file)
     run.log_metrics(mlflow_metrics(result.scored))
     run.set_tag(TEST_SET_TAG, scored_on)
+
+
+def log_report(cfg, result: ModelResult, out: Path) -> None:
+    run = FinishedRun(cfg, result.run_id_file)
     run.log_artifacts(out / FIGURES_DIR, "report/figures")
     for name in ("report.md", "index.html", "metrics.json"):
         run.log_artifact(out / name, "report")

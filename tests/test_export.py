@@ -20,7 +20,7 @@ from stages.data.split_lists import read_split
 from stages.models.inference_model import ModelMeta, Predictor, preprocess, read_meta
 from stages.models.inference_model import export as export_inference_model
 from stages.models.onnx_model import ConversionError, OnnxPredictor, convert
-from stages.training.tracking import read_run_id, training_run
+from stages.tracking.runs import read_run_id, training_run
 
 from tiny_pipeline import CLASS_NAMES, export_model, make_cfg, make_dataset, trained_models
 
