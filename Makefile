@@ -26,9 +26,9 @@ setup: $(BIN)/.installed
 setup-dev: $(BIN)/.installed-dev
 setup-team: $(BIN)/.installed-team
 
-demo: setup            ## run the whole pipeline on the bundled demo doves
-	dvc repro
-	dvc metrics show
+demo: setup            ## run the whole pipeline on the bundled demo doves, then say what came out
+	DOVESEG_QUIET_SUMMARY=1 dvc repro
+	python -m stages.reporting.summary
 
 test: setup-dev lint   ## lint, then every test, slow ones included (what CI runs)
 	pytest -m "slow or not slow"

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 # Subpackages, lowest layer first: each may import only those before it (the order in stages/__init__.py).
-LAYERS = ("common", "data", "labelme", "evaluation", "models", "prediction", "tracking", "training")
+LAYERS = ("common", "data", "labelme", "evaluation", "models", "prediction", "tracking", "training", "reporting")
 TOOLS = (
     "demo_data",
     "team_stack",

@@ -26,6 +26,7 @@ from model_server import masks, model_server, photos_request, post, serve_comman
 pytestmark = pytest.mark.slow
 TRAINERS = ("train_paddle", "train_paddleseg")
 MODELS = ("paddle", "paddleseg")
+REPRO = {}  # the smoke repro's output
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,7 @@ def team_repo(tmp_path_factory):
         )
         assert result.returncode == 0, f"dvc repro failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}"
         print(f"smoke dvc repro: {time.perf_counter() - started:.1f} s")
+        REPRO["stdout"] = result.stdout
         git(repo, "add", "-A")  # dvc.lock and the git-tracked metrics, plots and reports/metrics.json
         git(repo, "commit", "-qm", "dvc repro")
         yield repo, uri
@@ -63,6 +65,23 @@ def test_after_repro_status_is_clean_and_metrics_list_both_models(team_repo):
     report = json.loads((repo / "reports" / "metrics.json").read_text())
     for model in MODELS:
         assert 0 <= report[model]["test"]["mIoU"] <= 1
+
+
+def test_dvc_repro_ends_with_the_summary(team_repo):
+    """The last thing `dvc repro` prints (report's last lines): each model's test mIoU, the champion and its
+    served model, where the report is, and what to run next."""
+    repo, _ = team_repo
+    report = json.loads((repo / "reports" / "metrics.json").read_text())
+    tail = REPRO["stdout"].rstrip().splitlines()[-9:]
+    text = "\n".join(tail)
+    assert tail[0] == "doveseg: test mIoU on the test split", text
+    for model in MODELS:
+        assert f"{report[model]['test']['mIoU']:.3f}" in text
+    champion = report["champion"]
+    assert f"champion: {champion['model']} ({champion['architecture']})" in text
+    assert f"served model models:/doveseg-segmenter@champion = version {champion['version']}" in text
+    assert "report: reports/index.html" in text and "make mlflow-ui" in text
+    assert tail[-1].endswith('mlflow models serve -m "models:/doveseg-segmenter@champion" --env-manager local -p 5001')
 
 
 def test_mlflow_server_holds_both_training_runs_with_the_same_metric_names(team_repo):

@@ -17,6 +17,7 @@ from stages.common.config import StageError
 from stages.data.split_lists import split_file
 from stages.evaluation.figures import curve_panels
 from stages.models.inference_model import read_meta
+from stages.reporting import document, results
 from stages.tracking.registry import CHAMPION, read_registered_version, registered_model_name
 from stages.tracking.runs import finished_run_client, read_run_id, training_run
 from stages.training.summary import STEP_COLUMNS
@@ -206,8 +207,8 @@ def test_the_champion_is_the_served_version_of_the_better_model_and_metrics_json
         "run_id": run_ids[winner],
         "test_mIoU": pytest.approx(test_miou[winner]),
         "test_set": client.get_run(run_ids[winner]).data.tags["test_set"],
-        "moved": True,
     }
+    assert result["champion_moved"]
     assert metrics[winner]["serving_model_uri"] == champion["version_uri"]
     assert metrics[loser]["serving_model_uri"].startswith(f"models:/{serving}/")
     assert metrics[loser]["serving_model_uri"] != champion["version_uri"]
@@ -240,14 +241,14 @@ def test_an_experiment_scoring_only_the_other_model_leaves_the_one_champion_wher
     monkeypatch.setenv("DVC_EXP_NAME", "seg-only")
     again = report.run(make_cfg(*overrides, f"predict.models=[{loser}]", f"paths.reports_dir={tmp_path / 'reports'}"))
     assert all_champions(client) == before and len(before) == 1
-    assert again["champion"]["version"] == result["champion"]["version"] and not again["champion"]["moved"]
+    assert again["champion"]["version"] == result["champion"]["version"] and not again["champion_moved"]
     assert f"its training run {gone.info.run_id} is gone; skipped" in capsys.readouterr().err
 
 
 def test_training_curves_draw_metrics_only(pipeline):
     overrides, _ = pipeline
     cfg = make_cfg(*overrides)
-    curves = {name: report.read_curves(Path(cfg.paths.plots_dir) / f"train_{name}.csv") for name in MODELS}
+    curves = {name: results.read_curves(Path(cfg.paths.plots_dir) / f"train_{name}.csv") for name in MODELS}
     assert all(set(STEP_COLUMNS) <= set(table) for table in curves.values())  # the CSVs have both step columns
     assert curve_panels(curves, "epoch", STEP_COLUMNS) == ["train_loss", "val_mIoU", "val_acc"]
 
@@ -321,12 +322,12 @@ def test_per_class_table_sets_apart_the_classes_never_seen_in_training(tmp_path)
         "recall": [0.99, 0.6, None, 0.0, None],
     }
     test = {key: dict(zip(names, values)) for key, values in per_class.items()}
-    results = [
-        report.ModelResult(name, name, tmp_path, {"class_names": names, "test": test}, {}, {}, tmp_path)
+    models = [
+        results.ModelResult(name, name, tmp_path, {"class_names": names, "test": test}, {}, {}, tmp_path, "")
         for name in MODELS
     ]
     cfg = make_cfg(f"data.splits_dir={tmp_path}")
-    blocks = report.per_class_blocks(cfg, results)
+    blocks = document.per_class_blocks(cfg, models)
     [(_, header, rows)] = [block for block in blocks if block[0] == "table"]
     assert header == [
         "class",
