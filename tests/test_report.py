@@ -12,12 +12,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from paddle.static import InputSpec
 
-from stages import export, predict, report
+from stages import predict, report
 from stages.common.config import StageError
 from stages.data.split_lists import split_file
 from stages.evaluation.figures import curve_panels
 from stages.models.inference_model import read_meta
 from stages.reporting import document, results
+from stages.tracking.logged_models import log_serving_model
 from stages.tracking.registry import CHAMPION, read_registered_version, registered_model_name
 from stages.tracking.runs import finished_run_client, read_run_id, training_run
 from stages.training.summary import STEP_COLUMNS
@@ -57,7 +58,7 @@ def pipeline(tmp_path_factory, mlflow_store):
             # and the served model, as the export stage logs it
             client, run = finished_run_client(cfg, root / "models" / name / "mlflow_run.json")
             deploy_dir = root / "exports" / name
-            export.log_serving_model(cfg, client, run, deploy_dir, read_meta(deploy_dir), name, root / "models" / name)
+            log_serving_model(cfg, client, run, deploy_dir, read_meta(deploy_dir), name, root / "models" / name)
         yield overrides, report.run(cfg)
 
 
