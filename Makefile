@@ -48,7 +48,7 @@ bench: setup           ## speed benchmarks (print figures and ratios; not tests)
 	python bench/real_photos.py
 
 mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000, in the Model training view
-	@python -c "from stages.common.config import load_params; from stages.training.tracking import experiment_page; \
+	@python -c "from stages.common.config import load_params; from stages.tracking.runs import experiment_page; \
 	print('Open', experiment_page(load_params(['mlflow.tracking_uri=sqlite:///mlflow.db']), 'http://127.0.0.1:5000'))"
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
