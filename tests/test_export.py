@@ -367,7 +367,9 @@ def test_a_static_conversion_that_disagrees_with_paddle_falls_back_to_paddle(tmp
     pooled_model(tmp_path / "models" / "paddleseg", paddleseg_config=True)
     with training_run(cfg, "train_paddleseg", tmp_path / "models" / "paddleseg" / "mlflow_run.json"):
         pass
-    monkeypatch.setattr(onnx_conversion, "convert", corrupting(convert))  # the dynamic attempt aborts, the static one is wrong
+    monkeypatch.setattr(
+        onnx_conversion, "convert", corrupting(convert)
+    )  # the dynamic attempt aborts, the static one is wrong
     metrics = export.run(cfg)["models"]["paddleseg"]
     assert metrics["onnx_conversion"] is None and metrics["check_passed"] is None
     assert (
