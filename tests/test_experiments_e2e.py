@@ -186,40 +186,6 @@ def test_each_experiment_registers_its_own_version_and_the_champion_is_the_best(
     assert name == registered["serving"] and version in best_served(client, name)
 
 
-def test_experiments_scoring_one_model_or_other_splits_cannot_move_the_champion(swept):
-    """Two experiments the champion rule forbids to crown: one scoring only the PaddleSeg model (today's code
-    crowned among the scored models only: two champions, the worse one served) and one on other splits (today
-    it took the champion whatever its score). `--temp`: each runs in DVC's copy, the workspace stays."""
-    repo, _ = swept
-    client, _ = store_runs(repo)
-    serving = yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["registered_models"]["serving"]
-    before = one_champion(client)
-    dvc(
-        repo,
-        "exp",
-        "run",
-        "--temp",
-        "-n",
-        "seg-only",
-        "-S",
-        "predict.models=[paddleseg]",
-        extra_env=no_tracking_override(),
-    )
-    assert one_champion(client) == before and before[1] in best_served(client, serving)
-    started = time.perf_counter()
-    ran = dvc(
-        repo, "exp", "run", "--temp", "-n", "seed-7", "-S", "build_splits.seed=7", extra_env=no_tracking_override()
-    )
-    print(f"seed-7 experiment: {time.perf_counter() - started:.0f} s")
-    assert "recorded, the champion does not move" in ran.stdout + ran.stderr
-    assert one_champion(client) == before
-    seed_runs = client.search_runs(
-        [client.get_experiment_by_name("doveseg").experiment_id], "tags.dvc_exp_name = 'seed-7'"
-    )
-    contest = client.get_registered_model(serving).tags["champion_test_set"]
-    assert seed_runs and all(run.data.tags["test_set"] != contest for run in seed_runs)
-
-
 def test_the_queue_leaves_no_worker_behind(swept):
     repo, _ = swept
     dvc(repo, "queue", "stop")
@@ -259,3 +225,37 @@ def test_a_named_workspace_experiment_and_metrics_diff_as_the_docs_show_them(swe
     assert float(runs["lr-2e-3"].data.params["train_paddle.lr"]) == 0.002
     diff = dvc(repo, "metrics", "diff").stdout
     assert "metrics/train_paddle.json" in diff, diff  # the workspace's new training against HEAD
+
+
+def test_experiments_scoring_one_model_or_other_splits_cannot_move_the_champion(swept):
+    """Two experiments the champion rule forbids to crown: one scoring only the PaddleSeg model (today's code
+    crowned among the scored models only: two champions, the worse one served) and one on other splits (today
+    it took the champion whatever its score). `--temp`: each runs in DVC's copy, the workspace stays."""
+    repo, _ = swept
+    client, _ = store_runs(repo)
+    serving = yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["registered_models"]["serving"]
+    before = one_champion(client)
+    dvc(
+        repo,
+        "exp",
+        "run",
+        "--temp",
+        "-n",
+        "seg-only",
+        "-S",
+        "predict.models=[paddleseg]",
+        extra_env=no_tracking_override(),
+    )
+    assert one_champion(client) == before and before[1] in best_served(client, serving)
+    started = time.perf_counter()
+    ran = dvc(
+        repo, "exp", "run", "--temp", "-n", "seed-7", "-S", "build_splits.seed=7", extra_env=no_tracking_override()
+    )
+    print(f"seed-7 experiment: {time.perf_counter() - started:.0f} s")
+    assert "recorded, the champion does not move" in ran.stdout + ran.stderr
+    assert one_champion(client) == before
+    seed_runs = client.search_runs(
+        [client.get_experiment_by_name("doveseg").experiment_id], "tags.dvc_exp_name = 'seed-7'"
+    )
+    contest = client.get_registered_model(serving).tags["champion_test_set"]
+    assert seed_runs and all(run.data.tags["test_set"] != contest for run in seed_runs)
