@@ -62,7 +62,7 @@ from stages.models.onnx_model import (
 )
 from stages.models.paddleseg_model import can_rebuild, save_static
 from stages.prediction.masks import predict_masks
-from stages.prediction.photo_segmenter import DEPLOY_FILES, pyfunc_arguments
+from stages.prediction.photo_segmenter import DEPLOY_FILES, ServingLimits, limits_problem, pyfunc_arguments
 from stages.training.tracking import finished_run_client, registered_model_name
 
 ONNX_MODEL_NAME = "onnx_model"  # beside the trainers' paddle_model / paddleseg_model in the training run
@@ -107,8 +107,8 @@ def check_params(params) -> None:
         raise StageError(f"export.check.max_logit_diff must be > 0, got {params.check.max_logit_diff}")
     if not 0 < float(params.check.min_mask_agreement) <= 1:
         raise StageError(f"export.check.min_mask_agreement must be in (0, 1], got {params.check.min_mask_agreement}")
-    if int(params.serving.max_image_pixels) < 1:
-        raise StageError(f"export.serving.max_image_pixels must be >= 1, got {params.serving.max_image_pixels}")
+    if problem := limits_problem(params.serving):
+        raise StageError(problem)
 
 
 def check_photos(cfg, count: int) -> list[tuple[str, np.ndarray]]:
@@ -342,7 +342,7 @@ def log_serving_model(cfg, client, training_run, deploy_dir: Path, meta) -> dict
                 run_id=run_id,
                 model_id=logged.model_id,
                 registered_model_name=name,
-                **pyfunc_arguments(bundle, meta, int(cfg.export.serving.max_image_pixels)),
+                **pyfunc_arguments(bundle, meta, ServingLimits.from_params(cfg.export.serving)),
             )
     version = str(info.registered_model_version)
     return {"name": name, "version": version, "uri": f"models:/{name}/{version}"}
