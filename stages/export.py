@@ -41,6 +41,7 @@ from stages.models.inference_model import DEPLOY_NAME, META_NAME, deploy_config,
 from stages.models.onnx_conversion import convert_to_onnx, record_onnx
 from stages.models.onnx_model import MAX_OPSET, MIN_OPSET, ONNX_NAME
 from stages.prediction.engine_check import check_onnx, disagreements
+from stages.prediction.photo_segmenter import limits_problem
 from stages.tracking.logged_models import log_serving_model, log_to_training_run
 from stages.tracking.registry import registered_model_name
 from stages.tracking.runs import finished_run_client
@@ -84,8 +85,8 @@ def check_params(params) -> None:
         raise StageError(f"export.check.max_logit_diff must be > 0, got {params.check.max_logit_diff}")
     if not 0 < float(params.check.min_mask_agreement) <= 1:
         raise StageError(f"export.check.min_mask_agreement must be in (0, 1], got {params.check.min_mask_agreement}")
-    if int(params.serving.max_image_pixels) < 1:
-        raise StageError(f"export.serving.max_image_pixels must be >= 1, got {params.serving.max_image_pixels}")
+    if problem := limits_problem(params.serving):
+        raise StageError(problem)
 
 
 def check_photos(cfg, count: int) -> list[tuple[str, np.ndarray]]:

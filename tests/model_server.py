@@ -40,6 +40,15 @@ def model_server(
 ) -> Iterator[str]:
     """Run ``command`` (a shell line that serves a model on ``port``) in ``cwd``; yield its URL once /ping
     answers. The server and its workers are stopped at the end (their own process group)."""
+    with server_process(command, port, cwd, env, log, timeout_s) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(
+    command: str, port: int, cwd: Path, env: dict[str, str], log: Path, timeout_s: float = 180
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """model_server's (URL, the shell process at the root of the server's process tree)."""
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as output:
         process = subprocess.Popen(
@@ -47,7 +56,7 @@ def model_server(
         )
         try:
             wait_until_answering(url + "/ping", process, timeout_s, f"`{command}`", log)
-            yield url
+            yield url, process
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -63,15 +72,20 @@ def photos_request(photos: list[bytes]) -> dict:
 
 
 def post(url: str, body: dict, timeout_s: float = 120) -> tuple[int, dict]:
-    """(HTTP status, JSON answer) of a POST to the server's /invocations."""
+    """(HTTP status, JSON answer) of a POST to the server's /invocations; an answer that is not JSON (MLflow's
+    504 on a request over its time limit) as {"text": ...}."""
     request = urllib.request.Request(
         url + "/invocations", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, json.loads(response.read())
+            status, text = response.status, response.read()
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+        status, text = err.code, err.read()
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, {"text": text.decode(errors="replace")}
 
 
 def masks(answer: dict) -> list[bytes]:

@@ -1,7 +1,9 @@
 """The served model in-process: photo files in, predict's class-id PNGs out; bad photos refused by row; no Paddle.
 
 The model is saved with mlflow.pyfunc.save_model from a tiny exported model (tests/tiny_pipeline.py), as the
-export stage logs it; tests/test_serve.py serves it with `mlflow models serve` from a registry.
+export stage logs it, with params.yaml's limits (export.serving); tests/test_serve.py serves it with `mlflow
+models serve` from a registry. A request over a limit is refused before any photo is decoded: each such request
+here also holds a photo that would fail as soon as it was read (not an image) or decoded (a truncated JPEG).
 """
 
 import io
@@ -21,13 +23,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 from PIL import Image
 
-from stages import predict
+from stages import export, predict
+from stages.common.config import StageError
 from stages.models.inference_model import read_meta
-from stages.prediction.photo_segmenter import DEPLOY_FILES, pyfunc_arguments
+from stages.prediction.photo_segmenter import DEPLOY_FILES, LIMIT_NAMES, ServingLimits, pyfunc_arguments
 
 from tiny_pipeline import export_both_models, load_served_model, make_cfg, make_dataset, write_photos
 
-MAX_PIXELS = 50_000_000  # export.serving.max_image_pixels
+LIMITS = ServingLimits.from_params(make_cfg().export.serving)  # params.yaml's
 
 
 def blank_png(width: int, height: int) -> bytes:
@@ -50,7 +53,7 @@ def saved(tmp_path_factory):
     bundle.mkdir()
     for file in DEPLOY_FILES:
         shutil.copyfile(root / "exports" / "paddleseg" / file, bundle / file)
-    mlflow.pyfunc.save_model(str(root / "model"), **pyfunc_arguments(bundle, read_meta(bundle), MAX_PIXELS))
+    mlflow.pyfunc.save_model(str(root / "model"), **pyfunc_arguments(bundle, read_meta(bundle), LIMITS))
     return root / "model", photos, root / "out" / "paddleseg" / "class_id"
 
 
@@ -86,7 +89,7 @@ def test_bad_photos_are_refused_by_row_before_any_is_decoded_and_the_model_keeps
     assert caught.value.get_http_status_code() == 400
     message = caught.value.message
     assert message.startswith("cannot segment 4 of 5 photo(s): row 0: empty: 0 bytes; row 1: not an image file")
-    assert "row 2: too large: 10000 x 6000 = 60,000,000 pixels; the limit is 50,000,000 pixels" in message
+    assert "row 2: too large: 10000 x 6000 = 60,000,000 pixels; the limit is 40,000,000 pixels" in message
     # Pillow's own bound refuses it first, unless something in the process lifted Pillow's global limit
     assert re.search(
         r"row 3: too large: (Pillow refuses it as a decompression bomb \(Image size \(200000000 pixels\)"
@@ -131,3 +134,79 @@ print(json.dumps({{"masks": len(answer), "stages": stages.__file__,
     assert found["masks"] == 1
     assert found["paddle"] == []
     assert Path(found["stages"]).is_relative_to(model_dir / "code")
+
+
+def truncated_jpeg(width: int, height: int) -> bytes:
+    """A JPEG whose header is whole and whose data stops halfway: it opens, then fails to decode."""
+    buffer = io.BytesIO()
+    Image.effect_noise((width, height), 60).convert("RGB").save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()[: buffer.tell() // 2]
+
+
+def refusal(model, photos: list) -> str:
+    """The message of the 400 (INVALID_PARAMETER_VALUE) the model answers ``photos`` with."""
+    with pytest.raises(MlflowException) as caught:
+        model.predict(pd.DataFrame({"image": photos}))
+    assert caught.value.get_http_status_code() == 400
+    assert caught.value.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE)
+    return caught.value.message
+
+
+def test_the_limits_are_params_yamls_and_travel_with_the_model(saved):
+    model_dir, _, _ = saved
+    metadata = load_served_model(str(model_dir)).metadata.metadata
+    assert {name: metadata[name] for name in LIMIT_NAMES} == {
+        "max_image_pixels": 40_000_000,
+        "max_rows": 16,
+        "max_request_bytes": 32_000_000,
+        "max_request_pixels": 40_000_000,
+    }
+    assert ServingLimits(**{name: metadata[name] for name in LIMIT_NAMES}) == LIMITS
+
+
+def test_requests_over_a_limit_are_refused_naming_it_before_any_photo_is_decoded(saved):
+    model_dir, photos, predicted = saved
+    model = load_served_model(str(model_dir))
+    good, junk = photos[0].read_bytes(), b"this is not a photo"
+    # rows and bytes: judged before any header is read (the junk row is not named)
+    assert refusal(model, [good] * 16 + [junk]) == "request over max_rows: 17 photos; the limit is 16 photos a request"
+    message = refusal(model, [junk, good, b"x" * (32_000_001 - len(good) - len(junk))])
+    assert message == (
+        "request over max_request_bytes: 32,000,001 bytes of photo files; the limit is 32,000,000 bytes a request"
+    )
+    # pixels: from the headers (each photo within max_image_pixels), before any is decoded
+    message = refusal(model, [truncated_jpeg(2000, 1000), blank_png(6000, 6500)])
+    assert message == (
+        "request over max_request_pixels: 41,000,000 pixels in 2 photos; the limit is 40,000,000 pixels a request"
+    )
+    # at the limits: served
+    answer = model.predict(pd.DataFrame({"image": [good] * 16}))
+    expected = np.asarray(Image.open(predicted / f"{photos[0].stem}.png"))
+    assert len(answer) == 16
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(answer["mask"][15]))), expected)
+
+
+def test_exports_check_refuses_a_bad_limit_in_one_line():
+    params = make_cfg().export
+    bad = {0: "must be >= 1, got 0", -5: "must be >= 1, got -5", "abc": "must be a whole number >= 1, got 'abc'"}
+    bad.update({1.5: "must be a whole number >= 1, got 1.5", None: "is not set: give it a whole number >= 1"})
+    for name in LIMIT_NAMES:
+        for value, problem in bad.items():
+            wrong = params.copy()
+            wrong.serving[name] = value
+            with pytest.raises(StageError) as caught:
+                export.check_params(wrong)
+            assert str(caught.value).startswith(f"export.serving.{name} {problem}")
+            assert "\n" not in str(caught.value)
+        export.check_params(params)  # the copies left it whole
+
+
+def test_a_version_logged_before_the_request_limits_still_loads_with_its_photo_limit():
+    import pickle
+
+    from stages.prediction.photo_segmenter import PhotoSegmenter
+
+    old = PhotoSegmenter.__new__(PhotoSegmenter)
+    old.__dict__.update({"max_image_pixels": 1234, "_predictor": None})  # what an older export pickled
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.limits.max_image_pixels == 1234 and loaded.limits.max_rows > 10**9

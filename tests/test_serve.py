@@ -3,8 +3,9 @@
 in-process.
 
 The project here is tiny (tests/tiny_pipeline.py: a random DoveNet and a red-box detector as the UNet, exported
-and logged for real by the export stage); tests/test_pipeline_e2e.py serves a smoke-trained champion the same
-way. README's commands run with only the port changed (5001 may be taken on a shared machine).
+and logged for real by the export stage, with small request limits, SERVING_LIMITS, which the served model
+enforces); tests/test_pipeline_e2e.py serves a smoke-trained champion the same way. README's commands run with
+only the port changed (5001 may be taken on a shared machine).
 """
 
 import io
@@ -30,6 +31,8 @@ from tiny_pipeline import load_served_model, make_cfg, make_dataset, trained_mod
 
 pytestmark = pytest.mark.slow
 README_PORT = "5001"
+# export.serving for this project: the served model must enforce what it was exported with, not params.yaml's.
+SERVING_LIMITS = {"max_rows": 4, "max_request_bytes": 100_000, "max_request_pixels": 1_000_000}
 
 
 def readme_blocks() -> list[tuple[str, str]]:
@@ -59,7 +62,7 @@ def served(tmp_path_factory):
             f"mlflow.artifact_location={root / 'mlruns'}",
             "predict.models=[paddleseg]",
         ]
-        cfg = make_cfg(*overrides)
+        cfg = make_cfg(*overrides, *(f"export.serving.{name}={value}" for name, value in SERVING_LIMITS.items()))
         trained_models(root, cfg)
         export.run(cfg)
         serving = MlflowClient(str(cfg.mlflow.tracking_uri))  # the UNet made champion, as report would
@@ -142,12 +145,39 @@ def test_bad_requests_get_a_400_naming_each_bad_photo_and_the_server_keeps_servi
     assert agreement(masks(answer)[0], served["predicted"] / f"{served['photos'][0].stem}.png") >= 0.999
 
 
+def test_requests_over_a_limit_get_a_400_naming_it_before_decoding_and_the_server_keeps_serving(served):
+    url, good = served["url"], served["photos"][0].read_bytes()
+    junk = b"this is not a photo"  # named by any check that reads the photos' headers
+    truncated = io.BytesIO()  # 23 KB; its header is whole and its data stops halfway: named by decoding
+    Image.linear_gradient("L").resize((800, 800)).convert("RGB").save(truncated, "JPEG", quality=90)
+    over = {
+        "request over max_rows: 5 photos; the limit is 4 photos a request": [good, good, good, good, junk],
+        "request over max_request_bytes: 100,001 bytes of photo files; the limit is 100,000 bytes a request": [
+            junk + b"x" * (100_001 - len(junk))
+        ],
+        "request over max_request_pixels: 1,280,000 pixels in 2 photos; the limit is 1,000,000 pixels a request": [
+            truncated.getvalue()[: truncated.tell() // 2],
+            truncated.getvalue(),
+        ],
+    }
+    for reason, photos in over.items():
+        status, answer = post(url, photos_request(photos))
+        assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE"
+        # MLflow's scoring server puts the model's message after the request's DataFrame
+        assert answer["message"].startswith("Failed to predict data '")
+        assert answer["message"].endswith(f"'. \nError: {reason}"), answer["message"][-300:]
+        status, answer = post(url, photos_request([good] * 4))  # at max_rows: still served
+        assert status == 200 and len(answer["predictions"]) == 4
+        assert agreement(masks(answer)[3], served["predicted"] / f"{served['photos'][0].stem}.png") >= 0.999
+
+
 def test_the_champion_loads_in_process_as_a_pyfunc(served, monkeypatch):
     import pandas as pd
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{served['root'] / 'mlflow.db'}")
     model = load_served_model(f"models:/doveseg-segmenter@{CHAMPION}")
     assert model.metadata.metadata["architecture"] == "UNet"
+    assert {name: model.metadata.metadata[name] for name in SERVING_LIMITS} == SERVING_LIMITS
     photos = served["photos"]
     answer = model.predict(pd.DataFrame({"image": [photo.read_bytes() for photo in photos]}))
     for photo, mask in zip(photos, answer["mask"]):

@@ -10,14 +10,20 @@ the model was logged with, not whatever the current checkout holds.
 
 A photo it cannot use (no bytes, not an image, more than ``max_image_pixels``: judged from the file's header,
 before decoding) raises MlflowException(INVALID_PARAMETER_VALUE), which MLflow's scoring server answers with
-HTTP 400; the message names every bad row.
+HTTP 400; the message names every bad row. So does a request over one of its limits (ServingLimits: rows, the
+photo files' bytes, then, from the headers, all its photos' pixels), before any photo is decoded; the message
+names the limit and the value that broke it. MLflow's scoring server has already read and parsed the whole JSON
+body by then (it offers no body limit of its own), so ``max_request_bytes`` bounds what a request makes the model
+do and hold, not what a body far over it costs to parse (docs/serving.md: "Serve the champion").
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import io
+import sys
 import warnings
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -69,11 +75,44 @@ def pip_requirements() -> list[str]:
     return found
 
 
-def pyfunc_arguments(deploy_dir: str | Path, meta, max_image_pixels: int) -> dict:
+@dataclass(frozen=True)
+class ServingLimits:
+    """What one request may hold (export.serving): the pixels of one photo, its rows (photos), the bytes of its
+    photo files (the JSON body is about 4/3 of that: base64) and all its photos' pixels. Logged in the model's
+    pickle and metadata, so a served model enforces what it was exported with."""
+
+    max_image_pixels: int
+    max_rows: int
+    max_request_bytes: int
+    max_request_pixels: int
+
+    @classmethod
+    def from_params(cls, serving) -> ServingLimits:
+        """From export.serving (checked by export.check_params)."""
+        return cls(**{name: int(serving[name]) for name in LIMIT_NAMES})
+
+
+LIMIT_NAMES = tuple(field.name for field in fields(ServingLimits))
+
+
+def limits_problem(serving, where: str = "export.serving") -> str | None:
+    """What is wrong with the limits in ``serving`` (a mapping: export.serving), in one line; None if nothing."""
+    for name in LIMIT_NAMES:
+        value = serving.get(name)
+        if value is None:
+            return f"{where}.{name} is not set: give it a whole number >= 1 (params.yaml, conf/config.yaml)"
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"{where}.{name} must be a whole number >= 1, got {value!r}"
+        if value < 1:
+            return f"{where}.{name} must be >= 1, got {value}"
+    return None
+
+
+def pyfunc_arguments(deploy_dir: str | Path, meta, limits: ServingLimits) -> dict:
     """What mlflow.pyfunc.save_model / log_model take to make the photo segmenter of ``deploy_dir`` (a folder
-    holding just DEPLOY_FILES), whose meta is ``meta``."""
+    holding just DEPLOY_FILES), whose meta is ``meta``, refusing requests over ``limits``."""
     return {
-        "python_model": PhotoSegmenter(max_image_pixels),
+        "python_model": PhotoSegmenter(limits),
         "artifacts": {DEPLOY_ARTIFACT: str(deploy_dir)},
         "code_paths": [str(CODE_PATH)],
         "signature": signature(),
@@ -84,7 +123,7 @@ def pyfunc_arguments(deploy_dir: str | Path, meta, max_image_pixels: int) -> dic
             "mean": list(meta.mean),
             "std": list(meta.std),
             "architecture": meta.architecture,
-            "max_image_pixels": int(max_image_pixels),
+            **asdict(limits),
         },
     }
 
@@ -137,15 +176,47 @@ def bad_request(problems: list[str], total: int) -> MlflowException:
     )
 
 
+def over_limit(name: str, value: str, limit: int, unit: str) -> MlflowException:
+    return MlflowException.invalid_parameter_value(
+        f"request over {name}: {value}; the limit is {limit:,} {unit} a request"
+    )
+
+
+def check_size(photos: list, limits: ServingLimits) -> None:
+    """Rows and bytes: what a request holds, judged before any photo's header is read."""
+    if len(photos) > limits.max_rows:
+        raise over_limit("max_rows", f"{len(photos):,} photos", limits.max_rows, "photos")
+    size = sum(len(data) for data in photos if isinstance(data, (bytes, bytearray)))
+    if size > limits.max_request_bytes:
+        raise over_limit("max_request_bytes", f"{size:,} bytes of photo files", limits.max_request_bytes, "bytes")
+
+
+def check_pixels(opened: list[Image.Image], limits: ServingLimits) -> None:
+    """All the photos' pixels, from their headers, before any is decoded."""
+    pixels = sum(image.width * image.height for image in opened)
+    if pixels > limits.max_request_pixels:
+        for image in opened:
+            image.close()
+        raise over_limit(
+            "max_request_pixels", f"{pixels:,} pixels in {len(opened)} photos", limits.max_request_pixels, "pixels"
+        )
+
+
 class PhotoSegmenter(mlflow.pyfunc.PythonModel):
     """Photo file bytes in, class-id PNGs out (see the module's docstring)."""
 
-    def __init__(self, max_image_pixels: int):
-        self.max_image_pixels = int(max_image_pixels)
+    def __init__(self, limits: ServingLimits):
+        self.limits = limits
         self._predictor = None
 
     def __getstate__(self):  # the onnxruntime session is made on loading, never pickled
         return {**self.__dict__, "_predictor": None}
+
+    def __setstate__(self, state):  # a version logged before the request limits: its photo limit only
+        if "limits" not in state:
+            pixels = int(state.pop("max_image_pixels"))
+            state["limits"] = ServingLimits(pixels, sys.maxsize, sys.maxsize, sys.maxsize)
+        self.__dict__.update(state)
 
     def load_context(self, context) -> None:
         self._predictor = OnnxPredictor(context.artifacts[DEPLOY_ARTIFACT])
@@ -156,15 +227,17 @@ class PhotoSegmenter(mlflow.pyfunc.PythonModel):
                 f"expected a column {IMAGE_COLUMN!r} of photo file bytes, got columns {list(model_input.columns)}"
             )
         photos = list(model_input[IMAGE_COLUMN])
+        check_size(photos, self.limits)
         # Every header first, so one answer names every bad photo and nothing is decoded for a bad request.
         opened, problems = [], []
         for row, data in enumerate(photos):
             try:
-                opened.append(open_photo(data, self.max_image_pixels))
+                opened.append(open_photo(data, self.limits.max_image_pixels))
             except PhotoError as err:
                 problems.append(f"row {row}: {err}")
         if problems:
             raise bad_request(problems, len(photos))
+        check_pixels(opened, self.limits)
         masks = []
         for row, image in enumerate(opened):  # one at a time: a request's memory is one photo's, not N
             try:

@@ -15,7 +15,7 @@ import numpy as np
 from stages.common.config import StageError
 from stages.common.outputs import trainer_output_paths
 from stages.models.paddleseg_model import architecture_label
-from stages.prediction.photo_segmenter import DEPLOY_FILES, pyfunc_arguments
+from stages.prediction.photo_segmenter import DEPLOY_FILES, ServingLimits, pyfunc_arguments
 from stages.tracking.registry import label_serving_version, read_registered_version, registered_model_name
 
 ONNX_MODEL_NAME = "onnx_model"  # beside the trainers' paddle_model / paddleseg_model in the training run
@@ -96,7 +96,7 @@ def log_serving_model(cfg, client, training_run, deploy_dir: Path, meta, model: 
                 run_id=run_id,
                 model_id=logged.model_id,
                 registered_model_name=name,
-                **pyfunc_arguments(bundle, meta, int(cfg.export.serving.max_image_pixels)),
+                **pyfunc_arguments(bundle, meta, ServingLimits.from_params(cfg.export.serving)),
             )
     version = str(info.registered_model_version)
     try:
