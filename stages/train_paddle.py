@@ -34,7 +34,7 @@ from stages.data.split_lists import check_samples, read_split, split_file
 from stages.evaluation.metrics import ConfusionMatrix
 from stages.models.dovenet import DoveNet, count_parameters
 from stages.models.inference_model import META_NAME, ModelMeta, export
-from stages.training import distributed
+from stages.training import distributed, launcher
 from stages.training.adaptation import (
     Adaptation,
     adapted_config,
@@ -44,7 +44,7 @@ from stages.training.adaptation import (
     summary_line,
 )
 from stages.training.dataset import Augment, SegDataset, make_loader
-from stages.training.distributed import LaunchSettings
+from stages.training.launcher import LaunchSettings
 from stages.training.photo_cache import MB
 from stages.training.summary import training_metrics, validation_metrics, write_plots
 from stages.training.tracking import log_metrics, registered_model_name, training_run
@@ -546,5 +546,5 @@ def _plain(node) -> dict:
 
 if __name__ == "__main__":
     # params checked and fitted to the data first; train_paddle.distributed.nproc > 1: under Paddle's launcher
-    distributed.relaunch_if_configured(STAGE, check=lambda cfg: fit_to_data(cfg)[2])
+    launcher.relaunch_if_configured(STAGE, check=lambda cfg: fit_to_data(cfg)[2])
     stage_main(run)

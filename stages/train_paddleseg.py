@@ -32,7 +32,7 @@ from stages.data.labels import read_labels
 from stages.data.split_lists import check_samples, read_split, split_file
 from stages.models.inference_model import META_NAME, ModelMeta, export
 from stages.models.paddleseg_model import CONFIG_NAME
-from stages.training import distributed
+from stages.training import distributed, launcher
 from stages.training.adaptation import (
     Adaptation,
     adapted_config,
@@ -42,7 +42,7 @@ from stages.training.adaptation import (
     log_adaptations,
     summary_line,
 )
-from stages.training.distributed import LaunchSettings
+from stages.training.launcher import LaunchSettings
 from stages.training.paddleseg_loop import (
     BEST_DIR,
     STATE_NAME,
@@ -303,5 +303,5 @@ def run(cfg) -> dict:
 
 if __name__ == "__main__":
     # params checked and fitted to the data first; train_paddleseg.distributed.nproc > 1: under Paddle's launcher
-    distributed.relaunch_if_configured(STAGE, check=check_before_start)
+    launcher.relaunch_if_configured(STAGE, check=check_before_start)
     stage_main(run)
