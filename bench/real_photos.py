@@ -116,8 +116,10 @@ def dovenet_throughput(overrides: list[str], epochs: int) -> dict:
     from stages.data.labels import read_labels
     from stages.data.split_lists import read_split
     from stages.models.dovenet import DoveNet
-    from stages.train_paddle import build_model, build_optimizer, configure_device
     from stages.training.dataset import Augment, SegDataset, make_loader
+    from stages.training.device import configure_device
+    from stages.training.dovenet_fit import build_model
+    from stages.training.optimizer import build_optimizer
 
     cfg = load_params(overrides, REPO_ROOT)
     params = cfg.train_paddle
