@@ -48,7 +48,9 @@ import paddle  # noqa: E402
 from stages.common.config import load_params  # noqa: E402
 from stages.data.labels import read_labels  # noqa: E402
 from stages.training import distributed, launcher  # noqa: E402
-from stages.training.paddleseg_loop import LoopSettings, build, new_state, resolve_config, seed_everything, train  # noqa: E402
+from stages.training.paddleseg_checkpoint import new_state  # noqa: E402
+from stages.training.paddleseg_config import build, resolve_config  # noqa: E402
+from stages.training.paddleseg_loop import LoopSettings, seed_everything, train  # noqa: E402
 
 STAGE, PADDLESEG = "stage", "paddleseg.core.train"
 
