@@ -84,50 +84,46 @@ def loaders(params, splits, seed: int) -> tuple[SegDataset, paddle.io.DataLoader
 
 
 def train(cfg, labels, splits, state: dict, checkpoint_dir: Path, on_gpu: bool, callbacks) -> EpochTracker:
-    """paddle.Model.fit over the epochs ``state`` has not done yet; returns the tracker (history, best).
-    Parameters get fresh names (conv2d_0.w_0, ...) whatever ran before in this process: the optimizer
-    checkpoint is keyed by them."""
+    """paddle.Model.fit over the epochs ``state`` has not done yet; returns the tracker (history, best)."""
+    # Fresh parameter names (conv2d_0.w_0, ...) whatever ran before in this process: the optimizer
+    # checkpoint is keyed by them.
     with paddle.utils.unique_name.guard():
-        return _train(cfg, labels, splits, state, checkpoint_dir, on_gpu, callbacks)
+        params, total_epochs = cfg.train_paddle, int(cfg.train_paddle.epochs)
+        train_set, train_loader, val_loader = loaders(params, splits, int(cfg.seed))
 
+        net = DoveNet(labels.num_classes)
+        # The output conv reads the decoders' un-normalised residual sums (std ~20): a plain Adam step there
+        # moves the class scores ~100x more than elsewhere, which makes the loss jump. Damp its steps.
+        scale_learning_rate(net.output_conv, float(params.head_lr_scale))
+        optimizer = build_optimizer(params, net.parameters(), total_epochs * len(train_loader))
+        done = len(state["history"])
+        average = WeightAverage(float(params.weight_average))
+        if done:
+            average = restore(checkpoint_dir, net, optimizer, state, average)
+            print(f"{STAGE}: resuming after epoch {done} of {total_epochs} from {checkpoint_dir}")
 
-def _train(cfg, labels, splits, state: dict, checkpoint_dir: Path, on_gpu: bool, callbacks) -> EpochTracker:
-    params, total_epochs = cfg.train_paddle, int(cfg.train_paddle.epochs)
-    train_set, train_loader, val_loader = loaders(params, splits, int(cfg.seed))
-
-    net = DoveNet(labels.num_classes)
-    # The output conv reads the decoders' un-normalised residual sums (std ~20): a plain Adam step there
-    # moves the class scores ~100x more than elsewhere, which makes the loss jump. Damp its steps.
-    scale_learning_rate(net.output_conv, float(params.head_lr_scale))
-    optimizer = build_optimizer(params, net.parameters(), total_epochs * len(train_loader))
-    done = len(state["history"])
-    average = WeightAverage(float(params.weight_average))
-    if done:
-        average = restore(checkpoint_dir, net, optimizer, state, average)
-        print(f"{STAGE}: resuming after epoch {done} of {total_epochs} from {checkpoint_dir}")
-
-    distributed.barrier()  # paddle.Model wraps the net in DataParallel (a collective) when launched
-    model = build_model(net, optimizer, params, labels.num_classes, on_gpu)
-    tracker = EpochTracker(
-        [train_set],
-        [train_loader.batch_sampler.sampler],
-        state,
-        checkpoint_dir,
-        total_epochs,
-        average,
-        len(train_loader),
-        labels.names,
-    )
-    if total_epochs > done:
-        model.fit(
-            train_loader,
-            val_loader,
-            epochs=total_epochs - done,
-            eval_freq=1,
-            verbose=0,
-            callbacks=[tracker, *callbacks],
+        distributed.barrier()  # paddle.Model wraps the net in DataParallel (a collective) when launched
+        model = build_model(net, optimizer, params, labels.num_classes, on_gpu)
+        tracker = EpochTracker(
+            [train_set],
+            [train_loader.batch_sampler.sampler],
+            state,
+            checkpoint_dir,
+            total_epochs,
+            average,
+            len(train_loader),
+            labels.names,
         )
-    return tracker
+        if total_epochs > done:
+            model.fit(
+                train_loader,
+                val_loader,
+                epochs=total_epochs - done,
+                eval_freq=1,
+                verbose=0,
+                callbacks=[tracker, *callbacks],
+            )
+        return tracker
 
 
 def best_network(num_classes: int, weights: dict) -> DoveNet:
