@@ -116,8 +116,10 @@ def dovenet_throughput(overrides: list[str], epochs: int) -> dict:
     from stages.data.labels import read_labels
     from stages.data.split_lists import read_split
     from stages.models.dovenet import DoveNet
-    from stages.train_paddle import build_model, build_optimizer, configure_device
     from stages.training.dataset import Augment, SegDataset, make_loader
+    from stages.training.device import configure_device
+    from stages.training.dovenet_fit import build_model
+    from stages.training.optimizer import build_optimizer
 
     cfg = load_params(overrides, REPO_ROOT)
     params = cfg.train_paddle
@@ -160,7 +162,9 @@ def dovenet_throughput(overrides: list[str], epochs: int) -> dict:
 def unet_throughput(overrides: list[str], iters: int, work: Path) -> dict:
     """train_paddleseg's loop over PaddleSeg's datasets (demo params, UNet template), one process."""
     from stages.data.labels import read_labels
-    from stages.training.paddleseg_loop import LoopSettings, build, new_state, resolve_config, train
+    from stages.training.paddleseg_checkpoint import new_state
+    from stages.training.paddleseg_config import build, resolve_config
+    from stages.training.paddleseg_loop import LoopSettings, train
 
     cfg = load_params(overrides, REPO_ROOT)
     params = cfg.train_paddleseg

@@ -47,8 +47,10 @@ import paddle  # noqa: E402
 
 from stages.common.config import load_params  # noqa: E402
 from stages.data.labels import read_labels  # noqa: E402
-from stages.training import distributed  # noqa: E402
-from stages.training.paddleseg_loop import LoopSettings, build, new_state, resolve_config, seed_everything, train  # noqa: E402
+from stages.training import distributed, launcher  # noqa: E402
+from stages.training.paddleseg_checkpoint import new_state  # noqa: E402
+from stages.training.paddleseg_config import build, resolve_config  # noqa: E402
+from stages.training.paddleseg_loop import LoopSettings, seed_everything, train  # noqa: E402
 
 STAGE, PADDLESEG = "stage", "paddleseg.core.train"
 
@@ -113,7 +115,7 @@ def data_parallel_run(args, nproc: int, work: Path) -> tuple[float, float]:
     """The stage's loop in ``nproc`` processes under Paddle's launcher: (rank 0's wall s, CPU s of all)."""
     results = work / "dp-results"
     results.mkdir(parents=True, exist_ok=True)
-    command = distributed.launch_command("-", nproc, log_dir=str(work / "dp-logs"))
+    command = launcher.launch_command("-", nproc, log_dir=str(work / "dp-logs"))
     # launch_command ends with `python -u -m <module>`: this script in worker mode instead
     command = command[: command.index("-u") + 1] + [
         str(Path(__file__).resolve()),
@@ -150,7 +152,7 @@ def main() -> None:
         return worker(args)
 
     document, cfg = resolved_document(args.overrides, args.iters)
-    nproc = distributed.launch_settings(cfg.train_paddleseg.get("distributed"), "train_paddleseg.distributed").nproc
+    nproc = launcher.launch_settings(cfg.train_paddleseg.get("distributed"), "train_paddleseg.distributed").nproc
     paddle.base.core.set_num_threads(distributed.cpu_threads(int(cfg.train_paddleseg.num_threads)))
     batch, seed = int(document["batch_size"]), int(cfg.seed)
     paths = {STAGE: stage_path, PADDLESEG: paddleseg_path}

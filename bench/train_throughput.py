@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/train_throughput.py [--size 128] [--batch 8] [--batches 8] [key=value ...]
 
-"Stage path" is what train_paddle runs: stages.train_paddle.build_model (paddle.Model.prepare, to_static
+"Stage path" is what train_paddle runs: stages.training.dovenet_fit.build_model (paddle.Model.prepare, to_static
 on CPU, the CrossEntropy loss and the confusion-matrix metric) fed by the stage's SegDataset/DataLoader
 with augmentation over PNG files (the demo's processed data when present, else synthetic photos in a
 temp dir). "Bare dygraph" is forward/backward/step on fixed tensors in a Python loop, as the reference
@@ -19,7 +19,7 @@ Measured 2026-11-25 on this 2-core machine with nothing else running (load 0.7),
   against the references: 1.46x Paddle dygraph (4 img/s), 0.37x PyTorch (16 img/s).
   The static executor runs independent ops on two threads itself; two math threads on top oversubscribe
   the cores (a 6-minute demo run spent 223 s in the kernel with 2 math threads, 15 s with 1), hence the
-  default of half the cores under to_static (stages.train_paddle.math_threads). FLAGS_new_executor_serial_run=1
+  default of half the cores under to_static (stages.training.device.math_threads). FLAGS_new_executor_serial_run=1
   brings the stage down to the bare loop's speed: that parallelism is to_static's gain on CPU.
   Earlier, on the machine loaded by 5-10 other jobs: 2 threads stage 2.32 vs bare 1.21 img/s (1.92x).
 Tried and not adopted: oneDNN (FLAGS_use_mkldnn) breaks to_static training in Paddle 3.3.1
@@ -47,8 +47,10 @@ from stages.common.config import StageError, load_params
 from stages.data.images import save_label_png, save_rgb_png
 from stages.data.split_lists import Sample, read_split
 from stages.models.dovenet import DoveNet
-from stages.train_paddle import build_model, build_optimizer, configure_device, math_threads
 from stages.training.dataset import Augment, SegDataset, make_loader
+from stages.training.device import configure_device, math_threads
+from stages.training.dovenet_fit import build_model
+from stages.training.optimizer import build_optimizer
 
 REFERENCE_PADDLE, REFERENCE_TORCH = 4.0, 16.0
 WARMUP_BATCHES = 2

@@ -618,8 +618,8 @@ def test_jpegs_keep_their_bytes_rotated_ones_are_reencoded_and_the_lists_follow(
 
 
 def test_a_large_photo_gets_a_label_viz_of_1024_px_and_a_full_size_label(raw, out, convert):
-    from stages.convert_json import LABEL_VIZ_MAX_SIDE
     from stages.data.images import VOC_PALETTE
+    from stages.labelme.label_viz import LABEL_VIZ_MAX_SIDE
 
     data = image_bytes(width=2400, height=1800, fmt="JPEG")
     shapes = [

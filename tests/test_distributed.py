@@ -1,5 +1,5 @@
-"""stages.training.distributed: single-process behaviour, batch sharding, launch commands, and (slow) a real
-2-process CPU training under `python -m paddle.distributed.launch`."""
+"""stages.training.distributed and stages.training.launcher: single-process behaviour, batch sharding, launch
+commands, and (slow) a real 2-process CPU training under `python -m paddle.distributed.launch`."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stages.common.config import StageError
-from stages.training import distributed
-from stages.training.distributed import LaunchSettings, RankBatches, launch_command, launch_settings
+from stages.training import distributed, launcher
+from stages.training.distributed import RankBatches
+from stages.training.launcher import LaunchSettings, launch_command, launch_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER_ENV = ("PADDLE_TRAINERS_NUM", "PADDLE_TRAINER_ID", "PADDLE_LOCAL_SIZE")
@@ -147,7 +148,7 @@ def test_auto_nproc_on_cpu_is_two_processes_when_there_are_two_cores(monkeypatch
 
 
 def test_auto_nproc_with_devices_is_one_process_per_device():
-    assert distributed.auto_nproc("0,1,2") == 3
+    assert launcher.auto_nproc("0,1,2") == 3
 
 
 @pytest.mark.parametrize(
@@ -231,12 +232,12 @@ def stage_dir(tmp_path, monkeypatch, single_process):
 
 
 def test_relaunch_does_nothing_for_one_process(stage_dir):
-    distributed.relaunch_if_configured("train_x", ["train_x.epochs=1"])
+    launcher.relaunch_if_configured("train_x", ["train_x.epochs=1"])
     assert stage_dir == []
 
 
 def test_relaunch_runs_the_same_command_under_the_launcher(stage_dir):
-    distributed.relaunch_if_configured("train_x", ["train_x.distributed.nproc=2", "train_x.epochs=1"])
+    launcher.relaunch_if_configured("train_x", ["train_x.distributed.nproc=2", "train_x.epochs=1"])
     [command] = stage_dir
     assert command[:5] == [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2"]
     assert command[-5:] == ["-u", "-m", "stages.train_x", "train_x.distributed.nproc=2", "train_x.epochs=1"]
@@ -245,13 +246,13 @@ def test_relaunch_runs_the_same_command_under_the_launcher(stage_dir):
 def test_relaunch_does_nothing_inside_a_launched_process(stage_dir, monkeypatch):
     monkeypatch.setenv("PADDLE_TRAINER_ID", "0")
     monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
-    distributed.relaunch_if_configured("train_x", ["train_x.distributed.nproc=2"])
+    launcher.relaunch_if_configured("train_x", ["train_x.distributed.nproc=2"])
     assert stage_dir == []
 
 
 def test_relaunch_stops_on_bad_settings(stage_dir):
     with pytest.raises(SystemExit, match=r"train_x.distributed: nnodes=2 needs master"):
-        distributed.relaunch_if_configured("train_x", ["train_x.distributed.nnodes=2"])
+        launcher.relaunch_if_configured("train_x", ["train_x.distributed.nnodes=2"])
     assert stage_dir == []
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from stages import export, preannotate, predict, train_paddleseg
 from stages.common.config import load_params
-from stages.training.paddleseg_loop import resolve_config
+from stages.training.paddleseg_config import resolve_config
 
 from tiny_pipeline import make_dataset
 

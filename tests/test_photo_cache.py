@@ -10,7 +10,7 @@ from PIL import Image
 import stages.training.dataset as dovenet_data
 from stages.data.images import save_label_png
 from stages.data.split_lists import read_split
-from stages.training import paddleseg_loop
+from stages.training import paddleseg_data, paddleseg_loop
 from stages.training.dataset import Augment, SegDataset
 from stages.training.photo_cache import PhotoCache
 
@@ -125,8 +125,8 @@ def test_paddleseg_items_match_paddleseg_and_photos_are_decoded_once(tmp_path, m
             for image, label in dataset.file_list
         ]
     reference = {id(dataset): dataset.file_list for dataset in (train, val)}
-    calls = counting(monkeypatch, paddleseg_loop)
-    cached_train, cached_val = paddleseg_loop.cached(train, 1 << 20), paddleseg_loop.cached(val, 1 << 20)
+    calls = counting(monkeypatch, paddleseg_data)
+    cached_train, cached_val = paddleseg_data.cached(train, 1 << 20), paddleseg_data.cached(val, 1 << 20)
     assert len(cached_train.fixed_ops) == 1 and len(cached_train.random_ops) == 4
     for dataset in (train, val):  # our reading: the files, as the lists name them
         dataset.file_list = [
@@ -169,7 +169,7 @@ def test_paddleseg_validation_scores_large_photos_at_1024_px(tmp_path):
     save_label_png(root / "processed" / "big" / "label.png", label)
     (root / "splits" / "val.txt").write_text("big/img.jpg big/label.png\nsmall/img.png small/label.png\n")
     _, val = paddleseg_datasets(tmp_path, root)
-    cached_val = paddleseg_loop.cached(val, 1 << 20)
+    cached_val = paddleseg_data.cached(val, 1 << 20)
     big, small = cached_val[0], cached_val[1]
     assert big["img"].shape == (3, 24, 24) and big["label"].shape == (1, 768, 1024)
     assert big["trans_info"] == [("resize", (768, 1024))]

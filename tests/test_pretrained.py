@@ -20,7 +20,8 @@ import pytest
 from stages.common.config import StageError, load_params
 from stages.train_paddleseg import output_paths, run
 from stages.training import pretrained
-from stages.training.paddleseg_loop import build, evaluate, resolve_config
+from stages.training.paddleseg_config import build, resolve_config
+from stages.training.paddleseg_loop import evaluate
 
 from tiny_pipeline import make_dataset
 

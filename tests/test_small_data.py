@@ -14,7 +14,7 @@ import pytest
 
 from stages import train_paddle, train_paddleseg
 from stages.common.config import StageError, load_params
-from stages.training import distributed
+from stages.training import distributed, launcher
 from stages.training.adaptation import fit_batch, fit_interval, fit_processes, summary_line
 
 from tiny_pipeline import make_dataset
@@ -142,7 +142,7 @@ def launches(monkeypatch, single_process):
 
 
 def relaunch(stage: str, argv: list[str]) -> None:
-    distributed.relaunch_if_configured(stage, argv, check=lambda cfg: TRAINERS[stage].fit_to_data(cfg)[2])
+    launcher.relaunch_if_configured(stage, argv, check=lambda cfg: TRAINERS[stage].fit_to_data(cfg)[2])
 
 
 @pytest.mark.parametrize("stage", sorted(TRAINERS))

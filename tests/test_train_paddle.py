@@ -18,19 +18,15 @@ from stages.common.config import StageError, load_params
 from stages.data.images import save_label_png
 from stages.data.labels import read_labels
 from stages.data.split_lists import read_split
-from stages.train_paddle import (
-    STAGE,
-    SegLoss,
-    SegMetric,
-    build_optimizer,
-    fingerprint,
-    load_checkpoint,
-    math_threads,
-    output_paths,
-    run,
-)
+from stages.train_paddle import STAGE, output_paths, run
 from stages.training.dataset import Augment, EpochSampler, SegDataset, hflip, normalize, random_crop, resize_pair
+from stages.training.device import math_threads
+from stages.training.dovenet_checkpoint import load_checkpoint
+from stages.training.dovenet_inputs import fingerprint
+from stages.training.loss import SegLoss
+from stages.training.optimizer import build_optimizer
 from stages.training.summary import PLOT_COLUMNS
+from stages.training.validation_metric import SegMetric
 from stages.training.weight_average import WeightAverage
 
 from tiny_pipeline import flat_keys, make_dataset, metrics_schema

@@ -25,8 +25,11 @@ from stages.common.config import StageError, load_params
 from stages.data.images import save_label_png
 from stages.data.labels import read_labels
 from stages.data.split_lists import read_split
-from stages.train_paddleseg import STAGE, fingerprint, output_paths, run
-from stages.training.paddleseg_loop import IterationBatches, checkpoint_iters, rename_optimizer_state, resolve_config
+from stages.train_paddleseg import STAGE, output_paths, run
+from stages.training.paddleseg_checkpoint import checkpoint_iters, rename_optimizer_state
+from stages.training.paddleseg_config import resolve_config
+from stages.training.paddleseg_data import IterationBatches
+from stages.training.paddleseg_inputs import fingerprint
 from stages.training.summary import PLOT_COLUMNS
 
 from tiny_pipeline import flat_keys, make_dataset, metrics_schema
@@ -249,7 +252,7 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for, monkeypatc
     meta = json.loads((model_dir / "meta.json").read_text())
     assert meta["input_size"] == [32, 32] and meta["class_names"] == ["_background_", "dove"]
     assert meta["mean"] == [0.5] * 3 and meta["std"] == [0.5] * 3 and meta["architecture"] == "UNet"
-    from stages.training.paddleseg_loop import build
+    from stages.training.paddleseg_config import build
 
     parts = build(resolved)
     parts.model.set_state_dict(paddle.load(str(model_dir / "model.pdparams")))

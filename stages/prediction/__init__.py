@@ -2,5 +2,7 @@
 prediction files in PaddleSeg's conventions, plus the photos of a folder to predict (``files``); how
 sure the model is (``uncertainty``) and the page of the photos to annotate first (``review_page``); the
 served model, photos in and masks out (``photo_segmenter``); Paddle Inference against onnxruntime, the
-check of an ONNX conversion (``engine_check``).
+check of an ONNX conversion (``engine_check``). preannotate's drafts of labelme annotations: its settings,
+model and photos checked (``draft_inputs``), the drafts (``drafting``) and the ranking, page and summary it
+writes (``draft_outputs``).
 May import every layer below it: ``common``, ``data``, ``labelme``, ``evaluation``, ``models``."""

@@ -6,7 +6,7 @@ a trainer adapts such a setting to the nearest one that works, says so in one li
 MLflow run as the param ``adapted.<key>`` ("8 -> 6: ...") and trains with it (the run's params show the
 value used). Settings that cannot be adapted raise StageError before any process or MLflow run starts:
 each trainer's ``fit_to_data(cfg)`` runs in its main before Paddle's launcher (see
-stages.training.distributed.relaunch_if_configured) and again at the start of ``run(cfg)``.
+stages.training.launcher.relaunch_if_configured) and again at the start of ``run(cfg)``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import mlflow
 from omegaconf import OmegaConf
 
 from stages.common.config import StageError
-from stages.training.distributed import AUTO, LaunchSettings, launch_settings
+from stages.training.launcher import AUTO, LaunchSettings, launch_settings
 
 
 @dataclass(frozen=True)
