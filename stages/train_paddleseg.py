@@ -51,7 +51,7 @@ from stages.training.paddleseg_config import (
     resolved_document,
 )
 from stages.training.paddleseg_inputs import check_before_start, fingerprint, fit_to_data
-from stages.training.paddleseg_loop import final_metrics, loop_settings, train
+from stages.training.paddleseg_loop import final_metrics, loop_settings, seed_everything, train
 from stages.training.photo_cache import MB
 from stages.training.pretrained import check_pretrained
 from stages.training.summary import validation_metrics
@@ -84,6 +84,7 @@ def run(cfg) -> dict:
     if not distributed.is_main_process():  # launched with others: train my share, the main process writes
         distributed.barrier()  # the main process has cleared stale checkpoints
         resumed = resumable_state(paths["checkpoint_dir"], inputs, clear=False)
+        seed_everything(settings.seed)  # the model's initial weights: the same seed, the same model
         parts = build_resumed(document, resumed, cache_bytes)
         train(parts, settings, paths["checkpoint_dir"], resumed[1] if resumed else new_state())
         return {"rank": distributed.rank(), "outputs": "written by the main process (rank 0)"}
@@ -94,6 +95,7 @@ def run(cfg) -> dict:
     model_name = registered_model_name(cfg, "paddleseg")
     with training_run(cfg, STAGE, paths["run_id_file"], resume_run_id=resume_run_id) as active:
         log_adaptations(adaptations)
+        seed_everything(settings.seed)  # the model's initial weights: the same seed, the same model
         parts = build_resumed(document, resumed, cache_bytes)
         if resumed:
             state = resumed[1]

@@ -309,6 +309,21 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for, monkeypatc
     np.testing.assert_allclose(loaded(batch).numpy(), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
+@pytest.mark.slow
+def test_the_same_seed_trains_the_same_model(cfg_for, tmp_path):
+    """PaddleSeg draws a model's initial weights when it builds it: seeded before that, two runs with the same
+    seed and data give the same weights (they did not: every run started from other random weights)."""
+    weights = []
+    for attempt in ("a", "b"):
+        cfg = cfg_for(f"paths.models_dir={tmp_path / attempt}", f"paths.checkpoints_dir={tmp_path / attempt / 'ck'}")
+        run(cfg)
+        state = paddle.load(str(output_paths(cfg)["model_dir"] / "model.pdparams"))
+        weights.append({key: value.numpy() for key, value in state.items()})
+    assert list(weights[0]) == list(weights[1])
+    for key, value in weights[0].items():  # (a second build in one process gives other parameter names)
+        np.testing.assert_array_equal(value, weights[1][key], err_msg=key)
+
+
 def test_the_weight_average_is_validated_and_kept(cfg_for):
     """weight_average > 0: the best model is the average at its iteration, not the raw weights trained on."""
     cfg = cfg_for("train_paddleseg.weight_average=0.5", "train_paddleseg.keep_checkpoint_max=2")
