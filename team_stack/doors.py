@@ -1,7 +1,7 @@
 """What a local process without the stack's keys gets from each of its ports: one read and one write each.
 
-``python -m team_stack doors`` runs these probes against the running stack; the team e2e test runs them on every
-port it finds the stack's processes listening on. A door is shut when neither request gets an answer that
+``python -m team_stack doors`` finds every TCP port the running stack's processes listen on (``ss -ltnp``)
+and probes each; a port no probe knows counts as open. The team e2e test runs the same probes. A door is shut when neither request gets an answer that
 carries or changes data: a refused connection or TLS handshake, an HTTP 4xx, a gRPC call that never reaches
 a handler (UNAVAILABLE). HTTP ports are tried in plain HTTP and over TLS with no client certificate; gRPC ports
 in plain text and over TLS that trusts the stack's CA but shows no certificate.
@@ -9,9 +9,14 @@ in plain text and over TLS that trusts the stack's CA but shows no certificate.
 
 from __future__ import annotations
 
+import re
+import subprocess
 import warnings
+from pathlib import Path
 
 import requests
+
+from team_stack import servers
 
 PROBE = "anonymous-probe"  # the name anything a probe might create carries
 VOLUME_FID = "1,01637037d6"  # a file id in the first volume (SeaweedFS's own example)
@@ -154,13 +159,52 @@ def try_door(name: str, port: int, ca: bytes | None) -> dict[str, list[str]]:
     return outcomes
 
 
-def report(ports: dict[str, int], ca: bytes | None) -> bool:
-    """Try every door, print what each answered; True when all are shut."""
-    all_shut = True
-    for name, port in ports.items():
-        outcomes = try_door(name, port, ca)
-        is_shut = all(shut(outcome) for found in outcomes.values() for outcome in found)
-        all_shut &= is_shut
+def all_shut(outcomes: dict[str, list[str]]) -> bool:
+    return all(shut(outcome) for found in outcomes.values() for outcome in found)
+
+
+def stack_pids(folder: Path) -> set[int]:
+    """The processes of the stack under ``folder`` (.team): the sessions of MLflow and SeaweedFS (each is
+    started in its own), PostgreSQL's postmaster and its children."""
+    sessions = {servers.running_pid(folder / "mlflow" / "mlflow.pid"), servers.running_pid(folder / "s3" / "weed.pid")}
+    postmaster_pid = servers.postgres_cluster(folder / "postgres") / "data" / "postmaster.pid"
+    postmaster = int(postmaster_pid.read_text().split()[0]) if postmaster_pid.exists() else None
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        pid, parent, session = int(stat.parent.name), int(fields[1]), int(fields[3])
+        if session in sessions or postmaster in (pid, parent):
+            pids.add(pid)
+    return pids
+
+
+def listening_ports(pids: set[int]) -> set[int]:
+    """Every TCP port one of ``pids`` listens on, on any address (``ss -ltnp``)."""
+    found = set()
+    for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
+        if {int(pid) for pid in re.findall(r"pid=(\d+)", line)} & pids:
+            found.add(int(line.split()[3].rsplit(":", 1)[1]))
+    return found
+
+
+def report(folder: Path, ports: dict[str, int]) -> bool:
+    """Try every door of the stack under ``folder`` (``ports``: its ports by name), print what each answered;
+    True when all are shut."""
+    ca_file = folder / "s3" / "tls" / "ca.crt"
+    ca = ca_file.read_bytes() if ca_file.exists() else None
+    names = {port: name for name, port in ports.items()}
+    listening = listening_ports(stack_pids(folder))
+    every_shut = True
+    for port in sorted(listening):
+        if port not in names:
+            every_shut = False
+            print(f"{port:>5}  {'?':<17} OPEN  (no probe knows this port)")
+            continue
+        outcomes = try_door(names[port], port, ca)
+        every_shut &= all_shut(outcomes)
         said = "; ".join(f"{what}: {', '.join(found)}" for what, found in outcomes.items())
-        print(f"{port:>5}  {name:<17} {'shut' if is_shut else 'OPEN'}  ({said})")
-    return all_shut
+        print(f"{port:>5}  {names[port]:<17} {'shut' if all_shut(outcomes) else 'OPEN'}  ({said})")
+    return every_shut and bool(listening)

@@ -212,18 +212,15 @@ class Stack:
             "credentialpath": str(self.credentials_file(user)),
             "profile": S3_PROFILE,
         }
+        local = Path(".dvc/config.local")
+        if not local.exists():
+            write_private(local, "")  # dvc keeps an existing file's mode
+        # add -f replaces the remote's settings (the keys an older team_stack wrote there go too);
         # "--" before each value: a value may begin with "-"
         commands = [["add", "--local", "-f", DVC_REMOTE, "--", f"s3://{DVC_BUCKET}/dvc"]]
         commands += [["modify", "--local", DVC_REMOTE, option, "--", value] for option, value in settings.items()]
-        # keys an older team_stack wrote into .dvc/config.local
-        commands += [
-            ["modify", "--local", "--unset", DVC_REMOTE, option] for option in ("access_key_id", "secret_access_key")
-        ]
         for argv in commands:
-            # umask 077: a .dvc/config.local dvc creates is its owner's only
-            result = subprocess.run(
-                [str(servers.BIN / "dvc"), "remote", *argv], capture_output=True, text=True, umask=0o077
-            )
+            result = subprocess.run([str(servers.BIN / "dvc"), "remote", *argv], capture_output=True, text=True)
             if result.returncode != 0:
                 said = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
                 raise StackError(f"dvc remote {argv[0]} {DVC_REMOTE} failed: {said[-1] if said else result.returncode}")
