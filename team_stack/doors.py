@@ -118,8 +118,8 @@ def http_call(port: int, method: str, path: str, tls: bool) -> str:
             response = requests.request(method, url, timeout=10, verify=False, allow_redirects=False, **body)
         except requests.exceptions.SSLError:
             return "TLS refused"
-        except requests.exceptions.ConnectionError:
-            return "no connection"
+        except requests.exceptions.RequestException as error:  # reset, closed, timed out: no answer
+            return f"no answer ({type(error).__name__})"
     return str(response.status_code)
 
 
@@ -142,7 +142,7 @@ def shut(outcome: str) -> bool:
     """An answer that neither carried nor changed data."""
     if outcome.isdigit():
         return int(outcome) >= 400
-    return outcome == "UNAVAILABLE" or outcome in ("TLS refused", "no connection") or outcome.startswith("refused")
+    return outcome in ("UNAVAILABLE", "TLS refused") or outcome.startswith(("refused", "no answer"))
 
 
 def try_door(name: str, port: int, ca: bytes | None) -> dict[str, list[str]]:

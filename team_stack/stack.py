@@ -104,7 +104,7 @@ class Stack:
         secret = self._secrets()
         pg, s3, ml = self.folder / "postgres", self.folder / "s3", self.folder / "mlflow"
         running = {
-            "postgres": pg.exists() and servers.postgres_running(pg),
+            "postgres": servers.postgres_running(pg),
             "mlflow": servers.running_pid(ml / "mlflow.pid") is not None,
             "s3": servers.running_pid(s3 / "weed.pid") is not None,
         }
@@ -257,7 +257,7 @@ class Stack:
     def status(self) -> bool:
         pg, s3, ml = self.folder / "postgres", self.folder / "s3", self.folder / "mlflow"
         states = {
-            f"PostgreSQL 127.0.0.1:{self.ports['postgres']}": pg.exists() and servers.postgres_running(pg),
+            f"PostgreSQL 127.0.0.1:{self.ports['postgres']}": servers.postgres_running(pg),
             f"S3 {self.s3_uri}": servers.running_pid(s3 / "weed.pid") is not None,
             f"MLflow {self.mlflow_uri}": servers.running_pid(ml / "mlflow.pid") is not None,
         }
