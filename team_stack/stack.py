@@ -36,8 +36,14 @@ PORT_OFFSETS = {
     "weed_admin_grpc": 11,
 }
 DVC_BUCKET, ARTIFACT_BUCKET = "doveseg-dvc", "doveseg-mlflow"
+# params.yaml's mlflow.registered_models, when it has none (as stages/tracking/registry.py names them)
+DEFAULT_REGISTERED_MODELS = {
+    "paddle": "doveseg-dovenet",
+    "paddleseg": "doveseg-paddleseg",
+    "serving": "doveseg-segmenter",
+}
 DVC_REMOTE, S3_PROFILE = "team", "doveseg-team"
-EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # as stages/training/tracking.py
+EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # as stages/tracking/runs.py
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 
@@ -177,9 +183,7 @@ class Stack:
         mlflow = yaml.safe_load(params.read_text())["mlflow"] if params.exists() else {}
         return (
             mlflow.get("experiment", "doveseg"),
-            list(
-                (mlflow.get("registered_models") or {"paddle": "doveseg-dovenet", "paddleseg": "doveseg-unet"}).values()
-            ),
+            list((mlflow.get("registered_models") or DEFAULT_REGISTERED_MODELS).values()),
         )
 
     def env_file(self, user: str) -> Path:
