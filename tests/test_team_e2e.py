@@ -75,7 +75,8 @@ def read_env(path: Path) -> dict:
 
 
 class CommandLines:
-    """Every distinct command line `ps -eo args` shows, sampled every 0.1 s while the block runs."""
+    """Every distinct command line `ps -ww -eo args` shows (-ww: whole, whatever COLUMNS says), sampled every
+    0.1 s while the block runs."""
 
     def __init__(self):
         self.seen: set[str] = set()
@@ -85,7 +86,7 @@ class CommandLines:
 
     def _sample(self):
         while not self._stop.is_set():
-            listed = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, errors="replace")
+            listed = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, errors="replace")
             self.seen.update(listed.stdout.splitlines()[1:])
             self.samples += 1
             self._stop.wait(0.1)
