@@ -1,4 +1,6 @@
-"""python -m team_stack up|down|status [--dir .team] [--base-port N] [--users alice,bob]"""
+"""python -m team_stack up|down|status|doors [--dir .team] [--base-port N] [--users alice,bob]
+
+doors: try an anonymous read and write on each of the running stack's ports (each must be refused)."""
 
 from __future__ import annotations
 
@@ -6,18 +8,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from team_stack.stack import DEFAULT_BASE_PORT, Stack, StackError
+from team_stack import doors
+from team_stack.stack import DEFAULT_BASE_PORT, PORT_OFFSETS, Stack, StackError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m team_stack", description=__doc__)
-    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("command", choices=("up", "down", "status", "doors"))
     parser.add_argument("--dir", type=Path, default=Path(".team"), help="where the stack keeps its data")
     parser.add_argument(
         "--base-port",
         type=int,
         default=None,
-        help=f"first of 11 local ports (default {DEFAULT_BASE_PORT}, or the one of the last up)",
+        help=f"first of {len(PORT_OFFSETS)} local ports (default {DEFAULT_BASE_PORT}, or the one of the last up)",
     )
     parser.add_argument("--users", default="alice,bob", help="the team's MLflow and S3 accounts (first up only)")
     args = parser.parse_args(argv)
@@ -27,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.up()
         elif args.command == "down":
             stack.down()
+        elif args.command == "doors":
+            return 0 if doors.report(stack.folder, stack.ports) else 4
         else:
             return 0 if stack.status() else 3
     except StackError as err:

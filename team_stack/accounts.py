@@ -4,10 +4,11 @@ The permission model (MLflow basic-auth):
 - ``default_permission = READ``: every signed-in user reads every experiment, run and model; a request
   without valid credentials gets nothing (401).
 - The team's experiment and registered models (params.yaml's ``mlflow.experiment`` and
-  ``mlflow.registered_models``) are created by the admin, who alone may delete them or change who may do
-  what. Each member gets EDIT on the experiment (create runs and log to them; not delete or restore runs)
-  and MANAGE on the registered models (register versions and move the ``champion`` alias: report takes it
-  from the other model, which MLflow counts as a delete).
+  ``mlflow.registered_models``) are created by the admin, who alone may delete them, rename them (the
+  server's team_stack.mlflow_auth) or change who may do what. Each member gets EDIT on the experiment
+  (create runs and log to them; not delete or restore runs) and EDIT on each registered model (register
+  versions, tag them, set an alias such as ``champion``; not delete a model, a version or an alias, which
+  needs MANAGE).
 - What a member creates for themself (a scratch experiment) is theirs: the others only read it.
 """
 
@@ -72,4 +73,4 @@ def set_up_team(
         admin.ensure_user(username, password)
         admin.grant(username, "experiment", experiment_id, "EDIT")
         for name in registered_models:
-            admin.grant(username, "registered_model", name, "MANAGE")
+            admin.grant(username, "registered_model", name, "EDIT")

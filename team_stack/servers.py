@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import pwd
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from team_stack.private import private_folder, write_private
 
 
 def _postgres_bin() -> Path:
@@ -49,10 +52,18 @@ def http_answers(url: str, expect: int | None = 200) -> bool:
 # --- processes we start ourselves: a pid file each, a session of their own (so we stop their children too)
 
 
-def spawn(argv: list[str], pid_file: Path, log: Path, env: dict) -> subprocess.Popen:
+def spawn(argv: list[str], pid_file: Path, log: Path, env: dict, cwd: Path | None = None) -> subprocess.Popen:
+    """Start a server in a session of its own, with umask 077: what it creates (sockets, data) is its own."""
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, stdin=subprocess.DEVNULL
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            umask=0o077,
         )
     pid_file.write_text(str(process.pid))
     return process
@@ -84,50 +95,57 @@ def stop_pid(pid_file: Path, timeout_s: float = 30) -> bool:
 # --- PostgreSQL: a cluster of its own, password logins only, TCP on 127.0.0.1 (no unix socket)
 
 
+def _postgres_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        raise StackError("the postgres user is missing: apt-get install -y postgresql") from None
+
+
 def _as_postgres(argv: list[str]) -> list[str]:
     # PostgreSQL refuses to run as root: run its tools as the `postgres` user Debian's package creates.
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
-def _chown_to_postgres(*paths: Path) -> None:
+def postgres_cluster(folder: Path) -> Path:
+    """Where the cluster lives: ``folder`` (.team/postgres), unless we are root and the postgres user, who
+    runs it, cannot enter ``folder``'s parent (a clone under a 0700 folder: root's home, a mktemp -d): then a
+    folder of the postgres user's home named after ``folder``."""
+    if os.geteuid() != 0 or subprocess.run(_as_postgres(["test", "-x", str(folder.parent)])).returncode == 0:
+        return folder
+    return Path(_postgres_user().pw_dir) / "doveseg-team" / hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+
+
+def _make_cluster_folder(cluster: Path) -> tuple[int, int] | None:
+    """The cluster's folder, 0700 and the postgres user's when we are root. Returns that owner (or None)."""
+    owner = None
     if os.geteuid() == 0:
-        subprocess.run(["chown", "-R", "postgres:postgres", *map(str, paths)], check=True)
+        user = _postgres_user()
+        owner = (user.pw_uid, user.pw_gid)
+    for path in reversed([cluster, *cluster.parents]):
+        if not path.exists():
+            path.mkdir(mode=0o700)
+            if owner:
+                os.chown(path, *owner)
+    return owner
 
 
 def postgres_start(folder: Path, port: int, superuser_password: str) -> None:
-    data, log = folder / "data", folder / "postgres.log"
     if not (PG_BIN / "pg_ctl").exists():
         raise StackError(f"PostgreSQL is not installed ({PG_BIN}); apt-get install -y postgresql")
-    folder.mkdir(parents=True, exist_ok=True)
+    cluster = postgres_cluster(folder)
+    data, log = cluster / "data", cluster / "postgres.log"
+    owner = _make_cluster_folder(cluster)
     if not (data / "PG_VERSION").exists():
-        pwfile = folder / "initdb.pw"
-        pwfile.write_text(superuser_password)
-        pwfile.chmod(0o600)
-        _chown_to_postgres(folder)
+        pwfile = cluster / "initdb.pw"
+        write_private(pwfile, superuser_password, owner)
+        initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256"]
         result = subprocess.run(
-            _as_postgres(
-                [
-                    str(PG_BIN / "initdb"),
-                    "-D",
-                    str(data),
-                    "-U",
-                    "postgres",
-                    "--auth=scram-sha-256",
-                    f"--pwfile={pwfile}",
-                    "-E",
-                    "UTF8",
-                ]
-            ),
-            capture_output=True,
-            text=True,
+            _as_postgres([*initdb, f"--pwfile={pwfile}", "-E", "UTF8"]), capture_output=True, text=True
         )
         pwfile.unlink()
         if result.returncode != 0:
-            raise StackError(
-                f"initdb {data} failed: {result.stderr.strip().splitlines()[-1:]} "
-                "(the postgres user must be able to reach this folder)"
-            )
-    _chown_to_postgres(folder)
+            raise StackError(f"initdb {data} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
     options = f"-h 127.0.0.1 -p {port} -c unix_socket_directories=''"
     result = subprocess.run(
         _as_postgres(
@@ -141,17 +159,19 @@ def postgres_start(folder: Path, port: int, superuser_password: str) -> None:
 
 
 def postgres_running(folder: Path) -> bool:
-    result = subprocess.run(
-        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "status"]), capture_output=True, text=True
-    )
+    data = postgres_cluster(folder) / "data"
+    if not data.exists():
+        return False
+    result = subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "status"]), capture_output=True)
     return result.returncode == 0
 
 
 def postgres_stop(folder: Path) -> bool:
-    if not (folder / "data" / "postmaster.pid").exists() or not postgres_running(folder):
+    data = postgres_cluster(folder) / "data"
+    if not (data / "postmaster.pid").exists() or not postgres_running(folder):
         return False
     subprocess.run(
-        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "-w", "stop"]),
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
         capture_output=True,
         check=True,
     )
@@ -177,88 +197,23 @@ def postgres_databases(port: int, superuser_password: str, role: str, role_passw
     connection.close()
 
 
-# --- SeaweedFS: `weed mini` (master, volume, filer, S3 in one process), S3 identities from a JSON file
-
-
-def seaweed_start(folder: Path, ports: dict, identities: dict, buckets: list[str]) -> subprocess.Popen:
-    """``identities``: name -> (access key, secret key, buckets it may read, write and list)."""
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    config = folder / "s3.json"
-    config.write_text(
-        json.dumps(
-            {
-                "identities": [
-                    {
-                        "name": name,
-                        "credentials": [{"accessKey": key, "secretKey": secret}],
-                        "actions": [f"{action}:{bucket}" for bucket in allowed for action in ("Read", "Write", "List")],
-                    }
-                    for name, (key, secret, allowed) in identities.items()
-                ]
-            }
-        )
-    )
-    config.chmod(0o600)
-    p = ports
-    argv = [
-        str(BIN / "weed"),
-        "mini",
-        f"-dir={folder / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-s3.config={config}",
-        f"-bucket={','.join(buckets)}",
-        "-master.telemetry=false",
-        f"-s3.port={p['s3']}",
-        f"-s3.port.grpc={p['s3_grpc']}",
-        f"-master.port={p['weed_master']}",
-        f"-master.port.grpc={p['weed_master_grpc']}",
-        f"-volume.port={p['weed_volume']}",
-        f"-volume.port.grpc={p['weed_volume_grpc']}",
-        f"-filer.port={p['weed_filer']}",
-        f"-filer.port.grpc={p['weed_filer_grpc']}",
-        f"-admin.port={p['weed_admin']}",
-        "-admin.ui=false",
-        "-webdav=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        f"-filer.localSocket={folder / 'filer.sock'}",
-        f"-s3.localSocket={folder / 's3.sock'}",
-    ]
-    return spawn(argv, folder / "weed.pid", folder / "weed.log", dict(os.environ))
-
-
-def bucket_ready(endpoint: str, key: str, secret: str, bucket: str) -> bool:
-    import boto3
-    import botocore
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-        region_name="us-east-1",
-        config=botocore.config.Config(retries={"max_attempts": 1}),
-    )
-    try:
-        client.head_bucket(Bucket=bucket)
-        return True
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
-        return False
-
-
 # --- MLflow: basic-auth app, runs and users in PostgreSQL, artifacts proxied to the S3 bucket
 
 
+AUTHORIZATION_FUNCTION = "team_stack.mlflow_auth:authenticate_request"  # basic-auth's, renames for the admin only
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where the server's workers import team_stack from
+
+
 def mlflow_start(folder: Path, port: int, backend_uri: str, auth_uri: str, artifacts: str, env: dict):
-    folder.mkdir(parents=True, exist_ok=True)
+    private_folder(folder)
     ini = folder / "basic_auth.ini"
-    ini.write_text(
+    write_private(
+        ini,
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = {auth_uri}\nadmin_username = admin\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"authorization_function = {AUTHORIZATION_FUNCTION}\n"
         # one worker, so no stale logins across workers; else each request hashes the password
-        "auth_cache_ttl_seconds = 60\n"
+        "auth_cache_ttl_seconds = 60\n",
     )
     argv = [
         str(BIN / "mlflow"),
@@ -276,10 +231,17 @@ def mlflow_start(folder: Path, port: int, backend_uri: str, auth_uri: str, artif
         "--artifacts-destination",
         artifacts,
     ]
+    python_path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
     # MLflow's GenAI job runner (about ten huey worker processes) serves nothing a training team uses here
     return spawn(
         argv,
         folder / "mlflow.pid",
         folder / "mlflow.log",
-        {**os.environ, **env, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        {
+            **os.environ,
+            **env,
+            "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "PYTHONPATH": python_path,
+        },
     )

@@ -1,8 +1,9 @@
-"""The team stack for real (README, "Working as a team"): `make team-up` starts PostgreSQL, SeaweedFS's S3 and
-a basic-auth MLflow server; alice runs the README's steps (smoke `dvc repro`, `dvc push -r team`), bob runs
-his in a clone of hers (`dvc pull`, `dvc status` clean). Then: what bob may not do, logins, secrets, both
-training at once, and three faults (MLflow restarted mid-training, PostgreSQL restarted between runs, the
-object store down during `dvc push`). `make team-down` at the end leaves nothing running.
+"""The team stack for real (docs/team.md): `make team-up` starts PostgreSQL, SeaweedFS's S3 and a basic-auth
+MLflow server; alice runs the page's steps (smoke `dvc repro`, `dvc push -r team`) in a clone under a 0700
+folder (as root in CI), bob runs his in a clone of hers (`dvc pull`, `dvc status` clean). Then: what bob may
+and may not do, every port without a key, logins, secrets (command lines, files), both training at once, and
+three faults (MLflow restarted mid-training, PostgreSQL restarted between runs, the object store down during
+`dvc push`). `make team-down` at the end leaves nothing running.
 """
 
 import json
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import boto3
 import botocore
 import pytest
 import requests
+import yaml
 from mlflow import MlflowClient
 
 from conftest import REPO_ROOT
@@ -27,7 +30,8 @@ from dvc_helpers import copy_repo, dvc, env, git
 
 pytestmark = pytest.mark.slow
 sys.path.insert(0, str(REPO_ROOT))
-from team_stack import servers  # noqa: E402
+from team_stack import doors, servers  # noqa: E402
+from team_stack.mlflow_auth import RENAME_PATHS  # noqa: E402
 from team_stack.stack import ARTIFACT_BUCKET, DVC_BUCKET, PORT_OFFSETS, Stack  # noqa: E402
 
 API = "/api/2.0/mlflow"
@@ -36,13 +40,13 @@ API = "/api/2.0/mlflow"
 def readme_team_blocks() -> list[str]:
     """The bash blocks of docs/team.md's team stack section: alice's, then bob's."""
     text = (REPO_ROOT / "docs" / "team.md").read_text()
-    section = text[text.index("## The team stack") : text.index("Deployed for a team")]
+    section = text[text.index("## The team stack") : text.index("### Who may do what")]
     return re.findall(r"```bash\n(.*?)```", section, re.S)
 
 
 def free_base_port() -> int:
     for base in range(21000 + os.getpid() % 500 * 40, 55000, 40):
-        ports = [base + offset for offset in PORT_OFFSETS.values()] + [base + PORT_OFFSETS["weed_admin"] + 10000]
+        ports = [base + offset for offset in PORT_OFFSETS.values()]
         if not any(_taken(port) for port in ports):
             return base
     raise RuntimeError("no free ports")
@@ -70,10 +74,35 @@ def read_env(path: Path) -> dict:
     return dict(line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines())
 
 
+class CommandLines:
+    """Every distinct command line `ps -ww -eo args` shows (-ww: whole, whatever COLUMNS says), sampled every
+    0.1 s while the block runs."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.is_set():
+            listed = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, errors="replace")
+            self.seen.update(listed.stdout.splitlines()[1:])
+            self.samples += 1
+            self._stop.wait(0.1)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 @pytest.fixture(scope="module")
 def team():
-    root = Path(tempfile.mkdtemp(prefix="doveseg-team-"))
-    root.chmod(0o755)  # the postgres user reaches its cluster under alice/.team
+    root = Path(tempfile.mkdtemp(prefix="doveseg-team-"))  # 0700: as root, the postgres user cannot enter it
     alice = copy_repo(root / "alice")
     venv = Path(sys.executable).parent.parent
     (alice / ".venv").symlink_to(venv)  # make's targets find the venv set up, for this pyproject.toml
@@ -84,21 +113,27 @@ def team():
     dvc(alice, "add", "data/raw")
     git(alice, "add", "-A")
     git(alice, "commit", "-qm", "smoke profile; data/raw under DVC")
-    stack = None
+    stack = cluster = None
     try:
         alice_steps, bob_steps = readme_team_blocks()
         started = time.perf_counter()
-        out = bash(alice_steps, alice, {"TEAM_ARGS": f"--base-port {free_base_port()}"})
-        print(f"README alice (team-up, smoke dvc repro, push): {time.perf_counter() - started:.0f} s")
+        with CommandLines() as alice_argv:
+            out = bash(alice_steps, alice, {"TEAM_ARGS": f"--base-port {free_base_port()}"})
+        print(f"docs alice (team-up, smoke dvc repro, push): {time.perf_counter() - started:.0f} s")
         stack = Stack(alice / ".team")
-        assert f"MLflow      {stack.mlflow_uri}" in out
-        bash(bob_steps.replace("<repo>", str(alice)), root)
+        cluster = servers.postgres_cluster(stack.folder / "postgres")
+        assert f"MLflow      {stack.mlflow_uri}" in out and f"({cluster})" in out
+        with CommandLines() as bob_argv:
+            bash(bob_steps.replace("<repo>", str(alice)), root)
         yield {
             "root": root,
             "alice": alice,
             "bob": root / "doveseg-bob",
             "stack": stack,
+            "cluster": cluster,
             "users": {user: read_env(stack.env_file(user)) for user in ("alice", "bob")},
+            "secrets": json.loads(stack.secrets_file.read_text()),
+            "command lines": {"alice's block (make team-up)": alice_argv, "bob's block": bob_argv},
         }
     finally:
         down = subprocess.run(["make", "team-down"], cwd=alice, env=env(), capture_output=True, text=True)
@@ -108,27 +143,40 @@ def team():
                 assert servers.running_pid(pid_file) is None
             assert not servers.postgres_running(stack.folder / "postgres")
             assert not [port for port in stack.ports.values() if _taken(port)], "a port is still served"
+        if cluster is not None and root not in cluster.parents:  # in the postgres user's home
+            shutil.rmtree(cluster, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
 
 
+def registered_models(repo: Path) -> dict[str, str]:
+    return yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["registered_models"]
+
+
 def assert_champion_as_reported(team, repo: Path) -> None:
-    """The alias `champion` is on the registered version of the model with the better test mIoU in
-    repo's reports/metrics.json (ties: the first), as recorded in that repo's run-id files."""
-    scores = json.loads((repo / "reports" / "metrics.json").read_text())
-    best = max(scores, key=lambda model: scores[model]["test"]["mIoU"])
-    registered = json.loads((repo / "models" / best / "mlflow_run.json").read_text())["registered_model"]
+    """One `champion` alias, on the served model, on the version whose training run has the best test/mIoU
+    on the contest's test set (the model's tag champion_test_set), and it is the one repo's
+    reports/metrics.json names; no other registered model has a `champion`."""
+    champion = json.loads((repo / "reports" / "metrics.json").read_text())["champion"]
+    names = registered_models(repo)
+    served = names["serving"]
     mlflow = client(team, "bob")
-    assert mlflow.get_model_version_by_alias(registered["name"], "champion").version == registered["version"]
-    for other in set(scores) - {best}:
-        name = json.loads((repo / "models" / other / "mlflow_run.json").read_text())["registered_model"]["name"]
-        assert "champion" not in mlflow.get_registered_model(name).aliases
+    model = mlflow.get_registered_model(served)
+    assert champion["registered_model"] == served and str(model.aliases["champion"]) == str(champion["version"])
+    contest, scores = model.tags["champion_test_set"], {}
+    for version in mlflow.search_model_versions(f"name = '{served}'"):
+        run = mlflow.get_run(version.run_id)
+        if run.data.tags.get("test_set") == contest and "test/mIoU" in run.data.metrics:
+            scores[str(version.version)] = run.data.metrics["test/mIoU"]
+    assert scores[str(champion["version"])] == max(scores.values()), (champion, scores)
+    for name in set(names.values()) - {served}:
+        assert "champion" not in mlflow.get_registered_model(name).aliases, name
 
 
 def client(team, user: str, password: str | None = None) -> MlflowClient:
-    login = team["users"][user]
+    """MLflow as ``user`` (the login goes into the environment, where MLflow reads it on every call)."""
     os.environ["MLFLOW_TRACKING_USERNAME"] = user
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = password or login["MLFLOW_TRACKING_PASSWORD"]
-    return MlflowClient(login["MLFLOW_TRACKING_URI"])
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = password or team["users"][user]["MLFLOW_TRACKING_PASSWORD"]
+    return MlflowClient(team["stack"].mlflow_uri)
 
 
 def as_user(team, user: str) -> dict:
@@ -169,18 +217,50 @@ def test_bob_pulls_alices_work_and_sees_her_runs_and_models(team):
     assert_champion_as_reported(team, team["bob"])
 
 
+def test_what_bob_may_do(team):
+    """A member trains, registers versions and sets aliases (report's champion needs no more)."""
+    served = registered_models(team["alice"])["serving"]
+    mlflow = client(team, "bob")
+    experiment = mlflow.get_experiment_by_name("doveseg").experiment_id
+    run = mlflow.create_run(experiment).info.run_id
+    mlflow.log_metric(run, "probe", 1.0)
+    mlflow.set_terminated(run)
+    source = f"mlflow-artifacts:/{experiment}/{run}/artifacts/model"
+    version = mlflow.create_model_version(served, source, run_id=run).version
+    mlflow.set_registered_model_alias(served, "bob-tried", version)
+    assert mlflow.get_model_version_by_alias(served, "bob-tried").run_id == run
+    admin = client(team, "admin", team["secrets"]["mlflow_admin"])  # the admin tidies up: bob cannot
+    admin.delete_registered_model_alias(served, "bob-tried")
+    admin.delete_model_version(served, version)
+    admin.delete_run(run)
+
+
 def test_what_bob_may_not_do_is_refused(team):
     alice_run = json.loads((team["alice"] / "models" / "paddle" / "mlflow_run.json").read_text())
-    bob = login(team, "bob")
+    registered = alice_run["registered_model"]
+    served = registered_models(team["alice"])["serving"]
+    bob, api3 = login(team, "bob"), "/api/3.0/mlflow/users/permissions"
+    on_served = {"resource_type": "registered_model", "resource_id": served}
     refused = {
+        "delete a registered model": call(
+            team, "DELETE", f"{API}/registered-models/delete", bob, json={"name": registered["name"]}
+        ),
+        "delete a model version": call(team, "DELETE", f"{API}/model-versions/delete", bob, json=registered),
+        "delete the champion alias": call(
+            team, "DELETE", f"{API}/registered-models/alias", bob, json={"name": served, "alias": "champion"}
+        ),
+        "revoke alice's permission": call(team, "POST", f"{api3}/revoke", bob, json={"username": "alice", **on_served}),
+        "grant himself MANAGE": call(
+            team, "POST", f"{api3}/grant", bob, json={"username": "bob", "permission": "MANAGE", **on_served}
+        ),
         "delete alice's run": call(team, "POST", f"{API}/runs/delete", bob, json={"run_id": alice_run["run_id"]}),
         "delete the team's experiment": call(
             team, "POST", f"{API}/experiments/delete", bob, json={"experiment_id": alice_run["experiment_id"]}
         ),
-        "grant himself MANAGE": call(
+        "grant himself MANAGE on the experiment": call(
             team,
             "POST",
-            "/api/3.0/mlflow/users/permissions/grant",
+            f"{api3}/grant",
             bob,
             json={
                 "username": "bob",
@@ -191,6 +271,8 @@ def test_what_bob_may_not_do_is_refused(team):
         ),
         "create a user": call(team, "POST", f"{API}/users/create", bob, json={"username": "eve", "password": "x" * 16}),
     }
+    for path in sorted(RENAME_PATHS):  # every path MLflow serves renames on
+        refused[f"rename ({path})"] = call(team, "POST", path, bob, json={"name": served, "new_name": "bobs"})
     # alice's own experiment: bob reads it, may not write to her run there
     mine = client(team, "alice")
     scratch = mine.create_experiment(f"alice-scratch-{time.time_ns()}")
@@ -205,20 +287,47 @@ def test_what_bob_may_not_do_is_refused(team):
     refused["create a run in alice's experiment"] = call(
         team, "POST", f"{API}/runs/create", bob, json={"experiment_id": scratch}
     )
+    print({what: response.status_code for what, response in refused.items()})
     assert {what: r.status_code for what, r in refused.items()} == dict.fromkeys(refused, 403)
     assert call(team, "GET", f"{API}/runs/get", bob, params={"run_id": scratch_run}).status_code == 200
+    assert client(team, "bob").get_registered_model(served).name == served  # all still there
+    # the admin may rename (and does so back)
+    admin = ("admin", team["secrets"]["mlflow_admin"])
+    rename = f"{API}/registered-models/rename"
+    assert call(team, "POST", rename, admin, json={"name": served, "new_name": f"{served}-x"}).status_code == 200
+    assert call(team, "POST", rename, admin, json={"name": f"{served}-x", "new_name": served}).status_code == 200
     # S3: bob's key reaches the DVC bucket only
-    keys = team["users"]["bob"]
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=keys["TEAM_S3_ENDPOINT"],
-        aws_access_key_id=keys["TEAM_S3_KEY_ID"],
-        aws_secret_access_key=keys["TEAM_S3_SECRET"],
-        region_name="us-east-1",
-    )
+    s3 = s3_client(team, "bob")
     assert s3.list_objects_v2(Bucket=DVC_BUCKET)["KeyCount"] > 0
     with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
         s3.list_objects_v2(Bucket=ARTIFACT_BUCKET)
+
+
+def s3_client(team, user: str, secret: str | None = None):
+    keys = team["secrets"]["s3"][user]
+    return boto3.client(
+        "s3",
+        endpoint_url=team["stack"].s3_uri,
+        aws_access_key_id=keys["key"],
+        aws_secret_access_key=secret or keys["secret"],
+        region_name="us-east-1",
+    )
+
+
+def test_every_port_refuses_anonymous_reads_and_writes(team):
+    stack = team["stack"]
+    ports = doors.listening_ports(doors.stack_pids(stack.folder))  # ss -ltnp, for the stack's processes
+    names = {port: name for name, port in stack.ports.items()}
+    assert ports == set(names), f"ports no probe knows: {ports - set(names)}; not listening: {set(names) - ports}"
+    tls = stack.folder / "s3" / "tls"
+    ca = (tls / "ca.crt").read_bytes()
+    outcomes = {names[port]: doors.try_door(names[port], port, ca) for port in sorted(ports)}
+    print(json.dumps(outcomes, indent=1))
+    assert not {name: tried for name, tried in outcomes.items() if not doors.all_shut(tried)}
+    # the stack's own certificate opens what the probes find shut, so a probe can see an open door
+    client_keys = ((tls / "node.key").read_bytes(), (tls / "node.crt").read_bytes())
+    read, request = doors.PROBES["weed_master_grpc"]["read"][1:]
+    assert doors.grpc_call(stack.ports["weed_master_grpc"], read, request, ca, client_keys) == "OK"
 
 
 def test_no_request_without_a_valid_login_gets_data(team):
@@ -239,21 +348,14 @@ def test_no_request_without_a_valid_login_gets_data(team):
             response = call(team, method, path, auth, **kwargs)
             assert response.status_code == 401, (auth, path, response.status_code)
             assert alice_run["run_id"] not in response.text
-    endpoint = team["users"]["bob"]["TEAM_S3_ENDPOINT"]
     for s3 in (
         boto3.client(
             "s3",
-            endpoint_url=endpoint,
+            endpoint_url=team["stack"].s3_uri,
             region_name="us-east-1",
             config=botocore.config.Config(signature_version=botocore.UNSIGNED),
         ),
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=team["users"]["bob"]["TEAM_S3_KEY_ID"],
-            aws_secret_access_key="wrong",
-        ),
+        s3_client(team, "bob", secret="wrong"),
     ):
         with pytest.raises(botocore.exceptions.ClientError):
             s3.list_objects_v2(Bucket=DVC_BUCKET)
@@ -269,25 +371,80 @@ def test_no_request_without_a_valid_login_gets_data(team):
     assert "refused the login of 'bob'" in result.stderr, result.stderr[-2000:]
 
 
-def test_no_password_or_key_in_git_params_or_mlflow(team):
-    secrets = json.loads((team["stack"].secrets_file).read_text())
-    assert oct(team["stack"].secrets_file.stat().st_mode & 0o777) == "0o600"
+def secret_strings(team) -> set[str]:
+    """Every value of .team/secrets.json (S3 key ids are not secret, but stay out too)."""
 
     def strings(value):
         if isinstance(value, dict):
             return [s for v in value.values() for s in strings(v)]
         return [value]
 
-    # every secret (S3 key ids are not secret, but stay out too)
-    needles = set(strings(secrets))
-    assert len(needles) >= 10
+    needles = set(strings(team["secrets"]))
+    assert len(needles) >= 14
+    return needles
+
+
+def test_no_secret_on_any_command_line(team):
+    """`ps -eo args`, sampled while `make team-up` (alice's block) and bob's block ran: the servers, dvc and the
+    block's commands were seen, and no secret in any of them."""
+    needles = secret_strings(team)
+    alice, bob = (watch.seen for watch in team["command lines"].values())
+    print({block: watch.samples for block, watch in team["command lines"].items()})
+    assert all(watch.samples >= 20 for watch in team["command lines"].values())
+    assert any(" mini " in line for line in alice) and any(
+        " server --app-name" in line for line in alice
+    )  # weed, mlflow
+    assert any("dvc remote" in line for line in bob) and any("dvc pull" in line for line in bob)
+    leaks = [
+        (block, needle[:4], line[:60])
+        for block, watch in team["command lines"].items()
+        for line in watch.seen
+        for needle in needles
+        if needle in line
+    ]
+    assert not leaks
+
+
+def test_every_file_that_holds_a_secret_is_private(team):
+    """Each file under .team/ holding a secret from secrets.json or a private key is 0600, and so is the
+    .dvc/config.local team-up wrote; initdb's password file is gone."""
+    needles = [needle.encode() for needle in secret_strings(team)]
+    folder = team["stack"].folder
+    holding = {}
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            content = path.read_bytes()
+            if b"PRIVATE KEY" in content or any(needle in content for needle in needles):
+                holding[str(path.relative_to(folder))] = oct(path.stat().st_mode & 0o777)
+    print(holding)
+    expected = [
+        "secrets.json",
+        "alice.env",
+        "bob.env",
+        "alice.s3",
+        "bob.s3",
+        "s3/s3.json",
+        "s3/security.toml",
+        "s3/tls/node.key",
+    ]
+    assert set(expected) <= set(holding)
+    assert holding == dict.fromkeys(holding, "0o600")
+    assert oct((folder / "mlflow" / "basic_auth.ini").stat().st_mode & 0o777) == "0o600"
+    assert oct((team["alice"] / ".dvc" / "config.local").stat().st_mode & 0o777) == "0o600"
+    assert not (team["cluster"] / "initdb.pw").exists()
+
+
+def test_no_password_or_key_in_git_params_or_mlflow(team):
+    needles = secret_strings(team)
     haystacks = {}
     for who in ("alice", "bob"):
         repo = team[who]
         haystacks[f"{who}: git history"] = git(repo, "log", "-p", "--all")
         haystacks[f"{who}: params.yaml"] = (repo / "params.yaml").read_text()
         haystacks[f"{who}: .dvc/config"] = (repo / ".dvc" / "config").read_text()
+        haystacks[f"{who}: .dvc/config.local"] = (repo / ".dvc" / "config.local").read_text()
         haystacks[f"{who}: git status"] = git(repo, "status", "--porcelain", "--ignored")
+    assert "credentialpath" in haystacks["bob: .dvc/config.local"]
     mlflow = client(team, "alice")
     for experiment in mlflow.search_experiments():
         haystacks[f"experiment {experiment.name}"] = json.dumps(experiment.tags)
