@@ -31,10 +31,10 @@ def parse_conf(values: list[str]) -> dict[str, str]:
 def root_cause(err: Exception) -> str:
     """The innermost "SomeError: message" line of an error that carries a Python or JVM trace."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    causes = [line for line in lines if re.match(r"^(Caused by: )?[\w.$]+(Error|Exception): ", line)]
-    return (causes[-1].removeprefix("Caused by: ") if causes else f"{type(err).__name__}: {lines[0] if lines else ''}")[
-        :500
-    ]
+    causes = [line for line in lines if re.match(r"^(Caused by: |: )?[\w.$]+(Error|Exception): ", line)]
+    return (
+        re.sub(r"^(Caused by: |: )", "", causes[-1]) if causes else f"{type(err).__name__}: {lines[0] if lines else ''}"
+    )[:500]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,6 +94,7 @@ def resolve_model(model_uri: str) -> str:
 def download_model(model_uri: str, folder: Path) -> Path:
     import mlflow.artifacts
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the job's own progress is enough
     try:
         path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
     except Exception as err:  # noqa: BLE001
@@ -103,12 +104,12 @@ def download_model(model_uri: str, folder: Path) -> Path:
     return path
 
 
-def package_zip(folder: Path) -> Path:
-    """This package as a zip for SparkContext.addPyFile: executors import it without this checkout."""
-    target = folder / "batch_segment.zip"
+def zipped(folder: Path, target: Path, under: str = "") -> Path:
+    """``folder``'s files in a zip at ``target`` (under ``under`` inside it), for Spark to ship."""
     with zipfile.ZipFile(target, "w") as archive:
-        for path in sorted(PACKAGE_DIR.glob("*.py")):
-            archive.write(path, f"batch_segment/{path.name}")
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                archive.write(path, f"{under}{path.relative_to(folder).as_posix()}")
     return target
 
 
@@ -122,7 +123,10 @@ def start_spark(master: str, conf: dict[str, str]):
     # The executors' Python: this one (PySpark reads it from the environment, not from spark.pyspark.python).
     os.environ["PYSPARK_PYTHON"] = os.environ.get("PYSPARK_PYTHON") or sys.executable
     builder = SparkSession.builder.master(master).appName("batch_segment")
-    for key, value in {"spark.ui.showConsoleProgress": "false", **conf}.items():
+    defaults = {"spark.ui.showConsoleProgress": "false"}  # the job prints its own progress
+    if master.startswith("local"):  # one machine: nothing needs to reach the driver from outside
+        defaults.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
+    for key, value in {**defaults, **conf}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
@@ -225,14 +229,17 @@ def run(
 
 def run_tasks(spark, todo: list[Photo], model_dir: Path, version_uri: str, source, output, max_photo_bytes: int):
     context = spark.sparkContext
-    context.addPyFile(str(package_zip(model_dir.parent)))
-    context.addFile(str(model_dir), recursive=True)
+    # This package, importable on the executors without this checkout; the model as an archive each executor
+    # unpacks once (SparkContext.addFile takes folders in local mode only).
+    context.addPyFile(str(zipped(PACKAGE_DIR, model_dir.parent / "batch_segment.zip", "batch_segment/")))
+    model_zip = zipped(model_dir, model_dir.parent / "served_model.zip")
+    context.addArchive(str(model_zip))
     tasks = min(len(todo), max(TASKS_PER_CORE * context.defaultParallelism, math.ceil(len(todo) / MAX_PHOTOS_PER_TASK)))
     listing = [(p.entry.key, p.name, p.entry.size, p.entry.modified_ns) for p in todo]
     frame = spark.createDataFrame(
         context.parallelize(listing, tasks), "photo string, name string, size bigint, modified_ns bigint"
     )
-    task = Task(source, output, model_dir.name, version_uri, max_photo_bytes)
+    task = Task(source, output, model_zip.name, version_uri, max_photo_bytes)
     context.setJobGroup("batch_segment", f"segment {len(todo)} photos with {version_uri}")
     segmented = frame.mapInPandas(functools.partial(segment_partition, task=task), SPARK_SCHEMA)
     with progress(spark, len(todo), tasks):

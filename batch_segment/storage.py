@@ -68,7 +68,10 @@ class LocalFolder:
             raise
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        path = self.path(key)
+        path.unlink(missing_ok=True)
+        if path.parent != Path(self.root) and not any(path.parent.iterdir()):  # as on S3: no empty folders
+            path.parent.rmdir()
 
     def is_inside(self, other) -> str | None:
         """The key prefix under ``other`` (a LocalFolder) that this folder is, or None when it is not under it."""

@@ -40,7 +40,7 @@ class Task:
 
     source: LocalFolder | S3Prefix
     output: LocalFolder | S3Prefix
-    model_file: str  # the shipped model folder's name under SparkFiles
+    model_file: str  # the shipped model archive's name under SparkFiles (unpacked there)
     model_uri: str  # the version it is, models:/<name>/<version>
     max_photo_bytes: int
 
