@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         conf = parse_conf(args.conf)
         if args.max_photo_mb <= 0:
-            raise BatchError(f"--max-photo-mb must be positive, not {args.max_photo_mb}")
+            raise BatchError(f"--max-photo-mb must be positive, not {args.max_photo_mb:g}")
         source, output = open_location(args.input), open_location(args.output)
         summary = run(source, output, args.model, args.master, conf, int(args.max_photo_mb * 1_000_000))
     except (BatchError, ValueError) as err:
