@@ -4,7 +4,9 @@ with bad photos among them, predict's masks of the good ones, and the processes 
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -115,6 +117,29 @@ def predict_masks_of(photos: Path, bad: dict[str, str], work: Path, exports_dir:
         )
     )
     return work / "predicted" / "paddleseg" / "class_id"
+
+
+def registered_project(root: Path) -> dict:
+    """The served model registered (version 1, champion) under ``root``, photos/ of 16 good photos and 4 bad
+    ones, and predict's masks of the good ones."""
+    tracking_uri = register_segmenter(root)
+    bad = write_photo_set(root / "photos")
+    predicted = predict_masks_of(root / "photos", bad, root / "predict", root / "exports" / "paddleseg")
+    return {"root": root, "uri": tracking_uri, "bad": bad, "predicted": predicted}
+
+
+def docs_blocks(section: str) -> list[str]:
+    """The bash blocks of docs/scale.md's ``section``."""
+    text = (REPO_ROOT / "docs" / "scale.md").read_text()
+    part = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)```", part, flags=re.S)
+
+
+def read_manifest(out: Path) -> dict[str, dict]:
+    """``out``'s manifest by photo (checking it is sorted by photo)."""
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [row["photo"] for row in rows] == sorted(row["photo"] for row in rows)
+    return {row["photo"]: row for row in rows}
 
 
 def batch_env(tracking_uri: str, marker: str | None = None) -> dict[str, str]:

@@ -16,27 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
-from spark_helpers import batch_env, predict_masks_of, register_segmenter, run_bash, write_photo_set
+from spark_helpers import batch_env, docs_blocks, read_manifest, registered_project, run_bash
 
 pytest.importorskip("pyspark", reason="the spark extra: pip install -e '.[spark]'")
-
-
-def docs_blocks(section: str) -> list[str]:
-    text = (REPO_ROOT / "docs" / "scale.md").read_text()
-    part = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```bash\n(.*?)```", part, flags=re.S)
 
 
 def batch_lines(block: str) -> str:
     """The block's `python -m batch_segment` lines (what a person runs once the extra and Java are installed)."""
     return "\n".join(line for line in block.splitlines() if line.startswith("python -m batch_segment"))
-
-
-def read_manifest(out: Path) -> dict[str, dict]:
-    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert [row["photo"] for row in rows] == sorted(row["photo"] for row in rows)
-    return {row["photo"]: row for row in rows}
 
 
 def segment(cwd: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
@@ -55,11 +42,7 @@ def segment(cwd: Path, tracking_uri: str, *args: str) -> subprocess.CompletedPro
 def registered(tmp_path_factory):
     """The served model registered (version 1, champion), a folder photos/ of 16 good photos and 4 bad ones,
     predict's masks of the good ones."""
-    root = tmp_path_factory.mktemp("spark")
-    tracking_uri = register_segmenter(root)
-    bad = write_photo_set(root / "photos")
-    predicted = predict_masks_of(root / "photos", bad, root / "predict", root / "exports" / "paddleseg")
-    return {"root": root, "uri": tracking_uri, "bad": bad, "predicted": predicted}
+    return registered_project(tmp_path_factory.mktemp("spark"))
 
 
 @pytest.fixture(scope="module")
