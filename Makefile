@@ -31,9 +31,9 @@ setup-dev: $(BIN)/.installed-dev
 setup-team: $(BIN)/.installed-team
 setup-spark: $(BIN)/.installed-spark   ## pyspark for python -m batch_segment (docs/scale.md; Java 17 from Debian)
 
-demo: setup            ## run the whole pipeline on the bundled demo doves
-	dvc repro
-	dvc metrics show
+demo: setup            ## run the whole pipeline on the bundled demo doves, then say what came out
+	DOVESEG_QUIET_SUMMARY=1 dvc repro
+	python -m stages.reporting.summary
 
 test: setup-dev lint   ## lint, then every test, slow ones included (what CI runs)
 	pytest -m "slow or not slow"
@@ -52,10 +52,11 @@ bench: setup           ## speed benchmarks (print figures and ratios; not tests)
 	python bench/convert.py
 	python bench/real_photos.py
 
-mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000, in the Model training view
-	@python -c "from stages.common.config import load_params; from stages.training.tracking import experiment_page; \
-	print('Open', experiment_page(load_params(['mlflow.tracking_uri=sqlite:///mlflow.db']), 'http://127.0.0.1:5000'))"
-	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+UI_PORT ?= 5000
+mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000 (UI_PORT=...), in the Model training view
+	@python -c "from stages.common.config import load_params; from stages.tracking.runs import experiment_page; \
+	print('Open', experiment_page(load_params(['mlflow.tracking_uri=sqlite:///mlflow.db']), 'http://127.0.0.1:$(UI_PORT)'))"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 demo-data: setup       ## regenerate the bundled demo set (deterministic)
 	python -m demo_data.doves --out data/raw --count 124 --seed 0

@@ -7,7 +7,7 @@ in batches, tags, per-step metrics, a registered model version), then report's p
 through MlflowClient, the champion alias). Every MLflow call is counted: done, retried after "database
 is locked", failed. Two configurations on fresh stores, in the same run:
   plain     MLflow as it comes (its own 20 s SQLite busy timeout, the rollback journal)
-  doveseg   the same calls through stages.training.tracking.store_call (retries on "database is locked")
+  doveseg   the same calls through stages.tracking.store.store_call (retries on "database is locked")
 --fresh starts the writers on a store that does not exist yet (each creates the tables and the experiment).
 Printed per configuration and writer count: calls, retries, failures, wall time, and whether every metric
 arrived and the registered versions are distinct.
@@ -30,7 +30,7 @@ MODEL = "bench-model"
 def writer(uri: str, care: bool, index: int, runs: int, steps: int, results, barrier) -> None:
     import mlflow
 
-    from stages.training import tracking
+    from stages.tracking import store as tracking
 
     counts = {"calls": 0, "retries": 0, "failures": 0, "errors": []}
 

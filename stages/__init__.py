@@ -13,7 +13,9 @@ import stage modules, and import each other only downward in this order, lowest 
     evaluation  confusion-matrix metrics, the report's figures
     models      DoveNet, exported inference models, their ONNX conversion
     prediction  masks from an exported model, prediction files
-    training    MLflow tracking, data-parallel launch, the training dataset, PaddleSeg's loop and fixes
+    tracking    MLflow: the store and its URIs, training runs, the Model Registry and its one champion
+    training    data-parallel launch, the training dataset, PaddleSeg's loop and fixes
+    reporting   the report's inputs, pictures, document (Jinja2 templates), MLflow record and summary
 
 The demo-data generators are a tool, not part of the pipeline: they live beside this package, in
 demo_data/, and nothing here imports them.

@@ -17,20 +17,16 @@ export.check.min_mask_agreement of the pixels, or the stage fails and writes not
 <paths.metrics_dir>/export_<model>.json and to the model's MLflow training run, with the ONNX model
 (mlflow.onnx), next to the Paddle one. The run also gets the served model, photos in and masks out
 (stages.prediction.photo_segmenter on the ONNX model), registered as a new version of
-mlflow.registered_models.serving; that version goes into export_<model>.json (``serving_model``) and report
-points the serving model's alias ``champion`` at the champion's. dvc.yaml runs one export stage per model
-(export@paddle, ...).
+mlflow.registered_models.serving; that version goes into export_<model>.json (``serving_model``), and the
+served model's alias ``champion`` (report moves it) is the champion. dvc.yaml runs one export stage per
+model (export@paddle, ...). The pieces: stages.models.onnx_conversion, stages.prediction.engine_check,
+stages.tracking.logged_models.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import sys
-import tempfile
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,32 +37,13 @@ from stages.common.config import StageError, stage_main
 from stages.common.outputs import atomic_dir, trainer_output_paths, write_json_atomic, write_text_atomic
 from stages.data.images import read_rgb
 from stages.data.split_lists import read_split
-from stages.models.inference_model import (
-    DEPLOY_NAME,
-    META_NAME,
-    Predictor,
-    deploy_config,
-    model_files,
-    preprocess,
-    read_meta,
-)
-from stages.models.onnx_model import (
-    MAX_OPSET,
-    MIN_OPSET,
-    ONNX_NAME,
-    ConversionError,
-    OnnxPredictor,
-    convert,
-    input_shape,
-    opset_of,
-)
-from stages.models.paddleseg_model import can_rebuild, save_static
-from stages.prediction.masks import predict_masks
-from stages.prediction.photo_segmenter import DEPLOY_FILES, pyfunc_arguments
-from stages.training.tracking import finished_run_client, registered_model_name
-
-ONNX_MODEL_NAME = "onnx_model"  # beside the trainers' paddle_model / paddleseg_model in the training run
-SERVING_MODEL_NAME = "photo_segmenter"  # the served model (photos in, masks out), in the same run
+from stages.models.inference_model import DEPLOY_NAME, META_NAME, deploy_config, model_files, read_meta
+from stages.models.onnx_conversion import convert_to_onnx, record_onnx
+from stages.models.onnx_model import MAX_OPSET, MIN_OPSET, ONNX_NAME
+from stages.prediction.engine_check import check_onnx, disagreements
+from stages.tracking.logged_models import log_serving_model, log_to_training_run
+from stages.tracking.registry import registered_model_name
+from stages.tracking.runs import finished_run_client
 
 
 def run(cfg) -> dict:
@@ -173,179 +150,9 @@ def export_model(cfg, name: str, model_dir: Path, photos, client, training_run) 
         # MLflow gets everything before the outputs go live: a logging failure leaves no new outputs.
         log_to_training_run(client, training_run, tmp / ONNX_NAME if has_onnx else None, meta, metrics)
         if has_onnx:  # a model only Paddle Inference can run has nothing to serve on onnxruntime
-            metrics["serving_model"] = log_serving_model(cfg, client, training_run, tmp, meta)
+            metrics["serving_model"] = log_serving_model(cfg, client, training_run, tmp, meta, name, model_dir)
     write_json_atomic(Path(cfg.paths.metrics_dir) / f"export_{name}.json", metrics)
     return metrics
-
-
-def check_onnx(deploy_dir: Path, photos, params) -> dict:
-    """The ONNX model's figures: what it is, and how it compares with Paddle Inference on ``photos``."""
-    onnx_path = deploy_dir / ONNX_NAME
-    check = compare_engines(deploy_dir, photos)
-    return {
-        "opset": opset_of(onnx_path),
-        "onnx_input_shape": input_shape(onnx_path),
-        "onnx_bytes": onnx_path.stat().st_size,
-        **check,
-        "logit_tolerance": float(params.check.max_logit_diff) * max(1.0, check["max_abs_logit"]),
-        "min_mask_agreement": float(params.check.min_mask_agreement),
-    }
-
-
-def disagreements(figures: dict, params) -> list[str]:
-    failures = []
-    if not figures["max_logit_diff"] <= figures["logit_tolerance"]:
-        failures.append(
-            f"max logit difference {figures['max_logit_diff']:.3g} > {figures['logit_tolerance']:.3g} "
-            f"(export.check.max_logit_diff {params.check.max_logit_diff} x max(1, largest logit "
-            f"{figures['max_abs_logit']:.3g}))"
-        )
-    if not figures["mask_agreement"] >= figures["min_mask_agreement"]:
-        failures.append(
-            f"class ids agree on {figures['mask_agreement']:.4%} of the pixels < "
-            f"export.check.min_mask_agreement {figures['min_mask_agreement']:.4%}"
-        )
-    return failures
-
-
-def convert_to_onnx(deploy_dir: Path, model_dir: Path, input_size, opset: int, name: str) -> dict:
-    """model.onnx in ``deploy_dir``: dynamic height and width, else (an op needs fixed sizes) the model
-    traced again at ``input_size``. Returns how: {"onnx_conversion": "dynamic" | "static" | None, ...}
-    with the converter's one-line reasons."""
-    try:
-        convert(deploy_dir, deploy_dir / ONNX_NAME, opset, name)
-        return {"onnx_conversion": "dynamic"}
-    except ConversionError as err:
-        dynamic = err
-    if not dynamic.needs_static_shape:
-        return {"onnx_conversion": None, "onnx_missing": str(dynamic)}
-    height, width = input_size
-    if not can_rebuild(model_dir):
-        return {
-            "onnx_conversion": None,
-            "onnx_missing": f"{dynamic}; a static {height}x{width} conversion needs "
-            "the model's PaddleSeg config and weights (train_paddleseg's)",
-        }
-    try:
-        with tempfile.TemporaryDirectory(prefix="static-") as static_dir:
-            save_static(model_dir, static_dir, input_size)
-            convert(static_dir, deploy_dir / ONNX_NAME, opset, name)
-    except StageError as err:
-        static = str(err).removeprefix(f"model {name!r}: ")
-        return {"onnx_conversion": None, "onnx_missing": f"{dynamic}; and at a static {height}x{width}: {static}"}
-    return {"onnx_conversion": "static", "dynamic_conversion_error": str(dynamic)}
-
-
-def record_onnx(deploy_dir: Path, conversion: dict, shape: list) -> None:
-    """meta.json of the deploy folder says what model.onnx is, or why there is none (predict reads it)."""
-    path = deploy_dir / META_NAME
-    meta = json.loads(path.read_text())
-    if conversion["onnx_conversion"] is None:
-        meta["onnx"] = {"file": None, "missing": conversion["onnx_missing"]}
-    else:
-        meta["onnx"] = {"file": ONNX_NAME, "conversion": conversion["onnx_conversion"], "input_shape": shape}
-    write_json_atomic(path, meta)
-
-
-def compare_engines(deploy_dir: Path, photos) -> dict:
-    """Paddle Inference against onnxruntime on the same photos: largest logit difference, class-id agreement."""
-    threads = os.cpu_count() or 1
-    engines = {
-        "paddle": Predictor(deploy_dir, use_gpu=False, cpu_threads=threads),
-        "onnxruntime": OnnxPredictor(deploy_dir, cpu_threads=threads),
-    }
-    meta = engines["paddle"].meta
-    images = [rgb for _, rgb in photos]
-    batch = np.stack([preprocess(rgb, meta) for rgb in images])
-    logits = {engine: predictor.logits(batch) for engine, predictor in engines.items()}
-    masks = {engine: predict_masks(predictor, images) for engine, predictor in engines.items()}
-    agree = sum(int((a == b).sum()) for a, b in zip(masks["paddle"], masks["onnxruntime"]))
-    total = sum(mask.size for mask in masks["paddle"])
-    return {
-        "check_images": [stem for stem, _ in photos],
-        "max_logit_diff": float(np.abs(logits["paddle"] - logits["onnxruntime"]).max()),
-        "max_abs_logit": float(np.abs(logits["paddle"]).max()),
-        "mask_agreement": agree / total,
-    }
-
-
-def log_to_training_run(client, training_run, onnx_path: Path | None, meta, metrics: dict) -> None:
-    """The check's figures and the ONNX model, added to the finished training run without reopening it
-    (``onnx_path`` None: no ONNX model, only why)."""
-    import mlflow.onnx
-    import onnx
-    import onnxruntime
-    from mlflow.entities import Metric
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    run_id = training_run.info.run_id
-    client.set_tag(run_id, "onnx_conversion", str(metrics["onnx_conversion"]))
-    if onnx_path is None:
-        client.set_tag(run_id, "onnx_missing", metrics["onnx_missing"][:5000])  # MLflow's tag value limit
-        return
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[
-            Metric(f"export/{key}", float(metrics[key]), now, 0)
-            for key in ("max_logit_diff", "logit_tolerance", "mask_agreement", "opset")
-        ],
-    )
-    client.set_tag(run_id, "onnx_opset", str(metrics["opset"]))
-    # The logged model's experiment is the run's (MLflow's default would be the current experiment).
-    logged = client.create_logged_model(training_run.info.experiment_id, name=ONNX_MODEL_NAME, source_run_id=run_id)
-    model = onnx.load(str(onnx_path))
-    dims = tuple(-1 if dim is None else dim for dim in metrics["onnx_input_shape"])
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), dims, model.graph.input[0].name)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (dims[0], meta.num_classes, -1, -1))]),
-    )
-    mlflow.onnx.log_model(
-        model,
-        name=ONNX_MODEL_NAME,
-        run_id=run_id,
-        model_id=logged.model_id,
-        signature=signature,
-        save_as_external_data=False,
-        # stated, not inferred: MLflow would load the model in a subprocess (~10 s)
-        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-        metadata={
-            "opset": metrics["opset"],
-            "class_names": list(meta.class_names),
-            "input_size": list(meta.input_size),
-            "mean": list(meta.mean),
-            "std": list(meta.std),
-        },
-    )
-
-
-def log_serving_model(cfg, client, training_run, deploy_dir: Path, meta) -> dict:
-    """The photo segmenter on ``deploy_dir``'s ONNX model, logged to the finished training run and registered
-    as a new version of mlflow.registered_models.serving. Returns its name, version and models:/ URI."""
-    import mlflow.pyfunc
-    from mlflow.models import Model
-
-    name = registered_model_name(cfg, "serving")
-    run_id = training_run.info.run_id
-    logged = client.create_logged_model(training_run.info.experiment_id, name=SERVING_MODEL_NAME, source_run_id=run_id)
-    with tempfile.TemporaryDirectory() as bundle:
-        for file in DEPLOY_FILES:  # the ONNX model and its meta only: the server needs no Paddle files
-            shutil.copyfile(deploy_dir / file, Path(bundle) / file)
-        # Model.log is what mlflow.pyfunc.log_model calls; it also takes the run to log to.
-        with warnings.catch_warnings():  # the signature says what the input is; an example would add nothing
-            warnings.filterwarnings("ignore", message=".*input example was not provided")
-            info = Model.log(
-                artifact_path=None,
-                name=SERVING_MODEL_NAME,
-                flavor=mlflow.pyfunc,
-                run_id=run_id,
-                model_id=logged.model_id,
-                registered_model_name=name,
-                **pyfunc_arguments(bundle, meta, int(cfg.export.serving.max_image_pixels)),
-            )
-    version = str(info.registered_model_version)
-    return {"name": name, "version": version, "uri": f"models:/{name}/{version}"}
 
 
 if __name__ == "__main__":

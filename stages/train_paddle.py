@@ -34,6 +34,8 @@ from stages.data.split_lists import check_samples, read_split, split_file
 from stages.evaluation.metrics import ConfusionMatrix
 from stages.models.dovenet import DoveNet, count_parameters
 from stages.models.inference_model import META_NAME, ModelMeta, export
+from stages.tracking.registry import registered_model_name
+from stages.tracking.runs import log_metrics, training_run
 from stages.training import distributed
 from stages.training.adaptation import (
     Adaptation,
@@ -47,7 +49,6 @@ from stages.training.dataset import Augment, SegDataset, make_loader
 from stages.training.distributed import LaunchSettings
 from stages.training.photo_cache import MB
 from stages.training.summary import training_metrics, validation_metrics, write_plots
-from stages.training.tracking import log_metrics, registered_model_name, training_run
 from stages.training.weight_average import WeightAverage
 
 STAGE = "train_paddle"

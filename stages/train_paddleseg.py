@@ -32,6 +32,8 @@ from stages.data.labels import read_labels
 from stages.data.split_lists import check_samples, read_split, split_file
 from stages.models.inference_model import META_NAME, ModelMeta, export
 from stages.models.paddleseg_model import CONFIG_NAME
+from stages.tracking.registry import registered_model_name
+from stages.tracking.runs import log_metrics, training_run
 from stages.training import distributed
 from stages.training.adaptation import (
     Adaptation,
@@ -59,7 +61,6 @@ from stages.training.paddleseg_loop import (
 from stages.training.photo_cache import MB
 from stages.training.pretrained import check_pretrained
 from stages.training.summary import training_metrics, validation_metrics, write_plots
-from stages.training.tracking import log_metrics, registered_model_name, training_run
 
 STAGE = "train_paddleseg"
 # Params that change how fast training runs, not what it computes: a checkpoint stays valid across them.

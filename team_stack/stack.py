@@ -34,7 +34,7 @@ PORT_OFFSETS = {
 }
 DVC_BUCKET, ARTIFACT_BUCKET = "doveseg-dvc", "doveseg-mlflow"
 DVC_REMOTE = "team"
-EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # as stages/training/tracking.py
+EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # as stages/tracking/runs.py
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 

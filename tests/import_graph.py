@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 # Subpackages, lowest layer first: each may import only those before it (the order in stages/__init__.py).
-LAYERS = ("common", "data", "labelme", "evaluation", "models", "prediction", "training")
+LAYERS = ("common", "data", "labelme", "evaluation", "models", "prediction", "tracking", "training", "reporting")
 TOOLS = (
     "demo_data",
     "team_stack",
@@ -108,8 +108,29 @@ def stage_deps(stage: str, package_dir: Path) -> list[str]:
     ]
 
 
+def rewrite_dvc_yaml_deps(dvc_yaml: Path, package_dir: Path) -> str:
+    """dvc.yaml's text with each stage's run of ``- stages/...py`` deps replaced by what the stage imports."""
+    out, stage = [], None
+    for line in dvc_yaml.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if line.startswith("  ") and not line.startswith("   ") and stripped.endswith(":"):
+            stage = stripped[:-1]  # a stage under `stages:` (a foreach stage keeps its name)
+        if stripped.startswith("- stages/") and stripped.endswith(".py"):
+            indent = line[: len(line) - len(line.lstrip())]
+            if out and out[-1].strip().startswith("- stages/"):
+                continue  # the run was written at its first line
+            out += [f"{indent}- {dep}" for dep in stage_deps(stage, package_dir)]
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 if __name__ == "__main__":  # python tests/import_graph.py predict: the deps lines for dvc.yaml
     import sys
 
-    for dep in stage_deps(sys.argv[1], Path(__file__).resolve().parents[1] / "stages"):
-        print(f"      - {dep}")
+    root = Path(__file__).resolve().parents[1]
+    if sys.argv[1:] == ["--rewrite-dvc-yaml"]:  # every stage's deps, rewritten in place
+        (root / "dvc.yaml").write_text(rewrite_dvc_yaml_deps(root / "dvc.yaml", root / "stages"), encoding="utf-8")
+    else:
+        for dep in stage_deps(sys.argv[1], root / "stages"):
+            print(f"      - {dep}")

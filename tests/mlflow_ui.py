@@ -79,7 +79,7 @@ def main() -> None:
         sys.exit("no chromium on PATH (Debian: apt-get install chromium)")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from stages.common.config import load_params
-    from stages.training.tracking import experiment_page
+    from stages.tracking.runs import experiment_page
 
     cfg = load_params([f"mlflow.tracking_uri={os.environ.get('MLFLOW_TRACKING_URI', args.ui_url)}"])
     pages = {

@@ -154,33 +154,70 @@ def test_the_project_store_holds_each_experiments_run_named_and_tagged_as_dvc_sh
     assert runs[""].info.run_name == "train_paddle"  # the workspace's repro, as before
 
 
+def one_champion(client) -> tuple[str, str]:
+    """(registered model, version) of the one `champion` alias in the whole registry."""
+    holders = [
+        (m.name, str(m.aliases["champion"])) for m in client.search_registered_models() if "champion" in m.aliases
+    ]
+    assert len(holders) == 1, holders
+    return holders[0]
+
+
+def best_served(client, serving: str) -> set[str]:
+    """The served versions with the best test/mIoU on the contest's test set (the served model's tag)."""
+    contest = client.get_registered_model(serving).tags["champion_test_set"]
+    scored = {}
+    for version in client.search_model_versions(f"name = '{serving}'"):
+        run = client.get_run(version.run_id)
+        if run.data.tags.get("test_set") == contest and "test/mIoU" in run.data.metrics:
+            scored[str(version.version)] = run.data.metrics["test/mIoU"]
+    return {version for version, score in scored.items() if score == max(scored.values())}
+
+
 def test_each_experiment_registers_its_own_version_and_the_champion_is_the_best(swept):
     repo, _ = swept
     client, runs = store_runs(repo)
     registered = yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["registered_models"]
-    params = {model: registered[model] for model in ("paddle", "paddleseg")}  # the trainers' (not the served one)
-    versions = client.search_model_versions(f"name = '{params['paddle']}'")
+    versions = client.search_model_versions(f"name = '{registered['paddle']}'")
     assert sorted(int(v.version) for v in versions) == list(range(1, EXPERIMENTS + 2))  # + the workspace's
     assert {v.run_id for v in versions} == {run.info.run_id for run in runs.values()}
-    scored = [
-        (client.get_run(v.run_id).data.metrics["test/mIoU"], name, str(v.version))
-        for name in params.values()
-        for v in client.search_model_versions(f"name = '{name}'")
-    ]
-    best = max(score for score, _, _ in scored)
-    holders = [
-        (name, version)
-        for name in params.values()
-        for alias, version in client.get_registered_model(name).aliases.items()
-        if alias == "champion"
-    ]
-    assert len(holders) == 1, holders
-    name, version = holders[0]
-    assert (best, name, str(version)) in scored
-    # the served model's champion is the version exported from the champion's training run
-    champion_run = client.get_model_version(name, version).run_id
-    served = client.get_model_version_by_alias(registered["serving"], "champion")
-    assert served.run_id == champion_run
+    # one champion in the whole registry: the served model's best version, whichever trainer made it
+    name, version = one_champion(client)
+    assert name == registered["serving"] and version in best_served(client, name)
+
+
+def test_experiments_scoring_one_model_or_other_splits_cannot_move_the_champion(swept):
+    """Two experiments the champion rule forbids to crown: one scoring only the PaddleSeg model (today's code
+    crowned among the scored models only: two champions, the worse one served) and one on other splits (today
+    it took the champion whatever its score). `--temp`: each runs in DVC's copy, the workspace stays."""
+    repo, _ = swept
+    client, _ = store_runs(repo)
+    serving = yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["registered_models"]["serving"]
+    before = one_champion(client)
+    dvc(
+        repo,
+        "exp",
+        "run",
+        "--temp",
+        "-n",
+        "seg-only",
+        "-S",
+        "predict.models=[paddleseg]",
+        extra_env=no_tracking_override(),
+    )
+    assert one_champion(client) == before and before[1] in best_served(client, serving)
+    started = time.perf_counter()
+    ran = dvc(
+        repo, "exp", "run", "--temp", "-n", "seed-7", "-S", "build_splits.seed=7", extra_env=no_tracking_override()
+    )
+    print(f"seed-7 experiment: {time.perf_counter() - started:.0f} s")
+    assert "recorded, the champion does not move" in ran.stdout + ran.stderr
+    assert one_champion(client) == before
+    seed_runs = client.search_runs(
+        [client.get_experiment_by_name("doveseg").experiment_id], "tags.dvc_exp_name = 'seed-7'"
+    )
+    contest = client.get_registered_model(serving).tags["champion_test_set"]
+    assert seed_runs and all(run.data.tags["test_set"] != contest for run in seed_runs)
 
 
 def test_the_queue_leaves_no_worker_behind(swept):
@@ -199,7 +236,7 @@ def test_mlflow_ui_lists_the_experiments_runs_beside_the_workspaces(swept, tmp_p
 
     with mlflow_server(tmp_path / "ui", backend=f"sqlite:///{repo / 'mlflow.db'}") as uri:
         from stages.common.config import load_params
-        from stages.training.tracking import experiment_page
+        from stages.tracking.runs import experiment_page
 
         text = render(experiment_page(load_params([f"mlflow.tracking_uri={uri}"], repo), uri), tmp_path / "sweep.png")
     print(f"screenshot: {tmp_path / 'sweep.png'}")

@@ -17,10 +17,12 @@ from stages import export, predict
 from stages.common.config import StageError
 from stages.data.images import read_rgb, save_rgb_png
 from stages.data.split_lists import read_split
+from stages.models import onnx_conversion
 from stages.models.inference_model import ModelMeta, Predictor, preprocess, read_meta
 from stages.models.inference_model import export as export_inference_model
 from stages.models.onnx_model import ConversionError, OnnxPredictor, convert
-from stages.training.tracking import read_run_id, training_run
+from stages.tracking.logged_models import ONNX_MODEL_NAME, SERVING_MODEL_NAME
+from stages.tracking.runs import read_run_id, training_run
 
 from tiny_pipeline import CLASS_NAMES, export_model, make_cfg, make_dataset, trained_models
 
@@ -98,7 +100,7 @@ def test_the_check_passes_and_its_figures_go_to_the_metrics_file_and_the_trainin
         logged = [
             m
             for m in client.search_logged_models([run.info.experiment_id])
-            if m.source_run_id == run.info.run_id and m.name == export.ONNX_MODEL_NAME
+            if m.source_run_id == run.info.run_id and m.name == ONNX_MODEL_NAME
         ]
         assert len(logged) == 1
         assert logged[0].model_id in {o.model_id for o in run.outputs.model_outputs}
@@ -116,7 +118,7 @@ def test_the_check_passes_and_its_figures_go_to_the_metrics_file_and_the_trainin
         [segmenter] = [
             m
             for m in client.search_logged_models([run.info.experiment_id])
-            if m.source_run_id == run.info.run_id and m.name == export.SERVING_MODEL_NAME
+            if m.source_run_id == run.info.run_id and m.name == SERVING_MODEL_NAME
         ]
         assert segmenter.model_id in {o.model_id for o in run.outputs.model_outputs}
         artifacts = {a.path for a in client.list_logged_model_artifacts(segmenter.model_id)}
@@ -192,7 +194,7 @@ def test_a_corrupted_onnx_model_fails_the_check_and_the_stage_writes_nothing(tmp
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = make_cfg(*make_dataset(tmp_path), *mlflow_store, "export.models=[paddleseg]")
     trained_models(tmp_path, cfg, names=("paddleseg",))
-    monkeypatch.setattr(export, "convert", corrupting(convert))
+    monkeypatch.setattr(onnx_conversion, "convert", corrupting(convert))
     with pytest.raises(
         StageError,
         match=r"model 'paddleseg': ONNX model disagrees with Paddle Inference on 4 "
@@ -365,7 +367,9 @@ def test_a_static_conversion_that_disagrees_with_paddle_falls_back_to_paddle(tmp
     pooled_model(tmp_path / "models" / "paddleseg", paddleseg_config=True)
     with training_run(cfg, "train_paddleseg", tmp_path / "models" / "paddleseg" / "mlflow_run.json"):
         pass
-    monkeypatch.setattr(export, "convert", corrupting(convert))  # the dynamic attempt aborts, the static one is wrong
+    monkeypatch.setattr(
+        onnx_conversion, "convert", corrupting(convert)
+    )  # the dynamic attempt aborts, the static one is wrong
     metrics = export.run(cfg)["models"]["paddleseg"]
     assert metrics["onnx_conversion"] is None and metrics["check_passed"] is None
     assert (

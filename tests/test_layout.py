@@ -54,8 +54,8 @@ def plant(tmp_path, file: str, line: str):
 
 
 def test_a_planted_upward_import_is_caught(tmp_path):
-    found = plant(tmp_path, "data/labels.py", "from stages.training.tracking import log_metrics")
-    assert found == ["stages.data.labels -> stages.training.tracking: imports upward (data is below training)"]
+    found = plant(tmp_path, "data/labels.py", "from stages.tracking.runs import log_metrics")
+    assert found == ["stages.data.labels -> stages.tracking.runs: imports upward (data is below tracking)"]
 
 
 def test_a_planted_import_of_a_stage_module_is_caught(tmp_path):

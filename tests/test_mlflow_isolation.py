@@ -5,7 +5,7 @@ import os
 
 import mlflow
 
-from stages.training.tracking import _use_tracking_uri
+from stages.tracking.store import _use_tracking_uri
 
 
 def test_a_stage_sets_mlflows_process_wide_uri(tmp_path):

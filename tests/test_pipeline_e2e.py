@@ -26,6 +26,7 @@ from model_server import masks, model_server, photos_request, post, serve_comman
 pytestmark = pytest.mark.slow
 TRAINERS = ("train_paddle", "train_paddleseg")
 MODELS = ("paddle", "paddleseg")
+REPRO = {}  # the smoke repro's output
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,7 @@ def team_repo(tmp_path_factory):
         )
         assert result.returncode == 0, f"dvc repro failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}"
         print(f"smoke dvc repro: {time.perf_counter() - started:.1f} s")
+        REPRO["stdout"] = result.stdout
         git(repo, "add", "-A")  # dvc.lock and the git-tracked metrics, plots and reports/metrics.json
         git(repo, "commit", "-qm", "dvc repro")
         yield repo, uri
@@ -63,6 +65,23 @@ def test_after_repro_status_is_clean_and_metrics_list_both_models(team_repo):
     report = json.loads((repo / "reports" / "metrics.json").read_text())
     for model in MODELS:
         assert 0 <= report[model]["test"]["mIoU"] <= 1
+
+
+def test_dvc_repro_ends_with_the_summary(team_repo):
+    """The last thing `dvc repro` prints (report's last lines): each model's test mIoU, the champion and its
+    served model, where the report is, and what to run next."""
+    repo, _ = team_repo
+    report = json.loads((repo / "reports" / "metrics.json").read_text())
+    tail = REPRO["stdout"].rstrip().splitlines()[-9:]
+    text = "\n".join(tail)
+    assert tail[0] == "doveseg: test mIoU on the test split", text
+    for model in MODELS:
+        assert f"{report[model]['test']['mIoU']:.3f}" in text
+    champion = report["champion"]
+    assert f"champion: {champion['model']} ({champion['architecture']})" in text
+    assert f"served model models:/doveseg-segmenter@champion = version {champion['version']}" in text
+    assert "report: reports/index.html" in text and "make mlflow-ui" in text
+    assert tail[-1].endswith('mlflow models serve -m "models:/doveseg-segmenter@champion" --env-manager local -p 5001')
 
 
 def test_mlflow_server_holds_both_training_runs_with_the_same_metric_names(team_repo):
@@ -118,17 +137,20 @@ def test_mlflow_runs_have_dvc_datasets_registered_models_a_champion_and_true_dur
         # its duration is the training's: predict and report added to it after it ended
         test_logged = client.get_metric_history(run.info.run_id, "test/mIoU")[0].timestamp
         assert run.info.end_time < test_logged
-    # one registered version per training run; the champion is the better test mIoU
-    test_miou = {m: r["test"]["mIoU"] for m, r in json.loads((repo / "reports" / "metrics.json").read_text()).items()}
-    champion = max(test_miou, key=test_miou.get)
+    # one registered version per training run, labelled with its architecture; no champion alias on either
+    report = json.loads((repo / "reports" / "metrics.json").read_text())
+    champion = max(MODELS, key=lambda model: report[model]["test"]["mIoU"])
+    assert report["champion"]["model"] == champion
     for model in MODELS:
         name = params["mlflow"]["registered_models"][model]
         [version] = client.search_model_versions(f"name = '{name}'")
         assert version.run_id == runs[f"train_{model}"].info.run_id
-        aliases = {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
-        assert aliases == ({"champion": str(version.version)} if model == champion else {})
+        assert version.tags["architecture"] == ("DoveNet" if model == "paddle" else "UNet")
+        assert client.get_registered_model(name).aliases == {}
+        if model == champion:
+            assert report["champion"]["training_model"] == f"{name}/{version.version}"
 
-    # models:/<name>@champion loads from the server and predicts like the exported model in models/
+    # the champion's training version loads from the server and predicts like the exported model in models/
     import mlflow.paddle
     import numpy as np
     import paddle
@@ -136,7 +158,7 @@ def test_mlflow_runs_have_dvc_datasets_registered_models_a_champion_and_true_dur
     from stages.models.inference_model import Predictor
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    loaded = mlflow.paddle.load_model(f"models:/{params['mlflow']['registered_models'][champion]}@champion")
+    loaded = mlflow.paddle.load_model(f"models:/{report['champion']['training_model']}")
     height, width = json.loads((repo / "models" / champion / "meta.json").read_text())["input_size"]
     batch = np.random.default_rng(0).uniform(-1, 1, (2, 3, height, width)).astype("float32")
     scores = loaded(paddle.to_tensor(batch)).numpy()
@@ -150,7 +172,8 @@ def test_the_champion_is_served_by_mlflow_models_serve_with_predicts_masks(team_
     repo, uri = team_repo
     serving = yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["registered_models"]["serving"]
     report = json.loads((repo / "reports" / "metrics.json").read_text())
-    champion = max(MODELS, key=lambda model: report[model]["test"]["mIoU"])
+    champion = report["champion"]["model"]
+    assert champion == max(MODELS, key=lambda model: report[model]["test"]["mIoU"])
     client, runs = MlflowClient(uri), training_runs(repo, uri)
     # a version per export, each from its model's training run; the alias on the champion's
     versions = client.search_model_versions(f"name = '{serving}'")
@@ -158,6 +181,7 @@ def test_the_champion_is_served_by_mlflow_models_serve_with_predicts_masks(team_
     served = client.get_model_version_by_alias(serving, "champion")
     assert served.run_id == runs[f"train_{champion}"].info.run_id
     assert report[champion]["serving_model_uri"] == f"models:/{serving}/{served.version}"
+    assert report["champion"]["version_uri"] == report[champion]["serving_model_uri"]
 
     stems_and_images = [
         line.split()[0] for line in (repo / "data" / "splits" / "test.txt").read_text().splitlines()[:2]
@@ -187,8 +211,8 @@ def test_both_trainers_write_the_same_metric_keys(team_repo):
 
 def test_dvc_artifacts_get_fetches_a_tagged_model(team_repo, tmp_path):
     repo, _ = team_repo
-    git(repo, "tag", "-a", "doveseg-unet@v0.1.0", "-m", "UNet of the smoke repro")
-    dvc(repo, "artifacts", "get", str(repo), "doveseg-unet", "-o", str(tmp_path / "unet"))
+    git(repo, "tag", "-a", "doveseg-paddleseg@v0.1.0", "-m", "UNet of the smoke repro")
+    dvc(repo, "artifacts", "get", str(repo), "doveseg-paddleseg", "-o", str(tmp_path / "unet"))
     assert (tmp_path / "unet" / "inference.pdiparams").is_file() and (tmp_path / "unet" / "meta.json").is_file()
 
 
@@ -197,7 +221,7 @@ def test_mlflow_ui_shows_both_runs_with_their_dataset_and_the_registered_models(
     need_chromium()
     repo, uri = team_repo
     from stages.common.config import load_params
-    from stages.training.tracking import experiment_page
+    from stages.tracking.runs import experiment_page
 
     page = experiment_page(load_params([f"mlflow.tracking_uri={uri}"], repo), uri)
     text = render(page, tmp_path / "experiment.png")
@@ -208,7 +232,7 @@ def test_mlflow_ui_shows_both_runs_with_their_dataset_and_the_registered_models(
     digest = lock_md5(repo, "convert_json").removesuffix(".dir")
     assert text.count(f"data/processed ({digest})") == 2
     models = render(f"{uri}/#/models?workflowType=machine_learning", tmp_path / "models.png")
-    assert {"doveseg-dovenet", "doveseg-unet"} <= set(models)
+    assert {"doveseg-dovenet", "doveseg-paddleseg", "doveseg-segmenter"} <= set(models)
     assert any("champion" in line for line in models), models[:60]
 
 

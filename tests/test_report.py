@@ -12,20 +12,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from paddle.static import InputSpec
 
-from stages import export, predict, report
+from stages import predict, report
 from stages.common.config import StageError
 from stages.data.split_lists import split_file
 from stages.evaluation.figures import curve_panels
 from stages.models.inference_model import read_meta
+from stages.reporting import document, results
+from stages.tracking.logged_models import log_serving_model
+from stages.tracking.registry import CHAMPION, read_registered_version, registered_model_name
+from stages.tracking.runs import finished_run_client, read_run_id, training_run
 from stages.training.summary import STEP_COLUMNS
-from stages.training.tracking import (
-    CHAMPION,
-    finished_run_client,
-    read_registered_version,
-    read_run_id,
-    registered_model_name,
-    training_run,
-)
 
 from tiny_pipeline import export_both_models, make_cfg, make_dataset, red_detector, write_training_outputs
 
@@ -62,7 +58,7 @@ def pipeline(tmp_path_factory, mlflow_store):
             # and the served model, as the export stage logs it
             client, run = finished_run_client(cfg, root / "models" / name / "mlflow_run.json")
             deploy_dir = root / "exports" / name
-            export.log_serving_model(cfg, client, run, deploy_dir, read_meta(deploy_dir))
+            log_serving_model(cfg, client, run, deploy_dir, read_meta(deploy_dir), name, root / "models" / name)
         yield overrides, report.run(cfg)
 
 
@@ -70,7 +66,7 @@ def test_metrics_json_holds_each_models_test_scores(pipeline):
     overrides, result = pipeline
     cfg = make_cfg(*overrides)
     metrics = json.loads((Path(cfg.paths.reports_dir) / "metrics.json").read_text())
-    assert set(metrics) == set(MODELS)
+    assert set(metrics) == {*MODELS, "champion"}
     for name in MODELS:
         scored = json.loads((Path(cfg.paths.predictions_dir) / name / "metrics.json").read_text())
         test = metrics[name]["test"]
@@ -173,50 +169,87 @@ def test_each_training_run_gets_the_test_metrics_and_the_report(pipeline):
         assert "report/figures/training_curves.png" in figures
 
 
-def test_champion_alias_goes_to_the_better_test_miou_and_loads_as_a_model(pipeline, monkeypatch):
+def all_champions(client) -> list[tuple[str, str]]:
+    """(registered model, version) of every `champion` alias in the store."""
+    return [(m.name, str(m.aliases[CHAMPION])) for m in client.search_registered_models() if CHAMPION in m.aliases]
+
+
+def test_the_champion_is_the_served_version_of_the_better_model_and_metrics_json_says_so(pipeline, monkeypatch):
     overrides, result = pipeline
     cfg = make_cfg(*overrides)
     client = MlflowClient(str(cfg.mlflow.tracking_uri))
-    test_miou = {
-        name: m["test"]["mIoU"]
-        for name, m in json.loads((Path(cfg.paths.reports_dir) / "metrics.json").read_text()).items()
-    }
+    metrics = json.loads((Path(cfg.paths.reports_dir) / "metrics.json").read_text())
+    test_miou = {name: metrics[name]["test"]["mIoU"] for name in MODELS}
     assert test_miou["paddle"] != test_miou["paddleseg"]
     winner = max(test_miou, key=test_miou.get)
     loser = min(test_miou, key=test_miou.get)
-    name, version = read_registered_version(Path(cfg.paths.models_dir) / winner / "mlflow_run.json")
-    run_id = read_run_id(Path(cfg.paths.models_dir) / winner / "mlflow_run.json")
-    assert result["champion"] == {"model": winner, "registered_model": name, "version": version, "run_id": run_id}
+    run_ids = {name: read_run_id(Path(cfg.paths.models_dir) / name / "mlflow_run.json") for name in MODELS}
     assert (
-        client.get_run(run_id).data.tags["test_set"]
-        == client.get_run(read_run_id(Path(cfg.paths.models_dir) / loser / "mlflow_run.json")).data.tags["test_set"]
+        client.get_run(run_ids["paddle"]).data.tags["test_set"]
+        == client.get_run(run_ids["paddleseg"]).data.tags["test_set"]
     )
-    assert name == cfg.mlflow.registered_models[winner]
-    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == version
-    assert CHAMPION not in client.get_registered_model(cfg.mlflow.registered_models[loser]).aliases
-    # The served model's champion is the version logged from the champion's training run; metrics.json names
-    # each model's served version.
+
+    # One champion in the whole registry: the served model's version exported from the winner's training run.
     serving = cfg.mlflow.registered_models.serving
     served = client.get_model_version_by_alias(serving, CHAMPION)
-    assert served.run_id == read_run_id(Path(cfg.paths.models_dir) / winner / "mlflow_run.json")
-    assert result["serving_champion"] == f"models:/{serving}/{served.version}"
-    metrics = json.loads((Path(cfg.paths.reports_dir) / "metrics.json").read_text())
-    assert metrics[winner]["serving_model_uri"] == result["serving_champion"]
+    assert all_champions(client) == [(serving, str(served.version))]
+    assert served.run_id == run_ids[winner]
+    trained_as = "/".join(read_registered_version(Path(cfg.paths.models_dir) / winner / "mlflow_run.json"))
+    champion = metrics["champion"]
+    assert champion == result["champion"]
+    assert champion == {
+        "model": winner,
+        "architecture": "DoveNet" if winner == "paddle" else "UNet",
+        "registered_model": serving,
+        "version": str(served.version),
+        "uri": f"models:/{serving}@{CHAMPION}",
+        "version_uri": f"models:/{serving}/{served.version}",
+        "training_model": trained_as,
+        "run_id": run_ids[winner],
+        "test_mIoU": pytest.approx(test_miou[winner]),
+        "test_set": client.get_run(run_ids[winner]).data.tags["test_set"],
+    }
+    assert result["champion_moved"]
+    assert metrics[winner]["serving_model_uri"] == champion["version_uri"]
     assert metrics[loser]["serving_model_uri"].startswith(f"models:/{serving}/")
-    assert metrics[loser]["serving_model_uri"] != result["serving_champion"]
+    assert metrics[loser]["serving_model_uri"] != champion["version_uri"]
+    assert served.tags["training_model"] == trained_as and served.tags["model"] == winner
 
-    # models:/<name>@champion loads with MLflow's paddle flavour and predicts as the registered network did.
+    # The champion's training version loads with MLflow's paddle flavour and predicts as the registered network did.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", str(cfg.mlflow.tracking_uri))  # as a user points MLflow at the store
-    loaded = mlflow.paddle.load_model(f"models:/{name}@{CHAMPION}")
+    loaded = mlflow.paddle.load_model(f"models:/{trained_as}")
     batch = np.random.default_rng(0).uniform(-1, 1, (2, 3, 16, 16)).astype("float32")
     expected = red_detector(1 if winner == "paddle" else 2)(paddle.to_tensor(batch)).numpy()
     np.testing.assert_allclose(loaded(paddle.to_tensor(batch)).numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_an_experiment_scoring_only_the_other_model_leaves_the_one_champion_where_it_is(
+    pipeline, tmp_path, monkeypatch, capsys
+):
+    """`dvc exp run -S 'predict.models=[<the worse model>]'` (DVC sets DVC_EXP_NAME): today's code crowned among
+    the scored models only, leaving two champions and serving the worse model. A version whose run was deleted
+    meanwhile does not stop the report."""
+    overrides, result = pipeline
+    cfg = make_cfg(*overrides)
+    client = MlflowClient(str(cfg.mlflow.tracking_uri))
+    before = all_champions(client)
+    loser = min(MODELS, key=lambda name: result["models"][name]["mIoU"])
+    serving = cfg.mlflow.registered_models.serving
+    gone = client.create_run(client.get_experiment_by_name(str(cfg.mlflow.experiment)).experiment_id)
+    client.create_model_version(serving, source=f"runs:/{gone.info.run_id}/x", run_id=gone.info.run_id)
+    client.delete_run(gone.info.run_id)
+
+    monkeypatch.setenv("DVC_EXP_NAME", "seg-only")
+    again = report.run(make_cfg(*overrides, f"predict.models=[{loser}]", f"paths.reports_dir={tmp_path / 'reports'}"))
+    assert all_champions(client) == before and len(before) == 1
+    assert again["champion"]["version"] == result["champion"]["version"] and not again["champion_moved"]
+    assert f"its training run {gone.info.run_id} is gone; skipped" in capsys.readouterr().err
+
+
 def test_training_curves_draw_metrics_only(pipeline):
     overrides, _ = pipeline
     cfg = make_cfg(*overrides)
-    curves = {name: report.read_curves(Path(cfg.paths.plots_dir) / f"train_{name}.csv") for name in MODELS}
+    curves = {name: results.read_curves(Path(cfg.paths.plots_dir) / f"train_{name}.csv") for name in MODELS}
     assert all(set(STEP_COLUMNS) <= set(table) for table in curves.values())  # the CSVs have both step columns
     assert curve_panels(curves, "epoch", STEP_COLUMNS) == ["train_loss", "val_mIoU", "val_acc"]
 
@@ -290,12 +323,12 @@ def test_per_class_table_sets_apart_the_classes_never_seen_in_training(tmp_path)
         "recall": [0.99, 0.6, None, 0.0, None],
     }
     test = {key: dict(zip(names, values)) for key, values in per_class.items()}
-    results = [
-        report.ModelResult(name, name, tmp_path, {"class_names": names, "test": test}, {}, {}, tmp_path)
+    models = [
+        results.ModelResult(name, name, tmp_path, {"class_names": names, "test": test}, {}, {}, tmp_path, "")
         for name in MODELS
     ]
     cfg = make_cfg(f"data.splits_dir={tmp_path}")
-    blocks = report.per_class_blocks(cfg, results)
+    blocks = document.per_class_blocks(cfg, models)
     [(_, header, rows)] = [block for block in blocks if block[0] == "table"]
     assert header == [
         "class",

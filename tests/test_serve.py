@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow import MlflowClient
 from PIL import Image
 
 from stages import export, predict
-from stages.training.tracking import CHAMPION, crown_serving_champion, read_run_id
+from stages.tracking.registry import CHAMPION
+from stages.tracking.runs import read_run_id
 
 from conftest import REPO_ROOT
 from mlflow_server import free_port
@@ -60,7 +62,11 @@ def served(tmp_path_factory):
         cfg = make_cfg(*overrides)
         trained_models(root, cfg)
         export.run(cfg)
-        assert crown_serving_champion(cfg, read_run_id(root / "models" / "paddleseg" / "mlflow_run.json"))
+        serving = MlflowClient(str(cfg.mlflow.tracking_uri))  # the UNet made champion, as report would
+        [version] = serving.search_model_versions(
+            f"run_id = '{read_run_id(root / 'models' / 'paddleseg' / 'mlflow_run.json')}'"
+        )
+        serving.set_registered_model_alias(version.name, CHAMPION, version.version)
         predict.run(make_cfg(*overrides, f"predict.input_dir={root / 'photos'}", f"predict.output_dir={root / 'out'}"))
     [(language, serve)] = [block for block in readme_blocks() if "mlflow models serve" in block[1]]
     assert language == "bash" and README_PORT in serve

@@ -9,7 +9,8 @@ from paddle.static import InputSpec
 
 from stages.common.config import StageError
 from stages.data.dvc_hash import dvc_md5, lock_entry
-from stages.training import tracking
+from stages.tracking import registry, runs
+from stages.tracking import store as mlflow_store
 
 from tiny_pipeline import make_dataset, red_detector
 
@@ -25,10 +26,10 @@ def test_a_second_store_in_the_same_process_gets_its_own_runs(tmp_path, make_cfg
             f"mlflow.artifact_location={tmp_path / name}",
             f"data.splits_dir={tmp_path / 'splits'}",
         )
-        with tracking.training_run(cfg, "train_x", tmp_path / f"{name}.json") as run:
-            tracking.log_metrics({"train/loss": 1.0}, step=0)
+        with runs.training_run(cfg, "train_x", tmp_path / f"{name}.json") as run:
+            runs.log_metrics({"train/loss": 1.0}, step=0)
         assert mlflow.MlflowClient(uri).get_run(run.info.run_id).data.metrics == {"train/loss": 1.0}
-        assert tracking.read_run_id(tmp_path / f"{name}.json") == run.info.run_id
+        assert runs.read_run_id(tmp_path / f"{name}.json") == run.info.run_id
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +56,24 @@ def cfg_in(store, tmp_path, make_cfg, monkeypatch):
 
 def test_experiments_are_tagged_for_the_model_training_view_new_and_old(cfg_in, tmp_path):
     cfg = cfg_in("mlflow.experiment=fresh")
-    with tracking.training_run(cfg, "train_x", tmp_path / "run.json"):
+    with runs.training_run(cfg, "train_x", tmp_path / "run.json"):
         pass
     client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
-    assert client.get_experiment_by_name("fresh").tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert client.get_experiment_by_name("fresh").tags[runs.EXPERIMENT_KIND_TAG] == "custom_model_development"
 
     # An experiment made before (by an older doveseg, or by hand) gets the tag on its next run.
     old_id = client.create_experiment("made-before", artifact_location=(tmp_path / "old").as_uri())
-    assert tracking.EXPERIMENT_KIND_TAG not in client.get_experiment(old_id).tags
-    with tracking.training_run(cfg_in("mlflow.experiment=made-before"), "train_x", tmp_path / "run.json"):
+    assert runs.EXPERIMENT_KIND_TAG not in client.get_experiment(old_id).tags
+    with runs.training_run(cfg_in("mlflow.experiment=made-before"), "train_x", tmp_path / "run.json"):
         pass
-    assert client.get_experiment(old_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
-    page = tracking.experiment_page(cfg_in("mlflow.experiment=made-before"), "http://127.0.0.1:5000/")
+    assert client.get_experiment(old_id).tags[runs.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    page = runs.experiment_page(cfg_in("mlflow.experiment=made-before"), "http://127.0.0.1:5000/")
     assert page == f"http://127.0.0.1:5000/#/experiments/{old_id}?workflowType=machine_learning"
 
 
 def test_training_run_logs_the_dvc_hashed_data_as_its_dataset(cfg_in, tmp_path):
     cfg = cfg_in()
-    with tracking.training_run(cfg, "train_x", tmp_path / "run.json") as run:
+    with runs.training_run(cfg, "train_x", tmp_path / "run.json") as run:
         pass
     logged = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(run.info.run_id).inputs.dataset_inputs
     assert len(logged) == 1
@@ -93,7 +94,7 @@ def test_training_run_logs_the_dvc_hashed_data_as_its_dataset(cfg_in, tmp_path):
     # Other data, another digest: runs group and filter by data version.
     label = Path(cfg.data.processed_dir) / "dove_a" / "label.png"
     label.write_bytes(label.read_bytes() + b"\0")
-    with tracking.training_run(cfg, "train_x", tmp_path / "run.json") as other:
+    with runs.training_run(cfg, "train_x", tmp_path / "run.json") as other:
         pass
     client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
     assert client.get_run(other.info.run_id).inputs.dataset_inputs[0].dataset.digest != dataset.digest
@@ -105,37 +106,37 @@ def test_each_training_run_registers_a_version_and_names_it_in_the_run_id_file(c
     cfg = cfg_in("mlflow.registered_models.paddle=tiny-net")
     versions = []
     for _ in range(2):
-        with tracking.training_run(cfg, "train_paddle", tmp_path / "run.json") as run:
+        with runs.training_run(cfg, "train_paddle", tmp_path / "run.json") as run:
             mlflow.paddle.log_model(
                 red_detector(),
                 name="paddle_model",
-                registered_model_name=tracking.registered_model_name(cfg, "paddle"),
+                registered_model_name=registry.registered_model_name(cfg, "paddle"),
                 input_spec=[InputSpec([None, 3, 8, 8], "float32", "image")],
                 pip_requirements=mlflow.paddle.get_default_pip_requirements(),
             )
-        versions.append(tracking.read_registered_version(tmp_path / "run.json"))
+        versions.append(registry.read_registered_version(tmp_path / "run.json"))
         client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
         assert client.get_model_version(*versions[-1]).run_id == run.info.run_id
     assert versions == [("tiny-net", "1"), ("tiny-net", "2")]
 
     with pytest.raises(StageError, match=r"mlflow.registered_models.paddleseg"):
-        tracking.registered_model_name(cfg_in("~mlflow.registered_models.paddleseg"), "paddleseg")
+        registry.registered_model_name(cfg_in("~mlflow.registered_models.paddleseg"), "paddleseg")
     (tmp_path / "old.json").write_text(json.dumps({"run_id": "abc"}))
     with pytest.raises(StageError, match=r"rerun the training stage"):
-        tracking.read_registered_version(tmp_path / "old.json")
+        registry.read_registered_version(tmp_path / "old.json")
 
 
 def test_finished_run_gets_metrics_and_artifacts_without_moving_its_end_time(cfg_in, tmp_path):
     cfg = cfg_in()
-    with tracking.training_run(cfg, "train_x", tmp_path / "run.json") as run:
-        tracking.log_metrics({"train/loss": 1.0}, step=1)
+    with runs.training_run(cfg, "train_x", tmp_path / "run.json") as run:
+        runs.log_metrics({"train/loss": 1.0}, step=1)
     client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
     before = client.get_run(run.info.run_id).info
     time.sleep(0.05)
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "a.png").write_bytes(b"png")
     (tmp_path / "report.md").write_text("# report")
-    finished = tracking.FinishedRun(cfg, tmp_path / "run.json")
+    finished = runs.FinishedRun(cfg, tmp_path / "run.json")
     finished.log_metrics({f"test/IoU/class_{i}": i / 1500 for i in range(1500)} | {"test/nan": float("nan")})
     finished.log_artifacts(tmp_path / "figures", "report/figures")
     finished.log_artifact(tmp_path / "report.md", "report")
@@ -148,55 +149,6 @@ def test_finished_run_gets_metrics_and_artifacts_without_moving_its_end_time(cfg
     assert len([k for k in after.data.metrics if k.startswith("test/IoU/")]) == 1500  # past the batch limit
     assert "test/nan" not in after.data.metrics
     assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} == {"report/figures", "report/report.md"}
-
-
-def aliases(client, name: str) -> dict[str, str]:
-    return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
-
-
-def scored_version(client, cfg, name: str, test_miou: float | None, test_set: str = "set-1") -> str:
-    """A registered version of ``name`` whose training run report scored ``test_miou`` on ``test_set``."""
-    experiment = client.get_experiment_by_name(str(cfg.mlflow.experiment)) or client.get_experiment(
-        client.create_experiment(str(cfg.mlflow.experiment))
-    )
-    run = client.create_run(experiment.experiment_id)
-    if test_miou is not None:
-        client.log_metric(run.info.run_id, "test/mIoU", test_miou)
-    client.set_tag(run.info.run_id, tracking.TEST_SET_TAG, test_set)
-    if not client.search_registered_models(f"name = '{name}'"):
-        client.create_registered_model(name)
-    return str(
-        client.create_model_version(
-            name, source=f"{cfg.mlflow.artifact_location}/{name}", run_id=run.info.run_id
-        ).version
-    )
-
-
-def test_the_champion_is_the_best_version_on_the_same_test_set_and_a_worse_experiment_cannot_take_it(cfg_in):
-    cfg = cfg_in("mlflow.experiment=champions")
-    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
-    names = ["champ-a", "champ-b"]
-    scored_version(client, cfg, "champ-a", 0.6)
-    best = scored_version(client, cfg, "champ-a", 0.7)
-    assert tracking.crown_champion(cfg, names, "set-1")[:2] == ("champ-a", best)
-    # a later, worse experiment (today's code gave the alias to whatever its own report scored best)
-    scored_version(client, cfg, "champ-b", 0.65)
-    name, version, run_id = tracking.crown_champion(cfg, names, "set-1")
-    assert (name, version) == ("champ-a", best) and aliases(client, "champ-b") == {}
-    assert client.get_model_version("champ-a", best).run_id == run_id  # the champion's training run
-    # a tie keeps the current champion; a better one takes it from the other model
-    scored_version(client, cfg, "champ-b", 0.7)
-    assert tracking.crown_champion(cfg, names, "set-1")[:2] == ("champ-a", best)
-    better = scored_version(client, cfg, "champ-b", 0.9)
-    assert tracking.crown_champion(cfg, names, "set-1")[:2] == ("champ-b", better)
-    assert aliases(client, "champ-a") == {} and aliases(client, "champ-b") == {"champion": better}
-    assert scored_version(client, cfg, "champ-a", 0.9) == better  # same score and version number: still b's
-    assert tracking.crown_champion(cfg, names, "set-1")[:2] == ("champ-b", better)
-    # scores on another test set, or none, do not compete
-    scored_version(client, cfg, "champ-a", 0.99, test_set="set-2")
-    scored_version(client, cfg, "champ-a", None)
-    assert tracking.crown_champion(cfg, names, "set-1")[:2] == ("champ-b", better)
-    assert tracking.crown_champion(cfg, names, "set-3") is None
 
 
 URI_CASES = [
@@ -218,7 +170,7 @@ def test_relative_local_stores_resolve_against_dvc_root(uri, expected, tmp_path,
     """DVC_ROOT is the parent repo of a queued experiment's temp copy: its store, not a new one there."""
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path.parent)
-    assert tracking.resolve_local_uri(uri) == expected.format(root=tmp_path)
+    assert mlflow_store.resolve_local_uri(uri) == expected.format(root=tmp_path)
 
 
 @pytest.mark.parametrize(("uri", "expected"), URI_CASES)
@@ -227,7 +179,7 @@ def test_without_dvc_root_relative_local_stores_resolve_against_the_working_fold
 ):
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert tracking.resolve_local_uri(uri) == expected.format(root=tmp_path)
+    assert mlflow_store.resolve_local_uri(uri) == expected.format(root=tmp_path)
 
 
 def test_a_stage_in_a_temp_copy_tracks_to_the_project_store_names_its_run_and_records_the_configured_uri(
@@ -245,8 +197,8 @@ def test_a_stage_in_a_temp_copy_tracks_to_the_project_store_names_its_run_and_re
     cfg = make_cfg(
         *data, "mlflow.tracking_uri=sqlite:///mlflow.db", "mlflow.artifact_location=mlruns", "mlflow.experiment=queued"
     )
-    with tracking.training_run(cfg, "train_x", copy / "run.json") as run:
-        tracking.log_metrics({"train/loss": 1.0}, step=0)
+    with runs.training_run(cfg, "train_x", copy / "run.json") as run:
+        runs.log_metrics({"train/loss": 1.0}, step=0)
     assert not (copy / "mlflow.db").exists() and not (copy / "mlruns").exists()
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     logged = client.get_run(run.info.run_id)
@@ -255,11 +207,11 @@ def test_a_stage_in_a_temp_copy_tracks_to_the_project_store_names_its_run_and_re
     assert client.get_experiment(run.info.experiment_id).artifact_location == (project / "mlruns").as_uri()
     assert json.loads((copy / "run.json").read_text())["tracking_uri"] == "sqlite:///mlflow.db"
     monkeypatch.delenv("DVC_EXP_NAME")
-    assert tracking.run_name("train_x") == "train_x"  # the workspace's runs, as before
+    assert runs.run_name("train_x") == "train_x"  # the workspace's runs, as before
 
 
 def test_store_call_retries_a_locked_database_and_gives_up_on_anything_else(monkeypatch):
-    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(mlflow_store.time, "sleep", lambda seconds: None)
     answers = iter([mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database is locked")] * 2 + ["ok"])
 
     def flaky():
@@ -268,38 +220,13 @@ def test_store_call_retries_a_locked_database_and_gives_up_on_anything_else(monk
             raise answer
         return answer
 
-    before = tracking.STORE_RETRIES["count"]
-    assert tracking.store_call(flaky) == "ok" and tracking.STORE_RETRIES["count"] == before + 2
+    before = mlflow_store.STORE_RETRIES["count"]
+    assert mlflow_store.store_call(flaky) == "ok" and mlflow_store.STORE_RETRIES["count"] == before + 2
     with pytest.raises(mlflow.exceptions.MlflowException, match=r"locked"):
-        tracking.store_call(flaky_forever, attempts=3)
+        mlflow_store.store_call(flaky_forever, attempts=3)
     with pytest.raises(ValueError):
-        tracking.store_call(int, "not a number")
+        mlflow_store.store_call(int, "not a number")
 
 
 def flaky_forever():
     raise mlflow.exceptions.MlflowException("database is locked")
-
-
-def test_the_served_models_champion_follows_the_champions_training_run(cfg_in, tmp_path, capsys):
-    cfg = cfg_in("mlflow.registered_models.serving=served-here")
-    runs = []
-    for name in ("a", "b", "c"):
-        with tracking.training_run(cfg, "train_x", tmp_path / f"{name}.json") as run:
-            runs.append(run.info.run_id)
-    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
-    client.create_registered_model("served-here")
-    for run_id in (runs[0], runs[1], runs[0]):  # run a exported twice: its newest version counts
-        client.create_model_version("served-here", source=f"runs:/{run_id}/photo_segmenter", run_id=run_id)
-
-    assert tracking.serving_model_uri(cfg, runs[0]) == "models:/served-here/3"
-    assert tracking.crown_serving_champion(cfg, runs[1]) == "models:/served-here/2"
-    assert str(client.get_model_version_by_alias("served-here", tracking.CHAMPION).version) == "2"
-    assert tracking.crown_serving_champion(cfg, runs[0]) == "models:/served-here/3"
-    assert str(client.get_model_version_by_alias("served-here", tracking.CHAMPION).version) == "3"
-    # A champion with nothing to serve (no ONNX model): the alias goes rather than name another model.
-    assert tracking.serving_model_uri(cfg, runs[2]) is None
-    assert tracking.crown_serving_champion(cfg, runs[2]) is None
-    assert tracking.CHAMPION not in client.get_registered_model("served-here").aliases
-    assert f"run {runs[2]} logged no version of the served model 'served-here'" in capsys.readouterr().err
-    # ... also before the served model exists at all
-    assert tracking.crown_serving_champion(cfg_in("mlflow.registered_models.serving=never-made"), runs[2]) is None

@@ -168,7 +168,7 @@ def export_dovenet(model_dir: Path, size: int = 32) -> None:
 def trained_models(root: Path, cfg, names=("paddle", "paddleseg")) -> None:
     """What the trainers leave for the export stage: models/<name>/ (a random-weight DoveNet, an upsampling
     red detector as the UNet) and a finished MLflow run named in its mlflow_run.json."""
-    from stages.training.tracking import training_run
+    from stages.tracking.runs import training_run
 
     if "paddle" in names:
         export_dovenet(root / "models" / "paddle")

@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
+
+import yaml
 
 CHUNK = 1 << 20
 
@@ -43,3 +46,25 @@ def lock_entry(path: str | Path) -> dict:
     text = json.dumps(manifest, sort_keys=True)  # DVC's separators and key order
     md5 = hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest() + ".dir"
     return {"md5": md5, "size": size, "nfiles": len(manifest)}
+
+
+def committed_md5(path: str | Path, lock_file: str = "dvc.lock") -> str | None:
+    """The md5 the committed ``dvc.lock`` (git's HEAD) records for the output ``path``, or None (no git, no
+    committed lock, or no such output). In a DVC experiment HEAD is the experiment's baseline commit."""
+    try:
+        shown = subprocess.run(["git", "show", f"HEAD:./{lock_file}"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if shown.returncode != 0:
+        return None
+    wanted = Path(path).as_posix().rstrip("/")
+    for stage in (yaml.safe_load(shown.stdout) or {}).get("stages", {}).values():
+        for out in stage.get("outs", []):
+            if str(out.get("path", "")).rstrip("/") == wanted:
+                return out.get("md5")
+    return None
+
+
+def is_committed(*paths: str | Path) -> bool:
+    """Whether every output ``path`` holds what the committed dvc.lock records for it."""
+    return all(Path(path).exists() and committed_md5(path) == lock_entry(path)["md5"] for path in paths)

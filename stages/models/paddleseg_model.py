@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from stages.common.config import StageError
-from stages.models.inference_model import MODEL_PREFIX
+from stages.models.inference_model import MODEL_PREFIX, read_meta
 
 CONFIG_NAME = "paddleseg.yml"
 WEIGHTS_NAME = "model.pdparams"  # PaddleSeg's name: load_entire_model reads it
@@ -65,3 +65,15 @@ def save_static(model_dir: str | Path, out_dir: str | Path, input_size: tuple[in
     model.eval()
     spec = InputSpec([None, 3, *(int(side) for side in input_size)], "float32", "image")
     paddle.jit.save(model, str(Path(out_dir) / MODEL_PREFIX), input_spec=[spec])
+
+
+def architecture_label(model_dir: str | Path) -> str:
+    """What a trainer's model folder holds, for people: its meta's architecture ("DoveNet", "UNet",
+    "PPLiteSeg"), with the backbone of its PaddleSeg config when it has one ("PPLiteSeg (STDC1)")."""
+    label = read_meta(model_dir).architecture or "unknown architecture"
+    config = Path(model_dir) / CONFIG_NAME
+    if config.is_file():
+        backbone = (yaml.safe_load(config.read_text()).get("model") or {}).get("backbone") or {}
+        if isinstance(backbone, dict) and backbone.get("type"):
+            label += f" ({backbone['type']})"
+    return label

@@ -1,4 +1,4 @@
-"""Training both models: MLflow tracking (``tracking``), the metrics schema both trainers write (``summary``),
+"""Training both models: the metrics schema both trainers write (``summary``),
 data-parallel launch (``distributed``), the settings a small data set cannot meet, adapted (``adaptation``),
 the DoveNet training dataset and loader (``dataset``), photos decoded once per run (``photo_cache``),
 PaddleSeg's fixes for Paddle 3 (``paddleseg_compat``), the loop over PaddleSeg's components
