@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +28,8 @@ from mlflow import MlflowClient
 
 from conftest import REPO_ROOT
 from dvc_helpers import dvc, env, git, smoke_copy
-from spark_helpers import docs_blocks, stop_marked
+from spark_helpers import docs_blocks, read_manifest, run_bash, stop_marked, write_photo_set
+from tiny_pipeline import load_served_model
 
 pytestmark = pytest.mark.slow
 GRID = {"machine 1": 0.001, "machine 2": 0.003}
@@ -207,3 +209,49 @@ def test_the_champion_is_the_best_version_and_only_doveseg_segmenter_holds_it(sw
             scores[version.version] = run.data.metrics["test/mIoU"]
     assert len(scores) >= 3  # the baseline's and both machines' experiments competed
     assert scores[champion.version] == max(scores.values())
+
+
+def test_the_champion_segments_photos_from_the_team_bucket_into_it_on_spark(sweep, tmp_path, monkeypatch):
+    pytest.importorskip("pyspark", reason="the spark extra: pip install -e '.[spark]'")
+    import boto3
+    import pandas as pd
+
+    [block] = [textwrap.dedent(b) for b in docs_blocks("Batch prediction on Spark") if "s3://" in b]
+    keys = read_env(sweep["team"] / "bob.env")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=keys["TEAM_S3_ENDPOINT"],
+        aws_access_key_id=keys["TEAM_S3_KEY_ID"],
+        aws_secret_access_key=keys["TEAM_S3_SECRET"],
+        region_name="us-east-1",
+    )
+    bad = write_photo_set(tmp_path / "photos")
+    photos = {p.relative_to(tmp_path / "photos").as_posix(): p for p in (tmp_path / "photos").rglob("*") if p.is_file()}
+    for key, path in photos.items():
+        s3.upload_file(str(path), "doveseg-dvc", f"photos/{key}")
+    marker = uuid.uuid4().hex
+    try:
+        done = run_bash(
+            block.replace("<team>", str(sweep["team"])),
+            sweep["bob"],
+            {**env(), "PYTHONPATH": str(REPO_ROOT), "SPARK_LOCAL_IP": "127.0.0.1", "DOVESEG_TEST_MARKER": marker},
+        )
+    finally:
+        left = stop_marked(marker)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert left == []
+    out = tmp_path / "out"
+    for key in ("manifest.jsonl", "summary.json"):
+        (out / key).parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file("doveseg-dvc", f"masks/{key}", str(out / key))
+    rows = read_manifest(out)
+    assert {photo for photo, row in rows.items() if row["status"] == "failed"} == set(bad)
+    champion = mlflow_client(sweep, "bob").get_model_version_by_alias("doveseg-segmenter", "champion")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", keys["MLFLOW_TRACKING_URI"])
+    model = load_served_model(f"models:/doveseg-segmenter/{champion.version}")
+    ok = [row for row in rows.values() if row["status"] == "ok"]
+    assert len(ok) == 16
+    answers = model.predict(pd.DataFrame({"image": [photos[row["photo"]].read_bytes() for row in ok]}))["mask"]
+    for row, expected in zip(ok, answers):
+        assert row["model"] == f"models:/doveseg-segmenter/{champion.version}"
+        assert s3.get_object(Bucket="doveseg-dvc", Key=f"masks/{row['mask']}")["Body"].read() == expected
