@@ -12,6 +12,9 @@ writing included), on the same photos and the same served model:
 
     .venv/bin/python bench/spark_batch.py                      # random-init PaddleSeg UNet at the demo's size
     .venv/bin/python bench/spark_batch.py --demo-photos 48 --phone-photos 8
+    .venv/bin/python bench/spark_batch.py --tiny-model   # the tests' red-box detector: seconds to build, and
+                                                         # at 12 MP the same full-size work per photo (decode,
+                                                         # scores resized to the photo, PNG) as the UNet's
 
 Photo sets: the first --demo-photos of data/raw (the bundled demo, JPEGs of about 500 x 375) and --phone-photos
 generated 12 MP phone photos (demo_data.multiclass, 4032 x 3024, some stored sideways with an EXIF turn).
@@ -52,6 +55,26 @@ def bench_serve_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_model(work: Path, serve) -> Path:
+    """tests/tiny_pipeline.py's UNet stand-in (coarse scores resized back bilinearly), deployed with its ONNX
+    model, saved as the export stage logs the served model."""
+    import mlflow.pyfunc
+
+    from stages.models.inference_model import read_meta
+    from stages.prediction.photo_segmenter import DEPLOY_FILES, pyfunc_arguments
+
+    from tiny_pipeline import deploy_model, export_model
+
+    export_model(work / "models" / serve.MODEL_NAME, (24, 20), pool=2, upsample=True, architecture="UNet")
+    deployed = deploy_model(work / "models" / serve.MODEL_NAME)
+    bundle = work / "bundle"
+    bundle.mkdir()
+    for file in DEPLOY_FILES:
+        shutil.copyfile(deployed / file, bundle / file)
+    mlflow.pyfunc.save_model(str(work / "model"), **pyfunc_arguments(bundle, read_meta(bundle), 50_000_000))
+    return work / "model"
 
 
 def environment(marker: str) -> dict[str, str]:
@@ -147,14 +170,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-photos", type=int, default=48)
     parser.add_argument("--phone-photos", type=int, default=8)
+    parser.add_argument("--tiny-model", action="store_true", help="the tests' tiny model instead of a UNet")
     args = parser.parse_args()
     serve = bench_serve_module()
     marker = uuid.uuid4().hex
     env = environment(marker)
     with tempfile.TemporaryDirectory(prefix="bench-spark-") as tmp:
         work = Path(tmp)
-        model_dir = serve.random_unet_model(work)
-        serve.deploy_folder(model_dir, work / "exports")
+        model_dir = tiny_model(work, serve) if args.tiny_model else serve.random_unet_model(work)
+        if not args.tiny_model:
+            serve.deploy_folder(model_dir, work / "exports")
         sets = {}
         demo = work / "demo"
         demo.mkdir()
@@ -175,7 +200,8 @@ def main() -> None:
             label.unlink()
         sets["12 MP photos"] = phone
         print(
-            f"random-init PaddleSeg UNet (demo input size), {os.cpu_count()} CPU cores, "
+            f"{'tiny red-box detector (tests)' if args.tiny_model else 'random-init PaddleSeg UNet (demo input size)'}, "
+            f"{os.cpu_count()} CPU cores, "
             f"load average {os.getloadavg()[0]:.1f} at the start; wall time of each whole command"
         )
         print(
