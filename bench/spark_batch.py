@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -160,6 +161,13 @@ def standalone_cluster(work: Path, env: dict[str, str], marker: str):
             print(f"warning: killed processes left by the cluster: {left}", file=sys.stderr)
 
 
+def in_task_rate(out: Path, slots: int = 2) -> float:
+    """Photos per second inside the tasks (the manifest's seconds per photo over ``slots`` parallel tasks): the
+    rate once Spark, the Python workers and the model are up, which a large collection approaches."""
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    return len(rows) * slots / sum(row["seconds"] for row in rows)
+
+
 def same_masks(out: Path, predicted: Path) -> str:
     expected = sorted(predicted.rglob("*.png"))
     same = sum((out / "class_id" / p.relative_to(predicted)).read_bytes() == p.read_bytes() for p in expected)
@@ -206,7 +214,8 @@ def main() -> None:
         )
         print(
             f"{'photos':22} | {'predict photos/s':>16} | {'local[2] photos/s':>17} | {'local[2] / predict':>18} | "
-            f"{'cluster photos/s':>16} | {'cluster / local[2]':>18} | {'peak MB per executor':>20} | masks = predict"
+            f"{'cluster photos/s':>16} | {'cluster / local[2]':>18} | {'in tasks, local[2] / cluster':>28} | "
+            f"{'peak MB per executor':>20} | masks = predict"
         )
         for name, folder in sets.items():
             count = len(list(folder.glob("*.jpg")))
@@ -240,7 +249,7 @@ def main() -> None:
             print(
                 f"{count:3} {name:18} | {count / predict_s:16.2f} | {count / local_s:17.2f} | "
                 f"{predict_s / local_s:17.2f}x | {count / cluster_s:16.2f} | {local_s / cluster_s:17.2f}x | "
-                f"{peaks:>20} | local[2] app {app:.0f} MB; {same_masks(local_out, predicted)} local, "
+                f"{in_task_rate(local_out):12.2f} / {in_task_rate(cluster_out):5.2f} photos/s | {peaks:>20} | local[2] app {app:.0f} MB; {same_masks(local_out, predicted)} local, "
                 f"{same_masks(cluster_out, predicted)} cluster"
             )
 
