@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Stages run as `python -m stages.<name>`: put the venv first so dvc's commands find its python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup setup-dev setup-team demo test test-fast lint params bench mlflow-ui demo-data team-up team-down clean
+.PHONY: setup setup-dev setup-team setup-spark demo test test-fast lint params bench mlflow-ui demo-data team-up team-down clean
 
 # What the pipeline needs (make demo), then the dev extra on top (make test: pytest, hypothesis, labelme 6).
 $(BIN)/.installed: pyproject.toml
@@ -16,15 +16,20 @@ $(BIN)/.installed: pyproject.toml
 
 $(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/python -m pip install -e ".[dev]"
-	touch $@ $(BIN)/.installed-team   # the dev extra includes the team one
+	touch $@ $(BIN)/.installed-team $(BIN)/.installed-spark   # the dev extra includes the team and spark ones
 
 $(BIN)/.installed-team: $(BIN)/.installed
 	$(BIN)/python -m pip install -e ".[team]"
 	touch $@
 
+$(BIN)/.installed-spark: $(BIN)/.installed
+	$(BIN)/python -m pip install -e ".[spark]"
+	touch $@
+
 setup: $(BIN)/.installed
 setup-dev: $(BIN)/.installed-dev
 setup-team: $(BIN)/.installed-team
+setup-spark: $(BIN)/.installed-spark   ## pyspark for python -m batch_segment (docs/scale.md; Java 17 from Debian)
 
 demo: setup            ## run the whole pipeline on the bundled demo doves, then say what came out
 	DOVESEG_QUIET_SUMMARY=1 dvc repro
