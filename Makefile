@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Stages run as `python -m stages.<name>`: put the venv first so dvc's commands find its python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup setup-dev setup-team demo test test-fast lint params bench mlflow-ui demo-data team-up team-down clean
+.PHONY: setup setup-dev setup-team setup-docs demo test test-fast lint params bench docs mlflow-ui demo-data team-up team-down clean
 
 # What the pipeline needs (make demo), then the dev extra on top (make test: pytest, hypothesis, labelme 6).
 $(BIN)/.installed: pyproject.toml
@@ -16,15 +16,20 @@ $(BIN)/.installed: pyproject.toml
 
 $(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/python -m pip install -e ".[dev]"
-	touch $@ $(BIN)/.installed-team   # the dev extra includes the team one
+	touch $@ $(BIN)/.installed-team $(BIN)/.installed-docs   # the dev extra includes the team and docs ones
 
 $(BIN)/.installed-team: $(BIN)/.installed
 	$(BIN)/python -m pip install -e ".[team]"
 	touch $@
 
+$(BIN)/.installed-docs: $(BIN)/.installed
+	$(BIN)/python -m pip install -e ".[docs]"
+	touch $@
+
 setup: $(BIN)/.installed
 setup-dev: $(BIN)/.installed-dev
 setup-team: $(BIN)/.installed-team
+setup-docs: $(BIN)/.installed-docs
 
 demo: setup            ## run the whole pipeline on the bundled demo doves
 	dvc repro
@@ -47,15 +52,19 @@ bench: setup           ## speed benchmarks (print figures and ratios; not tests)
 	python bench/convert.py
 	python bench/real_photos.py
 
-mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000, in the Model training view
+docs: setup-docs       ## build the docs site into site/ (.venv/bin/mkdocs serve shows it on http://127.0.0.1:8000)
+	mkdocs build --strict
+
+MLFLOW_UI_PORT ?= 5000
+mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000 (MLFLOW_UI_PORT), in the Model training view
 	@python -c "from stages.common.config import load_params; from stages.training.tracking import experiment_page; \
-	print('Open', experiment_page(load_params(['mlflow.tracking_uri=sqlite:///mlflow.db']), 'http://127.0.0.1:5000'))"
-	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	print('Open', experiment_page(load_params(['mlflow.tracking_uri=sqlite:///mlflow.db']), 'http://127.0.0.1:$(MLFLOW_UI_PORT)'))"
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
 
 demo-data: setup       ## regenerate the bundled demo set (deterministic)
 	python -m demo_data.doves --out data/raw --count 124 --seed 0
 
-team-up: setup-team    ## PostgreSQL, S3 and MLflow with accounts under .team/ (README, "Working as a team")
+team-up: setup-team    ## PostgreSQL, S3 and MLflow with accounts under .team/ (docs/team.md)
 	python -m team_stack up $(TEAM_ARGS)
 
 team-down:             ## stop what team-up started (its data stays in .team/)
