@@ -61,7 +61,9 @@ DOCS_BLOCKS: dict[tuple[str, str], Runs | Copies | NotRun] = {
     ("docs/own-photos.md", "train_paddle.epochs=200"): NotRun(
         "hundreds of epochs at 256 px: a longer training than CI affords; its keys are checked below"
     ),
-    ("docs/annotate.md", "# 1. Draft"): Runs("tests/test_docs_annotate_e2e.py::annotated"),
+    ("docs/annotate.md", "# 1. Draft"): Runs(
+        "tests/test_pipeline_e2e.py::test_annotate_faster_drafts_then_retrains_on_the_corrected_photos"
+    ),
     ("docs/experiments.md", "dvc exp run -n lr-2e-3"): Runs(
         "tests/test_experiments_e2e.py::test_a_named_workspace_experiment_and_metrics_diff_as_the_docs_show_them"
     ),
