@@ -53,7 +53,7 @@ bench: setup           ## speed benchmarks (print figures and ratios; not tests)
 	python bench/real_photos.py
 
 docs: setup-docs       ## build the docs site into site/ (.venv/bin/mkdocs serve shows it on http://127.0.0.1:8000)
-	mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 mkdocs build --strict   # the variable mutes Material's end-of-life notice (docs/development.md)
 
 MLFLOW_UI_PORT ?= 5000
 mlflow-ui: setup       ## browse the local MLflow store on http://127.0.0.1:5000 (MLFLOW_UI_PORT), in the Model training view

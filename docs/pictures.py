@@ -7,8 +7,9 @@ From a repository where `dvc repro` has run (the demo profile looks best):
 - report:  the report's figures (reports/figures/), shrunk for the web;
 - sweep:   docs/experiments.md's queued sweep, as written there, unless the store already holds experiments
            (about half an hour on 2 cores for the demo profile; it needs the workspace committed);
-- mlflow:  the MLflow UI (the `make mlflow-ui` command, on a free port) in Debian's headless Chromium: the
-           runs table and the chart view of the experiment;
+- mlflow:  the MLflow UI (the `make mlflow-ui` command, on a free port) in Debian's headless Chromium, driven
+           through its DevTools (tests/docs_browser.py): the runs table with the test mIoU and the swept
+           params as columns, and the chart view's val/mIoU, a line per run;
 - labelme: new photos from the demo generator (another seed, no JSON) drafted by preannotate, the most
            uncertain one opened in labelme 6's window, rendered offscreen (Qt's offscreen platform).
 Each picture is written as a palette PNG of at most MAX_WIDTH pixels across.
@@ -17,10 +18,11 @@ Each picture is written as a palette PNG of at most MAX_WIDTH pixels across.
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
+import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -38,12 +40,12 @@ STEPS = ("report", "sweep", "mlflow", "labelme")
 BIN = Path(sys.executable).parent
 
 
-def save_small(image: Image.Image, name: str) -> Path:
+def save_small(image: Image.Image, name: str, max_width: int = MAX_WIDTH) -> Path:
     """A palette PNG of at most MAX_WIDTH pixels across: screenshots and figures keep their look at a tenth of
     the bytes."""
     image = image.convert("RGB")
-    if image.width > MAX_WIDTH:
-        image = image.resize((MAX_WIDTH, round(image.height * MAX_WIDTH / image.width)), Image.LANCZOS)
+    if image.width > max_width:
+        image = image.resize((max_width, round(image.height * max_width / image.width)), Image.LANCZOS)
     path = OUT_DIR / f"{name}.png"
     image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     print(f"{path.relative_to(HERE.parent)}: {image.width} x {image.height}, {path.stat().st_size / 1000:.0f} KB")
@@ -118,23 +120,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def screenshot(url: str, path: Path, size: tuple[int, int], wait_ms: int = 25000) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        sys.exit("no chromium on PATH (Debian: apt-get install chromium)")
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-             "--disable-background-networking", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
-             f"--virtual-time-budget={wait_ms}", f"--screenshot={path}", url],
-            check=True, capture_output=True, timeout=300,
-        )  # fmt: skip
+def shoot(browser, name: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / f"{name}.png"
+        png.write_bytes(base64.b64decode(browser.send("Page.captureScreenshot", format="png")["data"]))
+        save_small(Image.open(png), name)
+
+
+def click(browser, selector: str, text: str | None = None, within: str = "document") -> None:
+    """Click the element matching `selector` (with exactly `text`, when given) inside `within`."""
+    found = browser.evaluate(
+        f"""(() => {{
+          const scope = {within};
+          const hits = scope ? [...scope.querySelectorAll({json.dumps(selector)})].filter(
+            e => {json.dumps(text)} === null || (e.innerText || '').trim() === {json.dumps(text)}) : [];
+          if (hits.length) hits[0].click();
+          return hits.length > 0;
+        }})()"""
+    )
+    if not found:
+        sys.exit(f"mlflow: nothing to click: {selector} {text or ''} (has MLflow's UI changed?)")
 
 
 def mlflow_pictures(repo: Path) -> None:
-    sys.path.insert(0, str(HERE.parent))
+    """The runs table with a few metric and param columns, and the chart view's val/mIoU, one line per run."""
+    sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
     from stages.common.config import load_params
     from stages.training.tracking import experiment_page
+
+    from docs_browser import Browser  # the tests' DevTools driver of Debian's headless Chromium
 
     port = free_port()
     ui_url = f"http://127.0.0.1:{port}"
@@ -146,7 +160,7 @@ def mlflow_pictures(repo: Path) -> None:
         stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while True:
             try:
                 urllib.request.urlopen(f"{ui_url}/health", timeout=2)
@@ -156,11 +170,50 @@ def mlflow_pictures(repo: Path) -> None:
                     sys.exit(f"mlflow ui did not start: see {log.name}")
                 time.sleep(1)
         page = experiment_page(load_params([f"mlflow.tracking_uri=sqlite:///{repo / 'mlflow.db'}"], repo), ui_url)
-        with tempfile.TemporaryDirectory() as tmp:
-            screenshot(page, Path(tmp) / "runs.png", (1400, 640))
-            save_small(Image.open(Path(tmp) / "runs.png"), "mlflow-runs")
-            screenshot(f"{page}&compareRunsMode=CHART", Path(tmp) / "charts.png", (1400, 900))
-            save_small(Image.open(Path(tmp) / "charts.png"), "mlflow-charts")
+        with Browser(timeout_s=120) as browser:
+            browser.send(
+                "Emulation.setDeviceMetricsOverride", width=1500, height=560, deviceScaleFactor=1, mobile=False
+            )
+            browser.goto(page)
+            browser.wait_for("document.body.innerText.includes('train_paddleseg')", 120)
+            time.sleep(2)
+            if browser.evaluate("!![...document.querySelectorAll('button')].find(b => b.ariaLabel === 'Close')"):
+                click(browser, "button[aria-label=Close]")  # MLflow's assistant panel
+            click(browser, "button", "Columns")
+            time.sleep(1)
+            popup = "document.querySelector('[role=dialog], [role=menu], [role=listbox], [role=tree]')"
+            for column in ("Source", "Models", "test/mIoU", "best_val_mIoU", "train_paddle.lr", "train_paddle.epochs"):
+                click(browser, "span", column, within=popup)
+                time.sleep(0.5)
+            browser.send(
+                "Input.dispatchKeyEvent", type="keyDown", key="Escape", code="Escape", windowsVirtualKeyCode=27
+            )
+            browser.send("Input.dispatchKeyEvent", type="keyUp", key="Escape", code="Escape", windowsVirtualKeyCode=27)
+            time.sleep(2)
+            shoot(browser, "mlflow-runs")
+            browser.send(
+                "Emulation.setDeviceMetricsOverride", width=1400, height=800, deviceScaleFactor=1, mobile=False
+            )
+            click(browser, "input[value=CHART]")
+            time.sleep(3)
+            browser.evaluate("document.querySelector('input[placeholder=\"Search metric charts\"]').focus()")
+            browser.type("val/mIoU")
+            time.sleep(3)
+            expanded = browser.evaluate(
+                """(() => {
+                  for (const button of document.querySelectorAll('button[data-component-id=fullscreen_button_chartcard]')) {
+                    let card = button;
+                    for (let up = 0; up < 8 && card; up++, card = card.parentElement) {
+                      if ((card.innerText || '').trim().startsWith('val/mIoU')) { button.click(); return true; }
+                    }
+                  }
+                  return false;
+                })()"""
+            )
+            if not expanded:
+                sys.exit("mlflow: no val/mIoU chart to expand (has MLflow's UI changed?)")
+            time.sleep(4)
+            shoot(browser, "mlflow-charts")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -184,11 +237,14 @@ def labelme_picture(repo: Path, photos: int = 6) -> None:
         with open(Path(tmp) / "pre" / "ranking.csv", newline="") as handle:
             ranking = list(csv.DictReader(handle))
         print(f"labelme: drafted {len(ranking)} photos; the most uncertain first: {ranking[0]}")
-        draft = Path(ranking[0]["json"])
-        draft = draft if draft.is_absolute() else folder / draft
+        draft = (folder / ranking[0]["image"]).with_suffix(".json")
         labels = (repo / "data" / "labels.txt").read_text().split()
-        grab_labelme_window(draft, labels, Path(tmp) / "labelme.png")
-        save_small(Image.open(Path(tmp) / "labelme.png"), "labelme-draft")
+        # In a process of its own: a modal dialog would wait forever for a click on the offscreen screen.
+        subprocess.run(
+            [sys.executable, __file__, "--grab-labelme", str(draft), str(Path(tmp) / "labelme.png"), *labels],
+            check=True, timeout=300,
+        )  # fmt: skip
+        save_small(Image.open(Path(tmp) / "labelme.png"), "labelme-draft", max_width=1000)  # a photo: more bytes
 
 
 def grab_labelme_window(annotation: Path, labels: list[str], path: Path, size=(1300, 760)) -> None:
@@ -216,7 +272,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, default=Path("."), help="a repository where dvc repro has run")
     parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS))
+    parser.add_argument("--grab-labelme", nargs="+", metavar="JSON PNG LABEL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.grab_labelme:
+        annotation, png, *labels = args.grab_labelme
+        grab_labelme_window(Path(annotation), labels, Path(png))
+        return
     repo = args.repo.resolve()
     OUT_DIR.mkdir(exist_ok=True)
     if "report" in args.only:
