@@ -1,7 +1,7 @@
-"""The README's queued sweep for real: `dvc exp run --queue` + `dvc queue start -j 2` on the default SQLite store.
+"""docs/experiments.md's queued sweep for real: `dvc exp run --queue` + `dvc queue start -j 2` on the default SQLite store.
 
 One smoke `dvc repro` in a temp copy (tracking to the project's sqlite:///mlflow.db, as a user's first
-`make demo` does), then the README's "Experiments" commands as written: a grid over train_paddle.lr in DVC's
+`make demo` does), then the page's commands as written, read from it: a grid over train_paddle.lr in DVC's
 Hydra syntax and one named experiment, queued, run two at a time in DVC's temp copies (.dvc/tmp/exps/...).
 Every experiment must land in the project's one store, named and tagged, agree with `dvc exp show`, register
 its own model version, and leave the champion on the best one. The queue's workers are stopped at the end.
@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,16 +20,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 from mlflow_ui import need_chromium, render
 
-from conftest import REPO_ROOT
-from dvc_helpers import dvc, git, smoke_copy
+from docs_pages import block
+from dvc_helpers import dvc, env, git, smoke_copy
 
 pytestmark = pytest.mark.slow
 
-# The README's queued sweep (its "Experiments" section shows these lines, as written).
-QUEUE_COMMANDS = [
-    ["exp", "run", "--queue", "-S", "train_paddle.lr=0.001,0.003"],
-    ["exp", "run", "--queue", "-n", "q-ep", "-S", "train_paddle.epochs=3"],
-]
+# docs/experiments.md's queued sweep: the fixture runs its block, read from the page, line by line as written.
 README_LINES = [
     "dvc exp run --queue -S 'train_paddle.lr=0.001,0.003'",
     "dvc exp run --queue -n q-ep -S train_paddle.epochs=3",
@@ -58,6 +55,24 @@ def queue_workers(repo: Path) -> list[int]:
     return pids
 
 
+def shell(repo: Path, line: str) -> subprocess.CompletedProcess:
+    """One line of a docs block, as written, in the repo (the default store, whatever the caller exports)."""
+    done = subprocess.run(
+        ["bash", "-c", line],
+        cwd=repo,
+        env={**env(), **no_tracking_override()},
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert done.returncode == 0, f"{line}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def docs_lines(marker: str) -> list[str]:
+    return [line.split(" #")[0].strip() for line in block("docs/experiments.md", marker).splitlines() if line.strip()]
+
+
 def wait_for_queue(repo: Path, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -76,13 +91,18 @@ def swept(tmp_path_factory):
     print(f"smoke dvc repro: {time.perf_counter() - started:.1f} s")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "dvc repro")
+    lines = docs_lines("dvc queue start -j 2")
+    assert lines == README_LINES  # what the assertions below expect: change both together
     try:
-        for command in QUEUE_COMMANDS:
-            dvc(repo, *command)
-        started = time.perf_counter()
-        dvc(repo, "queue", "start", "-j", "2", extra_env=no_tracking_override())
-        status = wait_for_queue(repo, 1800)
-        print(f"queued sweep of {EXPERIMENTS} smoke experiments, -j 2: {time.perf_counter() - started:.1f} s")
+        for line in lines:
+            if line == "dvc queue start -j 2":
+                started = time.perf_counter()
+            if line == "dvc queue status":  # "until none is Queued or Running"
+                status = wait_for_queue(repo, 1800)
+                print(f"queued sweep of {EXPERIMENTS} smoke experiments, -j 2: {time.perf_counter() - started:.1f} s")
+            else:
+                shown = shell(repo, line).stdout
+        assert "q-ep" in shown, shown  # dvc exp show --only-changed lists the experiments
         yield repo, status
     finally:
         dvc(repo, "queue", "stop", "--kill", check=False)
@@ -121,12 +141,6 @@ def shown_experiments(repo: Path) -> dict:
                         params["train_paddle"]["epochs"],
                     )
     return found
-
-
-def test_the_docs_show_the_sweep_this_test_runs():
-    readme = (REPO_ROOT / "docs" / "experiments.md").read_text()
-    for line in README_LINES:
-        assert line in readme, line
 
 
 def test_every_queued_experiment_succeeds_and_none_leaves_a_store_in_its_temp_copy(swept):
@@ -212,18 +226,18 @@ def test_mlflow_ui_lists_the_experiments_runs_beside_the_workspaces(swept, tmp_p
 
 
 def test_a_named_workspace_experiment_and_metrics_diff_as_the_docs_show_them(swept):
-    """docs/experiments.md's first experiment lines (after the sweep, so the queue's tests saw the baseline)."""
-    readme = (REPO_ROOT / "docs" / "experiments.md").read_text()
-    for line in ("dvc exp run -n lr-2e-3 -S train_paddle.lr=0.002", "dvc metrics diff"):
-        assert line in readme, line
+    """docs/experiments.md's first experiment block, as written (after the sweep, so the queue's tests saw the
+    baseline)."""
+    lines = docs_lines("dvc exp run -n lr-2e-3")
+    assert lines == ["dvc exp run -n lr-2e-3 -S train_paddle.lr=0.002", "dvc metrics diff"]
     repo, _ = swept
-    ran = dvc(repo, "exp", "run", "-n", "lr-2e-3", "-S", "train_paddle.lr=0.002", extra_env=no_tracking_override())
+    ran = shell(repo, lines[0])
     stages_run = re.findall(r"Running stage '([^']+)'", ran.stdout + ran.stderr)
     assert "train_paddle" in stages_run and "train_paddleseg" not in stages_run, stages_run  # what lr touches
     _, runs = store_runs(repo)
     assert runs["lr-2e-3"].info.run_name == "train_paddle · lr-2e-3"
     assert float(runs["lr-2e-3"].data.params["train_paddle.lr"]) == 0.002
-    diff = dvc(repo, "metrics", "diff").stdout
+    diff = shell(repo, lines[1]).stdout
     assert "metrics/train_paddle.json" in diff, diff  # the workspace's new training against HEAD
 
 

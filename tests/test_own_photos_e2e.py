@@ -1,45 +1,61 @@
 """A person's own photos, few and multi-class, through `dvc repro` of the DEFAULT profile with no param edits.
 
-8 generated labelme photos (demo_data.multiclass) with 12 classes in the labels file, some of them rare,
-replace the demo set in a temp copy of the repo, as README's "Bring your own photos" says. The
-demo profile's batch sizes assume 87 training photos; here there are 6, and the pipeline must adapt,
+docs/own-photos.md's workflow block runs as written in a temp copy of the repo: the labels file, the demo set
+replaced by 8 photos from ~/my_photos (demo_data.multiclass: 12 classes, some rare), labelme, `dvc repro`.
+Two commands have stand-ins (tests/docs_pages.py): labelme's window, which saves the generator's annotations
+as a person would, and pip, which must not reinstall the shared venv (the annotate extra is in dev's).
+The demo profile's batch sizes assume 87 training photos; here there are 6, and the pipeline must adapt,
 say so, and finish, with the report's headline mIoU over the classes present.
 """
 
 import json
-import shutil
+import subprocess
 import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from demo_data.multiclass import write_multiclass_dataset
+from demo_data.multiclass import labels_text, write_multiclass_dataset
 
-from dvc_helpers import copy_repo, dvc, git
+from docs_pages import block, labelme_stand_in, stand_in_venv
+from dvc_helpers import copy_repo, dvc, env
 
 pytestmark = pytest.mark.slow
 MODELS = ("paddle", "paddleseg")
+PIP_STAND_IN = """#!/usr/bin/env bash
+# Stands in for pip: the shared venv already has the annotate extra (labelme), and must not be reinstalled.
+echo "$@" >> "$(dirname "$0")/pip-calls.txt"
+"""
 
 
 @pytest.fixture(scope="module")
 def own_photos_repo(tmp_path_factory):
-    repo = copy_repo(tmp_path_factory.mktemp("own") / "repo")
-    shutil.rmtree(repo / "data" / "raw")
-    names = write_multiclass_dataset(
-        repo / "data" / "raw",
-        count=8,
-        seed=3,
-        size=(640, 480),
-        classes=12,
-        labels_file=repo / "data" / "labels.txt",
-        progress=False,
-    )
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "my photos")
+    root = tmp_path_factory.mktemp("own")
+    repo = copy_repo(root / "repo")
+    names = write_multiclass_dataset(root / "annotated", count=8, seed=3, size=(640, 480), classes=12, progress=False)
+    (root / "home" / "my_photos").mkdir(parents=True)
+    for photo in (root / "annotated").glob("*.jpg"):
+        photo.rename(root / "home" / "my_photos" / photo.name)
+    venv = stand_in_venv(repo, {"labelme": labelme_stand_in("ANNOTATIONS"), "pip": PIP_STAND_IN})
+    workflow = block("docs/own-photos.md", "# 1. Install labelme")
     started = time.perf_counter()
-    result = dvc(repo, "repro", timeout=3600)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", workflow],
+        cwd=repo,
+        env={**env(), "HOME": str(root / "home"), "ANNOTATIONS": str(root / "annotated")},
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert result.returncode == 0, f"the workflow failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     print(
-        f"dvc repro of the demo profile on 8 photos of {len(names) - 1} classes: {time.perf_counter() - started:.0f} s"
+        f"docs/own-photos.md's workflow, demo profile, 8 photos of {len(names) - 1} classes: "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    assert (venv / "bin" / "pip-calls.txt").read_text() == "install -e .[annotate]\n"
+    assert (repo / "data" / "labels.txt").read_text() == labels_text(12)  # the page's classes: the generator's
+    assert sorted(path.name for path in (repo / "data" / "raw").iterdir()) == sorted(
+        f"{name}.{suffix}" for name in (f"IMG_{index:04d}" for index in range(8)) for suffix in ("jpg", "json")
     )
     return repo, names, result.stdout + result.stderr
 

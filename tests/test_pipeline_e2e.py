@@ -8,6 +8,7 @@ tagged in MLflow (last: it changes the workspace).
 
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,9 @@ from mlflow.tracking import MlflowClient
 from mlflow_ui import need_chromium, render
 from PIL import Image
 
+from demo_data.doves import write_dataset
+
+from docs_pages import block, labelme_stand_in, stand_in_venv
 from dvc_helpers import dvc, env, git, smoke_copy
 from mlflow_server import free_port, mlflow_server
 from model_server import masks, model_server, photos_request, post, serve_command, serving_env
@@ -210,10 +214,19 @@ def test_both_trainers_write_the_same_metric_keys(team_repo):
 
 
 def test_dvc_artifacts_get_fetches_a_tagged_model(team_repo, tmp_path):
+    """docs/experiments.md's "Models as DVC artifacts" block as written: tag a version, push the tag, get it."""
     repo, _ = team_repo
-    git(repo, "tag", "-a", "doveseg-paddleseg@v0.1.0", "-m", "UNet of the smoke repro")
-    dvc(repo, "artifacts", "get", str(repo), "doveseg-paddleseg", "-o", str(tmp_path / "unet"))
-    assert (tmp_path / "unet" / "inference.pdiparams").is_file() and (tmp_path / "unet" / "meta.json").is_file()
+    code = block("docs/experiments.md", "dvc artifacts get").replace("<repo-url>", str(repo))
+    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], check=True)
+    git(repo, "remote", "add", "origin", str(tmp_path / "origin.git"))  # where `git push --tags` sends the tag
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [(name, folder)] = re.findall(r"dvc artifacts get \S+ (\S+) -o (\S+)", code)
+    assert name == yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]["registered_models"]["paddle"]
+    assert (tmp_path / folder / "inference.pdiparams").is_file() and (tmp_path / folder / "meta.json").is_file()
+    assert git(tmp_path / "origin.git", "tag").split() == [f"{name}@v1.0.0"]
 
 
 def test_mlflow_ui_shows_both_runs_with_their_dataset_and_the_registered_models(team_repo, tmp_path):
@@ -400,27 +413,16 @@ def test_exp_run_composes_params_and_tags_the_mlflow_run(team_repo):
 
 
 def test_exp_run_with_another_paddleseg_config_finishes_through_report(team_repo):
-    """README "Other PaddleSeg models": PP-LiteSeg at the smoke profile's 32 px is too small for its static
+    """docs/paddleseg-models.md's block: PP-LiteSeg at the smoke profile's 32 px is too small for its static
     ONNX conversion (its 4x4 pooling of a 1x1 feature), so export keeps Paddle Inference only and predict uses it."""
     repo, uri = team_repo
     # the workspace as committed: the test before applied its experiment (lr 0.0021) there, and train_paddle,
     # whose checkpoints persist, never comes from DVC's run cache
     git(repo, "checkout", "--", ".")
     dvc(repo, "checkout", "--force")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dvc",
-            "exp",
-            "run",
-            "-n",
-            "pp-liteseg",
-            "-S",
-            "profile=smoke",
-            "-S",
-            "train_paddleseg.config=conf/paddleseg/pp_liteseg_stdc1.yml",
-        ],
+    command = block("docs/paddleseg-models.md", "pp_liteseg_stdc1.yml")  # as written; the smoke profile is the
+    result = subprocess.run(  # copy's default (tests/dvc_helpers.smoke_copy), so DVC composes that
+        ["bash", "-euo", "pipefail", "-c", command],
         cwd=repo,
         env={**env(), "MLFLOW_TRACKING_URI": uri},
         capture_output=True,
@@ -437,3 +439,41 @@ def test_exp_run_with_another_paddleseg_config_finishes_through_report(team_repo
     assert not (repo / "exports" / "paddleseg" / "model.onnx").exists()
     assert json.loads((repo / "predictions" / "paddleseg" / "metrics.json").read_text())["engine"] == "paddle"
     assert "paddleseg" in json.loads((repo / "reports" / "metrics.json").read_text())
+
+
+def test_annotate_faster_drafts_then_retrains_on_the_corrected_photos(team_repo, tmp_path):
+    """docs/annotate.md's block as written, after the trained smoke repro: preannotate drafts new photos, a person
+    corrects them in labelme (a stand-in saves their annotations: tests/docs_pages.py), they move into data/raw,
+    and `dvc repro` retrains on them. Last here: it changes the data."""
+    repo, uri = team_repo
+    git(repo, "checkout", "--", ".")  # the workspace as committed (the tests before ran experiments in it)
+    dvc(repo, "checkout", "--force")
+    annotated = tmp_path / "annotated"
+    write_dataset(annotated, 4, seed=5)  # the demo generator, another seed: photos the models never saw
+    (repo / "photos").mkdir()
+    for index, photo in enumerate(sorted(annotated.glob("*.jpg"))):  # new names: data/raw has dove_000...
+        labelme = json.loads(photo.with_suffix(".json").read_text())
+        (annotated / f"new_{index}.json").write_text(json.dumps({**labelme, "imagePath": f"new_{index}.jpg"}))
+        photo.rename(repo / "photos" / f"new_{index}.jpg")
+    stand_in_venv(repo, {"labelme": labelme_stand_in("ANNOTATIONS")})
+    workflow = block("docs/annotate.md", "# 1. Draft")
+    started = time.perf_counter()
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", workflow],
+        cwd=repo,
+        env={**env(), "MLFLOW_TRACKING_URI": uri, "ANNOTATIONS": str(annotated)},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    print(f"docs/annotate.md's workflow (preannotate, smoke dvc repro): {time.perf_counter() - started:.0f} s")
+    ranking = (repo / "preannotate" / "ranking.csv").read_text().splitlines()
+    assert len(ranking) == 5 and (repo / "preannotate" / "index.html").is_file()  # a header, then the 4 photos
+    assert not list((repo / "photos").iterdir())  # all moved
+    for index in range(4):
+        assert (repo / "data" / "processed" / f"new_{index}" / "label.png").is_file()  # converted and trained on
+    assert "Running stage 'train_paddle'" in done.stdout and "Running stage 'convert_json'" in done.stdout
+    status = dvc(repo, "status").stdout  # data/raw is under DVC here (team_repo): only its .dvc file is stale
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    assert not [stage for stage in stages if f"{stage}:" in status or f"{stage}@" in status], status

@@ -294,8 +294,11 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for, monkeypatc
         output_format="list",
     )
     assert [m.name for m in logged_models] == ["paddleseg_model"]
-    assert run_info["registered_model"]["name"] == cfg.mlflow.registered_models.paddleseg == "doveseg-unet"
-    assert client.get_model_version("doveseg-unet", run_info["registered_model"]["version"]).run_id == result["run_id"]
+    assert run_info["registered_model"]["name"] == cfg.mlflow.registered_models.paddleseg == "doveseg-paddleseg"
+    assert (
+        client.get_model_version("doveseg-paddleseg", run_info["registered_model"]["version"]).run_id
+        == result["run_id"]
+    )
 
     # A finished run is not "resumed": a rerun trains afresh, in a new MLflow run.
     again = run(cfg)
@@ -305,7 +308,7 @@ def test_tiny_training_run_writes_every_output_and_tracks_it(cfg_for, monkeypatc
 
     # The registered version loads with MLflow's paddle flavour and predicts as the trained network did.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.mlflow.tracking_uri)
-    loaded = mlflow.paddle.load_model(f"models:/doveseg-unet/{run_info['registered_model']['version']}")
+    loaded = mlflow.paddle.load_model(f"models:/doveseg-paddleseg/{run_info['registered_model']['version']}")
     np.testing.assert_allclose(loaded(batch).numpy(), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
