@@ -63,8 +63,9 @@ def tiny_model(work: Path, serve) -> Path:
     model, saved as the export stage logs the served model."""
     import mlflow.pyfunc
 
+    from stages.common.config import load_params
     from stages.models.inference_model import read_meta
-    from stages.prediction.photo_segmenter import DEPLOY_FILES, pyfunc_arguments
+    from stages.prediction.photo_segmenter import DEPLOY_FILES, ServingLimits, pyfunc_arguments
 
     from tiny_pipeline import deploy_model, export_model
 
@@ -74,7 +75,8 @@ def tiny_model(work: Path, serve) -> Path:
     bundle.mkdir()
     for file in DEPLOY_FILES:
         shutil.copyfile(deployed / file, bundle / file)
-    mlflow.pyfunc.save_model(str(work / "model"), **pyfunc_arguments(bundle, read_meta(bundle), 50_000_000))
+    limits = ServingLimits.from_params(load_params([], REPO_ROOT).export.serving)  # params.yaml's, as export's
+    mlflow.pyfunc.save_model(str(work / "model"), **pyfunc_arguments(bundle, read_meta(bundle), limits))
     return work / "model"
 
 

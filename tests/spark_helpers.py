@@ -21,7 +21,6 @@ from conftest import REPO_ROOT
 from tiny_pipeline import deploy_model, export_model, make_cfg, make_photo, write_photos
 
 SERVED_MODEL = "doveseg-segmenter"
-MAX_IMAGE_PIXELS = 50_000_000  # export.serving.max_image_pixels
 
 
 def register_segmenter(root: Path, exports_dir: Path | None = None) -> str:
@@ -33,7 +32,7 @@ def register_segmenter(root: Path, exports_dir: Path | None = None) -> str:
     from mlflow import MlflowClient
 
     from stages.models.inference_model import read_meta
-    from stages.prediction.photo_segmenter import DEPLOY_FILES, pyfunc_arguments
+    from stages.prediction.photo_segmenter import DEPLOY_FILES, ServingLimits, pyfunc_arguments
 
     models = root / "models"
     if exports_dir is None:
@@ -53,7 +52,7 @@ def register_segmenter(root: Path, exports_dir: Path | None = None) -> str:
             mlflow.pyfunc.log_model(
                 name="photo_segmenter",
                 registered_model_name=SERVED_MODEL,
-                **pyfunc_arguments(bundle, read_meta(bundle), MAX_IMAGE_PIXELS),
+                **pyfunc_arguments(bundle, read_meta(bundle), ServingLimits.from_params(make_cfg().export.serving)),
             )
     finally:
         mlflow.set_tracking_uri(None)
@@ -97,7 +96,8 @@ def write_photo_set(folder: Path, good: int = 16, seed: int = 3) -> dict[str, st
         "empty.jpg": "empty: 0 bytes",
         "notes.png": "not an image file Pillow can read",
         "truncated.jpg": "cannot be decoded",
-        "huge.png": "too large: 10000 x 6000 = 60,000,000 pixels; the limit is 50,000,000 pixels",
+        "huge.png": "too large: 10000 x 6000 = 60,000,000 pixels; the limit is "
+        f"{make_cfg().export.serving.max_image_pixels:,} pixels",
     }
 
 

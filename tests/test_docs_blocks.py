@@ -45,6 +45,9 @@ MAKE_DEMO = NotRun(
     "(tests/test_pipeline_e2e.py)"
 )
 DIAGRAM = NotRun("a diagram, not commands")
+# docs/team.md's "Deployed for a team" blocks, run on loopback; docs/scale.md's sweep over two machines
+DEPLOYED = Runs("tests/test_team_deployed.py::test_the_deployed_blocks_serve_mlflow_over_https_only")
+SWEEP = Runs("tests/test_sweep_machines_e2e.py::sweep")
 
 DOCS_BLOCKS: dict[tuple[str, str], Runs | Copies | NotRun] = {
     ("README.md", "make demo"): MAKE_DEMO,
@@ -116,14 +119,24 @@ DOCS_BLOCKS: dict[tuple[str, str], Runs | Copies | NotRun] = {
     ),
     ("docs/team.md", "make team-up"): Runs("tests/test_team_e2e.py::team"),
     ("docs/team.md", "doveseg-bob"): Runs("tests/test_team_e2e.py::team"),
-    ("docs/team.md", "createuser --pwprompt"): NotRun(
-        "a deployment on your own hosts; tests/test_team_stack.py::test_readme_deployment_runs_mlflow_as_team_stack_does "
-        "checks its mlflow server flags and basic_auth.ini settings against what team_stack runs"
+    ("docs/team.md", "createuser --pwprompt"): DEPLOYED,
+    ("docs/team.md", "/etc/mlflow/basic_auth.ini"): DEPLOYED,
+    ("docs/team.md", "/etc/nginx/conf.d/mlflow.conf"): DEPLOYED,
+    ("docs/team.md", "s3://doveseg-dvc/dvc"): DEPLOYED,
+    ("docs/scale.md", "make setup-spark"): Runs("tests/test_spark_batch.py::project"),
+    ("docs/scale.md", '"status": "ok"'): NotRun(
+        "an example manifest line from a phone photo; tests/test_spark_batch.py checks every line's fields"
     ),
-    ("docs/team.md", "s3://doveseg-dvc/dvc"): NotRun(
-        "needs your S3 endpoint and keys; the same dvc remote commands run against the team stack's S3 in "
-        "tests/test_team_e2e.py (bob's block)"
+    ("docs/scale.md", "s3://doveseg-dvc/photos/"): Runs(
+        "tests/test_sweep_machines_e2e.py::test_the_champion_segments_photos_from_the_team_bucket_into_it_on_spark"
     ),
+    ("docs/scale.md", "spark-class"): Runs(
+        "tests/test_spark_cluster.py::test_the_docs_standalone_cluster_segments_like_predict_and_leaves_no_process"
+    ),
+    ("docs/scale.md", "Baseline of the sweep"): SWEEP,
+    ("docs/scale.md", "git clone <repo-url> doveseg-2"): SWEEP,
+    ("docs/scale.md", "dvc queue start"): SWEEP,
+    ("docs/scale.md", "dvc exp pull -r team origin"): SWEEP,
     ("docs/development.md", "stages/\n"): NotRun("a file tree, not commands"),
     ("docs/development.md", "docs/pictures.py"): NotRun(
         "needs a demo-profile dvc repro and the queued sweep (about an hour on 2 cores); its output, the "
