@@ -377,7 +377,12 @@ def test_model_null_picks_the_best_test_miou_with_a_model_folder(workspace, tmp_
     reports.mkdir()
     (reports / "metrics.json").write_text(
         json.dumps(
-            {"colour": {"test": {"mIoU": 0.8}}, "gone": {"test": {"mIoU": 0.9}}, "worse": {"test": {"mIoU": 0.5}}}
+            {
+                "colour": {"test": {"mIoU": 0.8}, "architecture": "DoveNet"},
+                "gone": {"test": {"mIoU": 0.9}},
+                "worse": {"test": {"mIoU": 0.5}},
+                "champion": {"model": "gone", "test_mIoU": 0.9},  # as report writes it
+            }
         )
     )
     shutil.copytree(workspace / "models" / "colour", workspace / "models" / "worse", dirs_exist_ok=True)

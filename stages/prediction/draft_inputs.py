@@ -87,7 +87,8 @@ def choose_model(cfg) -> str:
     metrics_path = Path(cfg.paths.reports_dir) / METRICS_NAME
     try:
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-        scores = {name: float(entry["test"]["mIoU"]) for name, entry in metrics.items()}
+        # one entry a model, and report's "champion" (which names one of them)
+        scores = {name: float(entry["test"]["mIoU"]) for name, entry in metrics.items() if name != "champion"}
     except FileNotFoundError:
         raise StageError(
             f"preannotate.model is null, which picks the best test mIoU in {metrics_path}, but that "
