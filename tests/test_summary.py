@@ -71,3 +71,11 @@ def test_make_demos_last_command_prints_it_from_the_reports_folder(tmp_path):
     makefile = (REPO_ROOT / "Makefile").read_text()
     demo = makefile[makefile.index("\ndemo:") : makefile.index("\ntest:")]
     assert demo.strip().splitlines()[-1].strip() == "python -m stages.reporting.summary"
+
+
+def test_the_tutorials_summary_is_the_committed_runs():
+    """docs/getting-started.md shows what make demo ends with: the summary of the committed reports/metrics.json."""
+    page = (REPO_ROOT / "docs" / "getting-started.md").read_text()
+    [shown] = [b for b in page.split("```text\n")[1:] if b.startswith("doveseg:")]
+    committed = json.loads((REPO_ROOT / "reports" / "metrics.json").read_text())
+    assert shown.split("```")[0].strip("\n") == summary(committed, "reports").strip("\n")
