@@ -64,8 +64,6 @@ def run(cfg) -> dict:
         write_text_atomic(out / "index.html", to_html(blocks, out, str(cfg.report.title)))
         for result in results:
             log_report(cfg, result, out)
-    if not os.environ.get(QUIET_SUMMARY):
-        print_summary(cfg.paths.reports_dir, crowning.note)
     return {
         "reports_dir": str(cfg.paths.reports_dir),
         "models": {name: {"mIoU": m["test"]["mIoU"], "acc": m["test"]["acc"]} for name, m in metrics.items()},
@@ -77,5 +75,11 @@ def run(cfg) -> dict:
     }
 
 
+def end_with_the_summary(cfg, result: dict) -> None:
+    """The last thing `dvc repro` prints: after the stage's JSON, the short summary (unless make demo prints it)."""
+    if not os.environ.get(QUIET_SUMMARY):
+        print_summary(cfg.paths.reports_dir, result["champion_note"])
+
+
 if __name__ == "__main__":
-    stage_main(run)
+    stage_main(run, end_with_the_summary)

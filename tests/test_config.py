@@ -60,3 +60,22 @@ def test_stage_errors_are_one_clear_line_not_a_traceback(tmp_path):
     assert result.returncode == 1
     assert "error: nowhere/manifest.json: manifest not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_stages_epilogue_prints_after_its_json(tmp_path):
+    """report ends `dvc repro` with its summary: stage_main prints the result, then the epilogue, last."""
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    script = (
+        "from stages.common.config import stage_main\n"
+        "stage_main(lambda cfg: {'seed': cfg.seed}, lambda cfg, result: print('last:', result['seed']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "seed=7"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().splitlines()[-1] == "last: 7"
+    assert json.loads(done.stdout[: done.stdout.index("last:")]) == {"seed": 7}

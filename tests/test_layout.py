@@ -1,6 +1,7 @@
 """The package layout: stages/ holds only stage modules on top, shared code one level down, imported only downward."""
 
 import ast
+import re
 import shutil
 
 import yaml
@@ -15,7 +16,7 @@ def is_stage_module(path) -> bool:
     """A pure run(cfg) plus a main that hands it to stage_main."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     has_run = any(isinstance(node, ast.FunctionDef) and node.name == "run" for node in tree.body)
-    return has_run and "stage_main(run)" in path.read_text(encoding="utf-8")
+    return has_run and re.search(r"^    stage_main\(run[,)]", path.read_text(encoding="utf-8"), re.M) is not None
 
 
 def test_the_top_level_holds_only_stage_modules():

@@ -8,6 +8,7 @@ mIoU MLflow holds for their runs, MLflow lists every run under the team's experi
 champion is the best version, on doveseg-segmenter only.
 """
 
+import configparser
 import json
 import os
 import random
@@ -218,11 +219,13 @@ def test_the_champion_segments_photos_from_the_team_bucket_into_it_on_spark(swee
 
     [block] = [textwrap.dedent(b) for b in docs_blocks("Batch prediction on Spark") if "s3://" in b]
     keys = read_env(sweep["team"] / "bob.env")
+    bobs_key = configparser.ConfigParser()  # his S3 key: in the credentials file bob.env names
+    bobs_key.read(keys["TEAM_S3_CREDENTIALS"])
     s3 = boto3.client(
         "s3",
         endpoint_url=keys["TEAM_S3_ENDPOINT"],
-        aws_access_key_id=keys["TEAM_S3_KEY_ID"],
-        aws_secret_access_key=keys["TEAM_S3_SECRET"],
+        aws_access_key_id=bobs_key[keys["TEAM_S3_PROFILE"]]["aws_access_key_id"],
+        aws_secret_access_key=bobs_key[keys["TEAM_S3_PROFILE"]]["aws_secret_access_key"],
         region_name="us-east-1",
     )
     bad = write_photo_set(tmp_path / "photos")

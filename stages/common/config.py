@@ -27,8 +27,9 @@ class StageError(Exception):
     """Bad input or config. Stages print its message without a traceback and exit 1."""
 
 
-def stage_main(run: Callable[[DictConfig], dict]) -> None:
-    """Run ``run(cfg)`` as a Hydra app over ./params.yaml, accepting ``key=value`` overrides."""
+def stage_main(run: Callable[[DictConfig], dict], epilogue: Callable[[DictConfig, dict], None] | None = None) -> None:
+    """Run ``run(cfg)`` as a Hydra app over ./params.yaml, accepting ``key=value`` overrides; print its result as
+    JSON, then call ``epilogue(cfg, result)`` (what a person should read last)."""
     params = Path.cwd() / "params.yaml"
     if not params.is_file():
         sys.exit(f"error: no params.yaml in {Path.cwd()}; run stages from the repository root")
@@ -41,6 +42,8 @@ def stage_main(run: Callable[[DictConfig], dict]) -> None:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
         print(json.dumps(result, indent=2, default=str))
+        if epilogue is not None:
+            epilogue(cfg, result)
 
     sys.argv[1:1] = HYDRA_QUIET_OVERRIDES
     _main()
