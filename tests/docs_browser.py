@@ -17,20 +17,9 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
-from mlflow_ui import chromium
+from mlflow_ui import HEADLESS_FLAGS, chromium
 
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--remote-allow-origins=*",
-    "--remote-debugging-port=0",
-    "--window-size=1280,900",
-]
+FLAGS = [*HEADLESS_FLAGS, "--remote-allow-origins=*", "--remote-debugging-port=0", "--window-size=1280,900"]
 
 
 class Browser:

@@ -129,3 +129,12 @@ for photo in "$1"/*.jpg "$1"/*.png; do
   cp "${annotations_env}/$stem.json" "$1/$stem.json"
 done
 """
+
+
+def nav_pages(nav) -> list[str]:
+    """The pages of mkdocs.yml's nav, in order, however deep its sections nest."""
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, dict):
+        return [page for value in nav.values() for page in nav_pages(value)]
+    return [page for item in nav for page in nav_pages(item)]

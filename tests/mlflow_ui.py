@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-FLAGS = [
+HEADLESS_FLAGS = [  # a quiet headless browser: nothing fetched beyond the page (also tests/docs_browser.py)
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -27,8 +27,8 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1600,1000",
 ]
+FLAGS = [*HEADLESS_FLAGS, "--window-size=1600,1000"]
 
 
 def chromium() -> str | None:

@@ -21,7 +21,19 @@ from PIL import Image
 from stages.common.config import compose_config
 
 from conftest import REPO_ROOT
-from docs_pages import block, blocks, github_anchor, headings, images, links, mkdocs_anchor, pages, section, text
+from docs_pages import (
+    block,
+    blocks,
+    github_anchor,
+    headings,
+    images,
+    links,
+    mkdocs_anchor,
+    nav_pages,
+    pages,
+    section,
+    text,
+)
 
 README_MAX_LINES = 150
 PICTURE_MAX_BYTES = 300_000
@@ -67,14 +79,6 @@ def external_assets(site: Path) -> list[str]:
                 if urlsplit(address).scheme in ("http", "https") or address.startswith("//"):
                     found.append(f"{path.relative_to(site)}: {address}")
     return found
-
-
-def nav_pages(nav) -> list[str]:
-    if isinstance(nav, str):
-        return [nav]
-    if isinstance(nav, dict):
-        return [page for value in nav.values() for page in nav_pages(value)]
-    return [page for item in nav for page in nav_pages(item)]
 
 
 def mkdocs_config() -> dict:

@@ -20,7 +20,7 @@ from mlflow_ui import need_chromium
 
 from conftest import REPO_ROOT
 from docs_browser import Browser
-from docs_pages import headings
+from docs_pages import headings, nav_pages
 
 # The page's title as shown: its h1 without the permalink sign.
 HEADLINE = """(() => {
@@ -64,14 +64,6 @@ def site_url(tmp_path_factory):
 def browser(site_url):
     with Browser() as browser:
         yield browser
-
-
-def nav_pages(nav) -> list[str]:
-    if isinstance(nav, str):
-        return [nav]
-    if isinstance(nav, dict):
-        return [page for value in nav.values() for page in nav_pages(value)]
-    return [page for item in nav for page in nav_pages(item)]
 
 
 def page_url(site_url: str, page: str) -> str:
